@@ -1,0 +1,1 @@
+"""rgpo_fast: fused-kernel RL trainer for LLM reasoning (RGPO and neighbours)."""

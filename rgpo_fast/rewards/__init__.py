@@ -1,0 +1,1 @@
+"""rgpo_fast.rewards."""

@@ -1,0 +1,79 @@
+"""Build script for rgpo_fast.
+
+`kernels/` is installed as the sub-package `rgpo_fast.kernels` (a top-level `kernels`
+would collide with an unrelated PyPI package). The native extension `rgpo_fast._C`
+(csrc/) is added by `_native_extensions()`; torch is imported only there, inside the
+build step, so `pip install --no-build-isolation -e .` uses the torch already installed.
+"""
+
+import os
+import platform
+
+from setuptools import setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _native_extensions():
+    """C++ (CPU) and CUDA extensions; empty when skipped or when torch is missing."""
+    try:
+        from _build_native import native_extensions  # noqa: PLC0415 (build-time only)
+    except ImportError:
+        return [], {}
+    return native_extensions(ROOT)
+
+
+IS_LINUX_X86 = platform.system() == "Linux" and platform.machine() in ("x86_64", "AMD64")
+
+install_requires = [
+    "torch>=2.6",
+    "transformers>=4.51",
+    "tokenizers>=0.21",
+    "safetensors>=0.4",
+    "numpy>=1.26",
+    "pyyaml>=6.0",
+    "tqdm>=4.66",
+    "math-verify>=0.7",
+    "matplotlib>=3.8",
+    "pandas>=2.0",
+    "pyarrow>=15",
+    "datasets>=3.0",
+]
+if IS_LINUX_X86:
+    install_requires.append("triton>=3.2")
+
+extras_require = {
+    "test": ["pytest>=8", "pytest-benchmark>=4", "liger-kernel>=0.6", "trl>=0.20", "ruff"],
+    "bench": ["pytest-benchmark>=4", "liger-kernel>=0.6", "trl>=0.20", "psutil"],
+    "gpu": ["vllm>=0.10", "flash-attn>=2.7", "liger-kernel>=0.6", "nvidia-ml-py>=12"],
+}
+
+ext_modules, cmdclass = _native_extensions()
+
+setup(
+    name="rgpo_fast",
+    version="0.1.0",
+    description="Fused-kernel RL trainer for LLM reasoning: Rationale-Guided Policy Optimization",
+    long_description=open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    if os.path.exists(os.path.join(ROOT, "README.md"))
+    else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=[
+        "rgpo_fast",
+        "rgpo_fast.ops",
+        "rgpo_fast.algos",
+        "rgpo_fast.data",
+        "rgpo_fast.rewards",
+        "rgpo_fast.rollout",
+        "rgpo_fast.trainer",
+        "rgpo_fast.integrations",
+        "rgpo_fast.kernels",
+    ],
+    package_dir={"rgpo_fast": "rgpo_fast", "rgpo_fast.kernels": "kernels"},
+    package_data={"rgpo_fast": ["configs/*.yaml"]},
+    install_requires=install_requires,
+    extras_require=extras_require,
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)
