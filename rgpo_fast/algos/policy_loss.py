@@ -1,0 +1,262 @@
+"""Per-token policy losses with their closed-form derivative (ALGORITHMS.md).
+
+Every term here is a function of one token's log-prob l_t only, given detached inputs
+(advantage, old/ref/rollout log-probs, aggregation weight). That is what lets the fused
+kernels compute d(loss)/d(l_t) in the same pass as l_t, so the backward never needs the
+[tokens x vocab] logits again. The Triton and C++ kernels implement exactly
+`token_loss_and_grad`; tests compare its gradient with autograd through `reference.py`.
+
+Statistics are returned as a vector of sums (`STAT_NAMES`) so a kernel can accumulate them
+with atomics and the caller turns them into means once, after all chunks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rgpo_fast.algos.aggregation import check_agg_mode
+from rgpo_fast.algos.registry import Registry
+
+KL_ESTIMATORS = ("k1", "k2", "k3")
+LOG_RATIO_CLAMP = 20.0  # exp(+-20) keeps the ratio finite in fp32
+K3_CLAMP = 10.0
+
+# Sums accumulated over tokens; `metrics_from_stats` turns them into the reported metrics.
+STAT_NAMES = (
+    "pg_loss",  # sum_t w_t * pg_t over policy tokens
+    "kl_loss",  # sum_t w_t * beta * kl_t over policy tokens
+    "sft_loss",  # sum_t s_t * (-l_t) over transferred (SFT) tokens
+    "n_policy",  # number of policy-gradient tokens
+    "n_clip_low",  # ratio tokens whose ratio was clipped below (A < 0, rho < 1 - eps_low)
+    "n_clip_high",  # ratio tokens clipped above (A > 0, rho > 1 + eps_high)
+    "n_dual_clip",  # tokens capped by the dual clip (A < 0, rho > c)
+    "ratio_sum",  # sum of rho (or the shaped ratio f on off-policy tokens)
+    "kl_sum",  # sum of the unweighted KL estimate
+    "n_sft",  # number of SFT tokens
+    "entropy_sum",  # sum of token entropies over active tokens (0 when not computed)
+    "n_active",  # policy + SFT tokens
+)
+NUM_STATS = len(STAT_NAMES)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Non-tensor options of the policy loss (one object travels through autograd)."""
+
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    clip_ratio_c: float | None = None  # dual clip (c = 3 in the literature); None = off
+    beta: float = 0.0
+    kl_estimator: str = "k3"
+    sft_coef: float = 1e-3
+    loss_agg: str = "token-mean"
+    temperature: float = 1.0
+    luffy_gamma: float = 0.1
+    tis_cap: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.clip_low < 1.0:
+            raise ValueError(f"clip_low must be in [0, 1), got {self.clip_low}")
+        if self.clip_high < 0.0:
+            raise ValueError(f"clip_high must be >= 0, got {self.clip_high}")
+        if self.clip_ratio_c is not None and self.clip_ratio_c <= 1.0:
+            raise ValueError(f"clip_ratio_c must be > 1 (or None), got {self.clip_ratio_c}")
+        if self.beta < 0.0:
+            raise ValueError(f"beta must be >= 0, got {self.beta}")
+        if self.kl_estimator not in KL_ESTIMATORS:
+            raise ValueError(
+                f"unknown kl_estimator {self.kl_estimator!r}; valid: {', '.join(KL_ESTIMATORS)}"
+            )
+        if self.sft_coef < 0.0:
+            raise ValueError(f"sft_coef must be >= 0, got {self.sft_coef}")
+        check_agg_mode(self.loss_agg)
+        if not self.temperature > 0.0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not self.luffy_gamma > 0.0:
+            raise ValueError(f"luffy_gamma must be > 0, got {self.luffy_gamma}")
+        if not self.tis_cap > 0.0:
+            raise ValueError(f"tis_cap must be > 0, got {self.tis_cap}")
+
+
+@dataclass
+class TokenTerms:
+    """Detached per-token inputs of the loss, flattened to (N,) float32 / bool.
+
+    pg_weight already contains the aggregation weight of each policy token (0 elsewhere);
+    sft_weight is sft_coef / (number of SFT tokens) on SFT tokens (0 elsewhere).
+    """
+
+    advantages: torch.Tensor  # (N,) fp32
+    pg_weight: torch.Tensor  # (N,) fp32
+    sft_weight: torch.Tensor  # (N,) fp32
+    policy: torch.Tensor  # (N,) bool: tokens with a policy-gradient term
+    offpolicy: torch.Tensor | None = None  # (N,) bool: LUFFY shaped-ratio tokens
+    old_logprobs: torch.Tensor | None = None  # (N,) fp32
+    ref_logprobs: torch.Tensor | None = None  # (N,) fp32
+    rollout_logprobs: torch.Tensor | None = None  # (N,) fp32, engine log-probs for TIS
+
+    def slice(self, start: int, end: int) -> TokenTerms:
+        def s(t):
+            return None if t is None else t[start:end]
+
+        return TokenTerms(
+            s(self.advantages), s(self.pg_weight), s(self.sft_weight), s(self.policy),
+            s(self.offpolicy), s(self.old_logprobs), s(self.ref_logprobs),
+            s(self.rollout_logprobs),
+        )  # fmt: skip
+
+
+KL_TERMS: Registry = Registry("KL estimator")
+
+
+@KL_TERMS.register("k1")
+def kl_k1(logp: torch.Tensor, ref: torch.Tensor):
+    """k1 = l - ref; d/dl = 1."""
+    return logp - ref, torch.ones_like(logp)
+
+
+@KL_TERMS.register("k2")
+def kl_k2(logp: torch.Tensor, ref: torch.Tensor):
+    """k2 = (ref - l)^2 / 2; d/dl = l - ref."""
+    d = ref - logp
+    return 0.5 * d * d, -d
+
+
+@KL_TERMS.register("k3")
+def kl_k3(logp: torch.Tensor, ref: torch.Tensor):
+    """k3 = exp(d) - d - 1 with d = ref - l, clamped to [-10, 10]; d/dl = 1 - exp(d) inside."""
+    d = ref - logp
+    e = torch.exp(d)
+    k = e - d - 1.0
+    inside = (k >= -K3_CLAMP) & (k <= K3_CLAMP)
+    return k.clamp(-K3_CLAMP, K3_CLAMP), torch.where(inside, 1.0 - e, torch.zeros_like(e))
+
+
+def clipped_ratio_term(logp, old, adv, cfg: LossConfig):
+    """PPO clipped surrogate (with clip-higher and optional dual clip) per token.
+
+    Returns (pg, dpg/dl, ratio, clipped_low, clipped_high, dual_clipped).
+    Without old log-probs rho = exp(l - stopgrad(l)) = 1 and d(rho)/dl = 1.
+    """
+    if old is None:
+        log_ratio = torch.zeros_like(logp)
+        in_range = torch.ones_like(logp, dtype=torch.bool)
+    else:
+        raw = logp - old
+        log_ratio = raw.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+        in_range = raw.abs() < LOG_RATIO_CLAMP  # outside, the clamp kills the gradient
+    ratio = torch.exp(log_ratio)
+    pg = torch.maximum(-adv * ratio, -adv * ratio.clamp(1.0 - cfg.clip_low, 1.0 + cfg.clip_high))
+    clip_low = (adv < 0) & (ratio < 1.0 - cfg.clip_low)
+    clip_high = (adv > 0) & (ratio > 1.0 + cfg.clip_high)
+    grad = torch.where(clip_low | clip_high | ~in_range, torch.zeros_like(ratio), -adv * ratio)
+    dual = torch.zeros_like(clip_low)
+    if cfg.clip_ratio_c is not None:
+        dual = (adv < 0) & (ratio > cfg.clip_ratio_c)
+        pg = torch.where(dual, -adv * cfg.clip_ratio_c, pg)
+        grad = torch.where(dual, torch.zeros_like(grad), grad)
+    return pg, grad, ratio, clip_low, clip_high, dual
+
+
+def shaped_ratio_term(logp, adv, gamma: float):
+    """LUFFY's off-policy term: -A * f, f = p / (p + gamma), p = exp(l); no clipping.
+
+    df/dl = p * gamma / (p + gamma)^2, which is large for low-probability tokens and so
+    keeps learning from rare reference tokens that a plain ratio would ignore.
+    """
+    p = torch.exp(logp)
+    f = p / (p + gamma)
+    return -adv * f, -adv * p * gamma / (p + gamma) ** 2, f
+
+
+def token_loss_and_grad(
+    logp: torch.Tensor,
+    terms: TokenTerms,
+    cfg: LossConfig,
+    entropy: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token loss contribution, its derivative w.r.t. logp, and the stats vector.
+
+    logp (N,) fp32 (no grad needed). Returns loss_t (N,), dloss_t/dlogp (N,), stats (NUM_STATS,).
+    The full loss is loss_t.sum(): aggregation is already inside the weights.
+    """
+    logp = logp.float().detach()
+    adv = terms.advantages
+    policy = terms.policy
+    off = terms.offpolicy if terms.offpolicy is not None else torch.zeros_like(policy)
+    ratio_tok = policy & ~off
+    off_tok = policy & off
+
+    pg, grad, ratio, c_low, c_high, dual = clipped_ratio_term(logp, terms.old_logprobs, adv, cfg)
+    if off_tok.any():
+        pg_off, grad_off, f = shaped_ratio_term(logp, adv, cfg.luffy_gamma)
+        pg = torch.where(off_tok, pg_off, pg)
+        grad = torch.where(off_tok, grad_off, grad)
+        ratio = torch.where(off_tok, f, ratio)
+
+    w = terms.pg_weight
+    if terms.rollout_logprobs is not None:
+        # Truncated importance sampling against the rollout engine's own log-probs:
+        # a detached weight min(exp(o - q), C) with o the trainer's old log-prob.
+        old = terms.old_logprobs if terms.old_logprobs is not None else logp
+        tis = torch.exp((old - terms.rollout_logprobs).clamp(max=LOG_RATIO_CLAMP))
+        w = w * torch.where(ratio_tok, tis.clamp(max=cfg.tis_cap), torch.ones_like(tis))
+    w = torch.where(policy, w, torch.zeros_like(w))
+
+    loss_pg = w * pg
+    grad_t = w * grad
+    kl = torch.zeros_like(logp)
+    loss_kl = torch.zeros_like(logp)
+    if cfg.beta > 0.0 and terms.ref_logprobs is not None:
+        kl, dkl = KL_TERMS.get(cfg.kl_estimator)(logp, terms.ref_logprobs)
+        kl = torch.where(policy, kl, torch.zeros_like(kl))
+        loss_kl = w * cfg.beta * kl
+        grad_t = grad_t + w * cfg.beta * dkl
+
+    sft = terms.sft_weight
+    loss_sft = -sft * logp
+    grad_t = grad_t - sft
+    sft_tok = sft > 0
+
+    pf = policy.float()
+    active = policy | sft_tok
+    stats = torch.stack(
+        [
+            loss_pg.sum(),
+            loss_kl.sum(),
+            loss_sft.sum(),
+            pf.sum(),
+            (c_low & ratio_tok).float().sum(),
+            (c_high & ratio_tok).float().sum(),
+            (dual & ratio_tok).float().sum(),
+            (ratio * pf).sum(),
+            (kl * pf).sum(),
+            sft_tok.float().sum(),
+            (entropy.float() * active.float()).sum() if entropy is not None else logp.new_zeros(()),
+            active.float().sum(),
+        ]
+    )
+    return loss_pg + loss_kl + loss_sft, grad_t, stats
+
+
+def metrics_from_stats(stats: torch.Tensor, with_entropy: bool) -> dict[str, torch.Tensor]:
+    """Turn the summed stats vector into reported metrics (0-dim detached tensors)."""
+    s = dict(zip(STAT_NAMES, stats.detach().unbind(0)))
+    n_pol = s["n_policy"].clamp(min=1)
+    out = {
+        "loss/pg": s["pg_loss"],
+        "loss/kl": s["kl_loss"],
+        "loss/sft": s["sft_loss"],
+        "clip_frac/low": s["n_clip_low"] / n_pol,
+        "clip_frac/high": s["n_clip_high"] / n_pol,
+        "clip_frac/dual": s["n_dual_clip"] / n_pol,
+        "ratio/mean": s["ratio_sum"] / n_pol,
+        "kl/mean": s["kl_sum"] / n_pol,
+        "tokens/policy": s["n_policy"],
+        "tokens/sft": s["n_sft"],
+    }
+    if with_entropy:
+        out["entropy/mean"] = s["entropy_sum"] / s["n_active"].clamp(min=1)
+    return out

@@ -1,0 +1,211 @@
+"""Public functions of rgpo_fast: fused linear log-probs and the fused policy loss.
+
+Both take hidden states and the lm_head weight and never materialise [tokens x vocab]
+logits. `impl` picks the backend: "auto" (triton on CUDA, else the compiled extension,
+else torch), "triton", "cuda", "cpp" or "torch" (chunked PyTorch, runs anywhere).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rgpo_fast.algos.aggregation import aggregation_weights, check_agg_mode
+from rgpo_fast.algos.policy_loss import LossConfig, TokenTerms, metrics_from_stats
+from rgpo_fast.ops.linear_logprob import LinearLogprobFunction, LogprobOptions
+from rgpo_fast.ops.linear_policy_loss import LinearPolicyLossFunction, PolicyLossOptions
+from rgpo_fast.validation import (
+    check_finite,
+    check_linear,
+    check_mask,
+    check_shape,
+    check_targets,
+    check_tensor,
+)
+
+
+def _check_chunk(chunk_size: int | None) -> None:
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+
+
+def fused_linear_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    return_entropy: bool = False,
+    impl: str = "auto",
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log softmax((hidden @ weight.T + bias) / temperature)[targets], without the logits.
+
+    hidden (N, H) or (B, T, H); weight (V, H); bias (V,); targets (N,) or (B, T) integers in
+    [0, V). Returns (logp, entropy) as float32 with the leading shape of hidden; entropy is
+    None unless `return_entropy`. Differentiable w.r.t. hidden, weight and bias (and through
+    entropy when requested).
+    """
+    check_linear(hidden, weight, bias)
+    check_tensor("targets", targets, floating=False)
+    lead = tuple(hidden.shape[:-1])
+    check_shape("targets", targets, lead, "the leading shape of hidden")
+    check_targets(targets, weight.shape[0])
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    _check_chunk(chunk_size)
+    h = hidden.reshape(-1, hidden.shape[-1])
+    opts = LogprobOptions(float(temperature), bool(return_entropy), impl, chunk_size)
+    logp, ent = LinearLogprobFunction.apply(
+        h, weight, bias, targets.reshape(-1).long().contiguous(), opts
+    )
+    return logp.view(lead), (ent.view(lead) if return_entropy else None)
+
+
+def build_token_terms(
+    mask: torch.Tensor,
+    advantages: torch.Tensor,
+    *,
+    old_logprobs=None,
+    ref_logprobs=None,
+    hint_mask=None,
+    sft_mask=None,
+    offpolicy_mask=None,
+    rollout_logprobs=None,
+    cfg: LossConfig,
+    num_global_tokens=None,
+    num_global_seqs=None,
+    num_global_sft_tokens=None,
+    max_response_len: int | None = None,
+) -> tuple[TokenTerms, torch.Tensor]:
+    """Validated (B, T) inputs -> flat TokenTerms over active tokens, and the active mask.
+
+    Active = mask & ~hint. Of those, SFT tokens (transferred samples) get the NLL term with
+    weight sft_coef / #SFT tokens; the rest are policy tokens weighted by `loss_agg`.
+    """
+    B, T = mask.shape
+    bt = [(B, T)]
+    hint = check_mask("hint_mask", hint_mask, bt) if hint_mask is not None else None
+    sft = check_mask("sft_mask", sft_mask, [(B,), (B, T)]) if sft_mask is not None else None
+    off = None
+    if offpolicy_mask is not None:
+        off = check_mask("offpolicy_mask", offpolicy_mask, [(B,), (B, T)])
+    check_tensor("advantages", advantages, floating=True)
+    if tuple(advantages.shape) not in ((B,), (B, T)):
+        raise ValueError(
+            f"advantages must have shape ({B},) or ({B}, {T}), got {tuple(advantages.shape)}"
+        )
+    check_finite("advantages", advantages)
+    per_tok = {"old_logprobs": old_logprobs, "ref_logprobs": ref_logprobs,
+               "rollout_logprobs": rollout_logprobs}  # fmt: skip
+    for name, x in per_tok.items():
+        if x is not None:
+            check_tensor(name, x, floating=True)
+            check_shape(name, x, (B, T), "the shape of mask")
+            check_finite(name, x, where=mask)
+
+    def tok(x):  # (B,) or (B, T) -> (B, T)
+        return x[:, None].expand(B, T) if x.dim() == 1 else x
+
+    active = mask if hint is None else mask & ~hint
+    sft_tok = active & tok(sft) if sft is not None else torch.zeros_like(active)
+    policy = active & ~sft_tok
+    pg_w = aggregation_weights(
+        policy, cfg.loss_agg, num_tokens=num_global_tokens, num_seqs=num_global_seqs,
+        max_response_len=max_response_len,
+    )  # fmt: skip
+    n_sft = sft_tok.sum().float() if num_global_sft_tokens is None else num_global_sft_tokens
+    n_sft = torch.as_tensor(n_sft, dtype=torch.float32, device=mask.device).clamp(min=1)
+    sft_w = sft_tok.float() * (cfg.sft_coef / n_sft)
+
+    sel = active.reshape(-1)
+
+    def flat(x, dtype=torch.float32):
+        return None if x is None else tok(x).reshape(-1)[sel].to(dtype).contiguous()
+
+    terms = TokenTerms(
+        advantages=flat(advantages),
+        pg_weight=flat(pg_w),
+        sft_weight=flat(sft_w),
+        policy=flat(policy, torch.bool),
+        offpolicy=flat(off, torch.bool),
+        old_logprobs=flat(old_logprobs),
+        ref_logprobs=flat(ref_logprobs),
+        rollout_logprobs=flat(rollout_logprobs),
+    )
+    return terms, active
+
+
+def fused_linear_policy_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    advantages: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    old_logprobs: torch.Tensor | None = None,
+    ref_logprobs: torch.Tensor | None = None,
+    hint_mask: torch.Tensor | None = None,
+    sft_mask: torch.Tensor | None = None,
+    offpolicy_mask: torch.Tensor | None = None,
+    rollout_logprobs: torch.Tensor | None = None,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    clip_ratio_c: float | None = None,
+    beta: float = 0.0,
+    kl_estimator: str = "k3",
+    sft_coef: float = 1e-3,
+    loss_agg: str = "token-mean",
+    temperature: float = 1.0,
+    luffy_gamma: float = 0.1,
+    tis_cap: float = 2.0,
+    max_response_len: int | None = None,
+    num_global_tokens: float | torch.Tensor | None = None,
+    num_global_seqs: float | torch.Tensor | None = None,
+    num_global_sft_tokens: float | torch.Tensor | None = None,
+    return_entropy: bool = False,
+    impl: str = "auto",
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped / hint-masked RGPO policy loss straight from hidden states (ALGORITHMS.md).
+
+    hidden (B, T, H), weight (V, H), targets (B, T), mask (B, T) response tokens,
+    advantages (B,) or (B, T); old/ref/rollout log-probs (B, T); hint_mask (B, T) tokens
+    copied from a rationale (no gradient at all); sft_mask (B,) or (B, T) transferred samples
+    trained with sft_coef * NLL; offpolicy_mask (B,) or (B, T) LUFFY slots (shaped ratio).
+    Only active tokens (mask & ~hint) are computed; targets elsewhere may be anything
+    (e.g. -100 padding). Returns the scalar loss and a dict of 0-dim metric tensors.
+    Under data parallelism pass the all-reduced counts as num_global_*.
+    """
+    cfg = LossConfig(clip_low, clip_high, clip_ratio_c, beta, kl_estimator, sft_coef, loss_agg,
+                     temperature, luffy_gamma, tis_cap)  # fmt: skip
+    check_agg_mode(loss_agg)
+    check_linear(hidden, weight, bias)
+    if hidden.dim() != 3:
+        raise ValueError(f"hidden must be (B, T, H) for the policy loss, got {tuple(hidden.shape)}")
+    B, T, H = hidden.shape
+    check_tensor("targets", targets, floating=False)
+    check_shape("targets", targets, (B, T), "the leading shape of hidden")
+    mask = check_mask("mask", mask, [(B, T)])
+    _check_chunk(chunk_size)
+    terms, active = build_token_terms(
+        mask, advantages, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
+        hint_mask=hint_mask, sft_mask=sft_mask, offpolicy_mask=offpolicy_mask,
+        rollout_logprobs=rollout_logprobs, cfg=cfg, num_global_tokens=num_global_tokens,
+        num_global_seqs=num_global_seqs, num_global_sft_tokens=num_global_sft_tokens,
+        max_response_len=max_response_len,
+    )  # fmt: skip
+    check_targets(targets, weight.shape[0], where=active)
+    sel = active.reshape(-1)
+    h_all = hidden.reshape(B * T, H)
+    if bool(sel.all()):
+        h, t = h_all, targets.reshape(-1)
+    else:
+        idx = sel.nonzero().squeeze(1)
+        h, t = h_all.index_select(0, idx), targets.reshape(-1).index_select(0, idx)
+    opts = PolicyLossOptions(cfg, impl, chunk_size, bool(return_entropy))
+    loss, stats = LinearPolicyLossFunction.apply(
+        h, weight, bias, t.long().contiguous(), terms, opts
+    )
+    return loss, metrics_from_stats(stats, bool(return_entropy))

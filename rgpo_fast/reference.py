@@ -1,0 +1,162 @@
+"""Naive PyTorch oracle: materialises the full [tokens x vocab] logits.
+
+This is the test oracle and nothing else: it is written as plainly as possible, directly
+from ALGORITHMS.md, sharing no code with the fast paths (only the aggregation rule of
+`algos.aggregation`, which is tested against hand counts on its own). Gradients come from
+autograd. Default is float32 maths; `compute_dtype=torch.float64` gives the ground truth
+of the three-way tolerance tests, and `upcast=False` gives "what a user would write" in the
+input dtype (lm_head matmul in bf16, softmax in fp32).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rgpo_fast.algos.aggregation import aggregation_weights
+
+
+def naive_logits(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    compute_dtype: torch.dtype = torch.float32,
+    upcast: bool = True,
+) -> torch.Tensor:
+    """logits = (hidden @ weight.T + bias) / temperature in `compute_dtype`, shape (..., V)."""
+    if upcast:
+        z = hidden.to(compute_dtype) @ weight.to(compute_dtype).T
+        if bias is not None:
+            z = z + bias.to(compute_dtype)
+    else:
+        z = hidden @ weight.T
+        if bias is not None:
+            z = z + bias
+        z = z.to(compute_dtype)
+    return z / temperature
+
+
+def naive_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    return_entropy: bool = False,
+    compute_dtype: torch.dtype = torch.float32,
+    upcast: bool = True,
+):
+    """Token log-probs log softmax(z)[target] and (optionally) entropy -sum p log p."""
+    z = naive_logits(hidden, weight, bias, temperature, compute_dtype, upcast)
+    logsm = torch.log_softmax(z, dim=-1)
+    logp = logsm.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1)
+    entropy = -(logsm.exp() * logsm).sum(-1) if return_entropy else None
+    return logp, entropy
+
+
+def _per_token(x: torch.Tensor | None, shape, dtype) -> torch.Tensor | None:
+    if x is None:
+        return None
+    x = x.to(dtype)
+    return x.unsqueeze(-1).expand(shape) if x.dim() == 1 else x
+
+
+def naive_policy_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    advantages: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    old_logprobs: torch.Tensor | None = None,
+    ref_logprobs: torch.Tensor | None = None,
+    hint_mask: torch.Tensor | None = None,
+    sft_mask: torch.Tensor | None = None,
+    offpolicy_mask: torch.Tensor | None = None,
+    rollout_logprobs: torch.Tensor | None = None,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    clip_ratio_c: float | None = None,
+    beta: float = 0.0,
+    kl_estimator: str = "k3",
+    sft_coef: float = 1e-3,
+    loss_agg: str = "token-mean",
+    temperature: float = 1.0,
+    luffy_gamma: float = 0.1,
+    tis_cap: float = 2.0,
+    max_response_len: int | None = None,
+    compute_dtype: torch.dtype = torch.float32,
+    upcast: bool = True,
+    return_entropy: bool = False,
+):
+    """Full RGPO/PPO policy loss on (B, T, H) hidden states. Returns (loss, per-token dict).
+
+    Token roles: active = mask & ~hint; SFT tokens = active & sft; policy tokens =
+    active & ~sft; of those, off-policy tokens use LUFFY's shaped ratio, the rest the
+    clipped ratio. Loss = sum_t w_t (pg_t + beta kl_t) + sft_coef * mean over SFT tokens of
+    -l_t, w_t from `loss_agg` over the policy tokens (times the TIS weight if given).
+    """
+    B, T = mask.shape
+    dt = compute_dtype
+    logp, entropy = naive_logprobs(
+        hidden, weight, targets, bias, temperature, return_entropy, dt, upcast
+    )
+    mask = mask.bool()
+    hint = hint_mask.bool() if hint_mask is not None else torch.zeros_like(mask)
+    sft = _per_token(sft_mask, (B, T), torch.bool)
+    sft = sft if sft is not None else torch.zeros_like(mask)
+    off = _per_token(offpolicy_mask, (B, T), torch.bool)
+    off = off if off is not None else torch.zeros_like(mask)
+    adv = _per_token(advantages, (B, T), dt)
+
+    active = mask & ~hint
+    sft_tok = active & sft
+    policy = active & ~sft
+    off_tok = policy & off
+    ratio_tok = policy & ~off
+
+    # Clipped ratio (PPO, DAPO clip-higher); rho = exp(l - stopgrad(l)) when on-policy.
+    old = old_logprobs.to(dt) if old_logprobs is not None else logp.detach()
+    ratio = torch.exp(torch.clamp(logp - old, -20.0, 20.0))
+    surr1 = -adv * ratio
+    surr2 = -adv * torch.clamp(ratio, 1 - clip_low, 1 + clip_high)
+    pg = torch.max(surr1, surr2)
+    if clip_ratio_c is not None:
+        pg = torch.where(adv < 0, torch.min(pg, -adv * clip_ratio_c), pg)
+    # LUFFY: f = pi / (pi + gamma) on the off-policy slot, no clipping.
+    p = torch.exp(logp)
+    pg = torch.where(off_tok, -adv * p / (p + luffy_gamma), pg)
+
+    w = aggregation_weights(policy, loss_agg, max_response_len=max_response_len).to(dt)
+    if rollout_logprobs is not None:
+        tis = torch.exp(old.detach() - rollout_logprobs.to(dt)).clamp(max=tis_cap)
+        w = torch.where(ratio_tok, w * tis, w)
+
+    loss = (w * pg * policy).sum()
+    kl = torch.zeros_like(logp)
+    if beta > 0 and ref_logprobs is not None:
+        d = ref_logprobs.to(dt) - logp
+        if kl_estimator == "k1":
+            kl = -d
+        elif kl_estimator == "k2":
+            kl = d**2 / 2
+        else:
+            kl = torch.clamp(torch.exp(d) - d - 1, -10.0, 10.0)
+        loss = loss + beta * (w * kl * policy).sum()
+    n_sft = sft_tok.sum()
+    if n_sft > 0:
+        loss = loss + sft_coef * (-(logp * sft_tok).sum() / n_sft)
+    per_token = {
+        "logp": logp,
+        "entropy": entropy,
+        "ratio": ratio,
+        "pg": pg,
+        "kl": kl,
+        "weight": w,
+        "policy": policy,
+        "sft": sft_tok,
+        "clip_low": (adv < 0) & (ratio < 1 - clip_low) & ratio_tok,
+        "clip_high": (adv > 0) & (ratio > 1 + clip_high) & ratio_tok,
+    }
+    return loss, per_token
