@@ -8,10 +8,12 @@ build step, so `pip install --no-build-isolation -e .` uses the torch already in
 
 import os
 import platform
+import sys
 
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, ROOT)  # PEP 517 builds do not put the project root on sys.path
 
 
 def _native_extensions():
