@@ -1,0 +1,85 @@
+"""The rollout-engine protocol: what the trainer needs from any generator.
+
+An engine generates `n` samples per prompt from token ids and returns the sampled token
+ids and the engine's own per-token log-probs (used for truncated importance sampling, see
+ALGORITHMS.md). Colocated engines share the devices with the trainer, so they also
+release memory (`sleep`), take it back in stages (`wake_up(tags)`) and receive the
+trainer's new weights (`load_weights`). The trainer calls them in this order each step:
+
+    generate -> sleep -> (train) -> wake_up(["weights"]) -> load_weights -> wake_up(["kv_cache"])
+
+`load_weights` resets any prefix cache itself, because cached keys/values computed with
+the old weights would silently mix two policies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@dataclass
+class SamplingParams:
+    """How to sample. temperature 0 means greedy; top_p 1 disables nucleus filtering."""
+
+    n: int = 1
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop_token_ids: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"SamplingParams.n must be >= 1, got {self.n}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"SamplingParams.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"SamplingParams.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class Completion:
+    """One sample: generated token ids (stop token included if it was produced), the
+    engine's log-prob of each under the temperature-scaled distribution, and why it
+    ended ("stop" at an EOS/stop token, "length" at max_new_tokens)."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str
+
+
+@dataclass
+class RequestOutput:
+    """The n completions of one prompt."""
+
+    prompt_ids: list[int]
+    completions: list[Completion] = field(default_factory=list)
+
+
+@runtime_checkable
+class RolloutEngine(Protocol):
+    """Any generator the trainer can drive (hf.HFEngine, vllm_colocated.VLLMColocatedEngine)."""
+
+    name: str
+
+    def generate(self, prompts: Sequence[list[int]], params: SamplingParams) -> list[RequestOutput]:
+        """n samples per prompt; output i belongs to prompts[i]."""
+        ...
+
+    def sleep(self, level: int = 2) -> None:
+        """Free device memory after generation (level 2: drop weights and KV cache)."""
+        ...
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """Re-allocate memory: tags "weights" and/or "kv_cache" (None: both)."""
+        ...
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy the trainer's parameters (HF names, full tensors) into the engine."""
+        ...

@@ -1,0 +1,176 @@
+"""Build, cache and load the tiny Qwen2 model and character-level tokenizer.
+
+The built-in default run and the tests need a real causal LM without any download. We build
+one from a `Qwen2Config` and a tokenizer from the `tokenizers` library, save both with
+`save_pretrained` into a cache directory keyed by a hash of their specification, and always
+load them back through `AutoModelForCausalLM/AutoTokenizer.from_pretrained` so the default
+run exercises the same loading code as a real checkpoint.
+
+Character-level tokens keep the vocabulary at ~100 entries: the lm_head is tiny and a
+model of a few hundred thousand parameters can learn the `arith` task on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+# Special tokens follow Qwen's chat markup so chat templates look familiar.
+PAD_TOKEN = "<|endoftext|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+SPECIAL_TOKENS = [PAD_TOKEN, IM_START, IM_END]
+# Printable ASCII plus newline: every character the built-in task and templates produce.
+CHARS = ["\n"] + [chr(c) for c in range(32, 127)]
+UNK_TOKEN = "<|unk|>"
+
+# A minimal ChatML template. The assistant turn ends with <|im_end|>, which is the EOS token,
+# so generation stops exactly where the chat turn ends.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class TinyModelSpec:
+    """Architecture of the tiny Qwen2 model (tuned for speed on 2 CPU cores)."""
+
+    num_hidden_layers: int = 4
+    hidden_size: int = 128
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    intermediate_size: int = 256
+    max_position_embeddings: int = 512
+    tie_word_embeddings: bool = True
+    seed: int = 0
+
+    def key(self) -> str:
+        """Stable cache key: hash of the spec and of the tokenizer layout."""
+        blob = json.dumps({"spec": asdict(self), "chars": CHARS, "special": SPECIAL_TOKENS,
+                           "template": CHAT_TEMPLATE, "version": 1}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def default_cache_dir() -> Path:
+    """`$RGPO_FAST_CACHE` or ~/.cache/rgpo_fast (outside the repository, never committed)."""
+    root = os.environ.get("RGPO_FAST_CACHE") or os.path.join(Path.home(), ".cache", "rgpo_fast")
+    return Path(root)
+
+
+def build_tokenizer():
+    """A character-level PreTrainedTokenizerFast with ChatML specials, EOS = <|im_end|>."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + [UNK_TOKEN] + CHARS)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
+    # Every character is its own pre-token; WordLevel then maps it to one id.
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    # Split(".") skips "\n" (regex dot), but isolated behaviour keeps the unmatched gaps
+    # as pre-tokens of their own, so newlines still come out as single "\n" tokens.
+    tok.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token=UNK_TOKEN,
+        pad_token=PAD_TOKEN,
+        eos_token=IM_END,
+        bos_token=None,
+        additional_special_tokens=[IM_START],
+        clean_up_tokenization_spaces=False,
+        model_max_length=4096,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.padding_side = "left"  # generation batches are left-padded
+    return fast
+
+
+def build_model(spec: TinyModelSpec, tokenizer):
+    """A randomly initialised Qwen2ForCausalLM of shape `spec` (float32)."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        max_position_embeddings=spec.max_position_embeddings,
+        tie_word_embeddings=spec.tie_word_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        use_cache=True,
+    )
+    torch.manual_seed(spec.seed)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def ensure_tiny_model(spec: TinyModelSpec | None = None, cache_dir: str | Path | None = None) -> Path:
+    """Build and save the tiny model + tokenizer once; return the directory to load from.
+
+    The directory is written to a temporary sibling and renamed into place, so concurrent
+    runs (tests, torchrun ranks) never see a half-written model.
+    """
+    spec = spec or TinyModelSpec()
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    target = root / f"tiny-qwen2-{spec.key()}"
+    if (target / "config.json").exists() and (target / "tokenizer.json").exists():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-tiny-", dir=root))
+    tokenizer = build_tokenizer()
+    model = build_model(spec, tokenizer)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "rgpo_fast_spec.json").write_text(json.dumps(asdict(spec), indent=2))
+    try:
+        os.rename(tmp, target)
+    except OSError:
+        # Another process won the race; its copy is identical (same spec hash).
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _load_tokenizer(path, auto_cls):
+    """AutoTokenizer, except for a generic `tokenizers` tokenizer in a local directory.
+
+    transformers 5 replaces a generic tokenizer class by the model type's own class when
+    the config says `qwen2` (it assumes a mislabeled Hub repo), which swaps our
+    character-level pre-tokenizer for Qwen's byte-level one. A local directory whose
+    tokenizer_config.json asks for the generic backend gets exactly that backend.
+    """
+    cfg_file = Path(path) / "tokenizer_config.json"
+    if cfg_file.is_file():
+        cls = json.loads(cfg_file.read_text()).get("tokenizer_class")
+        if cls in ("TokenizersBackend", "PreTrainedTokenizerFast"):
+            from transformers import PreTrainedTokenizerFast
+
+            return PreTrainedTokenizerFast.from_pretrained(str(path))
+    return auto_cls.from_pretrained(str(path))
+
+
+def load_model_and_tokenizer(path: str | Path, dtype=None):
+    """Load any causal LM + tokenizer through the standard `from_pretrained` path."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = _load_tokenizer(path, AutoTokenizer)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return model, tokenizer
