@@ -182,7 +182,9 @@ def token_loss_and_grad(
     logp (N,) fp32 (no grad needed). Returns loss_t (N,), dloss_t/dlogp (N,), stats (NUM_STATS,).
     The full loss is loss_t.sum(): aggregation is already inside the weights.
     """
-    logp = logp.float().detach()
+    logp = logp.detach()
+    if logp.dtype not in (torch.float32, torch.float64):
+        logp = logp.float()
     adv = terms.advantages
     policy = terms.policy
     off = terms.offpolicy if terms.offpolicy is not None else torch.zeros_like(policy)

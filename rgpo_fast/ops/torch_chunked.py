@@ -32,8 +32,14 @@ def is_available(device: torch.device) -> bool:
 
 def _logits_block(h, weight, bias, temperature):
     """(c, V) fp32 logits of one chunk of hidden states; a fresh tensor safe to modify."""
-    z = torch.addmm(bias, h, weight.t()) if bias is not None else h @ weight.t()
-    z = z.float() if z.dtype != torch.float32 else z
+    if h.dtype == torch.float32:
+        z = torch.addmm(bias, h, weight.t()) if bias is not None else h @ weight.t()
+    else:
+        # Half inputs: one rounding of the matmul output to the input dtype (as a cuBLAS
+        # kernel with a half output would do), then the bias is added in fp32.
+        z = (h @ weight.t()).float()
+        if bias is not None:
+            z += bias.float()
     if temperature != 1.0:
         z.div_(temperature)
     return z
