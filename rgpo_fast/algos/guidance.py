@@ -1,0 +1,429 @@
+"""RGPO guidance as pure building blocks (ALGORITHMS.md, "RGPO"), plus GHPO and LUFFY pieces.
+
+Step order the trainer follows for `cfg.guidance == "rgpo"` (Guide is the same with
+trigger="all_fail", transfer="is"):
+
+    levels = hint_levels.get_many(uids)
+    need   = needs_guidance(levels, unguided_rewards, cfg, has_rationale)
+    for i in need:  seg = segment_rationale(z_i, cfg.n_segments, cfg.segmentation, tok)
+                    level = hint_level_used(levels[i], cfg); hint = build_hint(seg, level)
+                    prompt placement:   guided prompt = encode_prompt(tok, x_i, hint, ...)
+                    response placement: response prefix = response_hint(tok, hint)
+                    sample K = cfg.guided_samples(G) responses; rewards
+                    ok = accept(guided_rewards, unguided_rewards[i], cfg)
+                    transferred += [transfer_back(r, unguided_prompt_ids_i, tok, cfg) for ok]
+    hint_levels.update(uid, solved=..., guided_failed=...)   # update_level per prompt
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rgpo_fast.batch import Rollout
+
+# ----------------------------------------------------------------------------- segmentation
+
+# A numbered step starts a line: "1.", "2)", "Step 3:", "(4)".
+_STEP_START = re.compile(r"(?im)^[ \t]*(?:step\s*\d+\s*[:.)]|\(?\d+[.)])\s")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def _units(text: str, mode: str) -> list[str]:
+    """Split `text` into units that concatenate back to `text` exactly."""
+    if mode == "lines":
+        return [u for u in text.splitlines(keepends=True) if u]
+    if mode == "sentences":
+        units, last = [], 0
+        for m in _SENTENCE_END.finditer(text):
+            units.append(text[last : m.end()])
+            last = m.end()
+        units.append(text[last:])
+        return [u for u in units if u]
+    if mode == "steps":
+        starts = [m.start() for m in _STEP_START.finditer(text)]
+        if not starts:
+            return [text] if text else []
+        starts = [0] + [s for s in starts if s > 0]  # text before step 1 joins step 1
+        return [text[a:b] for a, b in zip(starts, starts[1:] + [len(text)])]
+    raise ValueError(f"unknown segmentation unit {mode!r}")
+
+
+def _group(units: list[str], n: int) -> list[str]:
+    """Contiguous groups of units, as even as possible; fewer than n if fewer units."""
+    if len(units) <= n:
+        return list(units)
+    bounds = [round(i * len(units) / n) for i in range(n + 1)]
+    return ["".join(units[a:b]) for a, b in zip(bounds, bounds[1:])]
+
+
+def _token_chunks(text: str, n: int, tokenizer: Any | None) -> list[str]:
+    """n chunks of (about) equal token count, cut at token character offsets.
+
+    Without a tokenizer (or one without offsets) whitespace-separated words stand in for
+    tokens, then characters if there is a single word."""
+    offsets = None
+    if tokenizer is not None:
+        try:
+            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            offsets = [int(a) for a, _ in enc["offset_mapping"]]
+        except (NotImplementedError, TypeError, KeyError, ValueError):
+            offsets = None  # slow tokenizers have no offsets
+    if offsets is None:
+        offsets = [m.start() for m in re.finditer(r"\S+", text)]
+        if len(offsets) < 2:
+            offsets = list(range(len(text)))
+    if not offsets:
+        return [text] if text else []
+    offsets[0] = 0  # leading whitespace belongs to the first chunk
+    k = min(n, len(offsets))
+    cuts = [offsets[round(i * len(offsets) / k)] for i in range(k)] + [len(text)]
+    return [text[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]
+
+
+def segment_rationale(
+    text: str, n: int = 4, mode: str = "auto", tokenizer: Any | None = None
+) -> list[str]:
+    """Split a rationale into at most `n` contiguous segments; "".join(result) == text.
+
+    mode: "lines", "sentences", "steps" (numbered steps), "tokens" (equal token chunks), or
+    "auto": steps if there are >= 2 numbered steps, else lines if >= 2 non-empty lines,
+    else sentences if >= 2, else equal token chunks. A rationale with fewer units than `n`
+    gives fewer segments (each unit one segment): hint levels above the count mean "all".
+    An empty rationale gives [] (that prompt is never guided).
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be str, got {type(text).__name__}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an int >= 1, got {n!r}")
+    if not text.strip():
+        return []
+    if mode == "auto":
+        for candidate in ("steps", "lines", "sentences"):
+            units = _units(text, candidate)
+            if len([u for u in units if u.strip()]) >= 2:
+                return _group(units, n)
+        return _token_chunks(text, n, tokenizer)
+    if mode == "tokens":
+        return _token_chunks(text, n, tokenizer)
+    if mode not in ("lines", "sentences", "steps"):
+        raise ValueError(f"mode={mode!r} is invalid; valid: auto, lines, sentences, steps, tokens")
+    return _group(_units(text, mode), n)
+
+
+# ----------------------------------------------------------------------------- hint levels
+
+
+class HintLevels:
+    """Per-prompt hint level l in [0, N], keyed by the example uid; plain serialisable state
+    (a dict of ints) so it survives checkpoints. Unknown prompts start at level 0."""
+
+    def __init__(self, n_segments: int = 4, adaptive: bool = True) -> None:
+        if n_segments < 1:
+            raise ValueError(f"n_segments must be >= 1, got {n_segments}")
+        self.n_segments = n_segments
+        self.adaptive = adaptive
+        self.levels: dict[str, int] = {}
+
+    def get(self, uid: str) -> int:
+        return self.levels.get(uid, 0)
+
+    def get_many(self, uids: Sequence[str]) -> list[int]:
+        return [self.get(u) for u in uids]
+
+    def update(self, uid: str, *, solved: bool, guided_failed: bool) -> int:
+        new = update_level(
+            self.get(uid),
+            solved=solved,
+            guided_failed=guided_failed,
+            n_segments=self.n_segments,
+            adaptive=self.adaptive,
+        )
+        if new == 0:
+            self.levels.pop(uid, None)  # keep the table small: 0 is the default
+        else:
+            self.levels[uid] = new
+        return new
+
+    def histogram(self) -> list[int]:
+        """Number of known prompts at each level 1..N (index 0 is always 0: not stored)."""
+        counts = [0] * (self.n_segments + 1)
+        for v in self.levels.values():
+            counts[v] += 1
+        return counts
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "n_segments": self.n_segments,
+            "adaptive": self.adaptive,
+            "levels": dict(self.levels),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        n = int(state["n_segments"])
+        levels = {str(k): int(v) for k, v in state["levels"].items()}
+        bad = {k: v for k, v in levels.items() if not 0 <= v <= n}
+        if bad:
+            raise ValueError(f"hint levels outside [0, {n}]: {dict(list(bad.items())[:5])}")
+        self.n_segments = n
+        self.adaptive = bool(state.get("adaptive", True))
+        self.levels = {k: v for k, v in levels.items() if v > 0}
+
+
+def update_level(
+    level: int, *, solved: bool, guided_failed: bool, n_segments: int, adaptive: bool = True
+) -> int:
+    """One step of the level rule: solved -> l - 1 (floor 0); guided attempt failed ->
+    l + 1 (cap N); otherwise unchanged. `solved` means an unguided success or an accepted
+    guided response. With adaptation off the level never moves (fixed full hint)."""
+    if not 0 <= level <= n_segments:
+        raise ValueError(f"level={level} outside [0, n_segments={n_segments}]")
+    if not adaptive:
+        return level
+    if solved:
+        return max(level - 1, 0)
+    if guided_failed:
+        return min(level + 1, n_segments)
+    return level
+
+
+# ----------------------------------------------------------------------------- trigger, hint
+
+
+def _as_rows(rewards: Sequence[Sequence[float]] | Any, name: str) -> list[list[float]]:
+    rows = rewards.tolist() if hasattr(rewards, "tolist") else [list(r) for r in rewards]
+    if any(len(r) == 0 for r in rows):
+        raise ValueError(f"{name} has a prompt without samples")
+    return [[float(x) for x in r] for r in rows]
+
+
+def needs_guidance(
+    levels: Sequence[int],
+    unguided_rewards: Sequence[Sequence[float]],
+    cfg: Any,
+    has_rationale: Sequence[bool] | None = None,
+) -> list[bool]:
+    """Which prompts get a guided round this step.
+
+    levels (P,), unguided_rewards (P, G) (list of lists or a tensor). RGPO trigger
+    ("level_or_fail"): level > 0 or max reward < success_threshold. Guide ("all_fail"):
+    every unguided sample failed (max < threshold), whatever the level. Prompts without a
+    rationale are never guided. Guidance "none"/"luffy" never triggers.
+    """
+    rows = _as_rows(unguided_rewards, "unguided_rewards")
+    if len(levels) != len(rows):
+        raise ValueError(f"levels ({len(levels)}) and unguided_rewards ({len(rows)}) differ")
+    if has_rationale is not None and len(has_rationale) != len(rows):
+        raise ValueError(f"has_rationale ({len(has_rationale)}) and rewards ({len(rows)}) differ")
+    if cfg.guidance not in ("rgpo", "ghpo"):
+        return [False] * len(rows)
+    out = []
+    for i, (lvl, r) in enumerate(zip(levels, rows)):
+        failed = max(r) < cfg.success_threshold
+        trig = (
+            failed if cfg.trigger == "all_fail" or cfg.guidance == "ghpo" else (lvl > 0 or failed)
+        )
+        out.append(trig and (has_rationale is None or bool(has_rationale[i])))
+    return out
+
+
+def hint_level_used(level: int, cfg: Any) -> int:
+    """Segments shown: max(l, 1) with adaptation, all N without (the fixed-hint ablation)."""
+    return max(level, 1) if cfg.adaptive_levels else cfg.n_segments
+
+
+def build_hint(segments: Sequence[str], level: int) -> str:
+    """The first max(level, 1) segments, concatenated (an exact prefix of the rationale)."""
+    if level < 0:
+        raise ValueError(f"level must be >= 0, got {level}")
+    return "".join(segments[: max(level, 1)])
+
+
+def guided_prompt_text(problem: str, hint: str, cfg: Any, tokenizer: Any = None, **kw: Any) -> str:
+    """Prompt placement: the problem with the hint in the user message (chat-aware)."""
+    from rgpo_fast.data.prompts import build_prompt  # noqa: PLC0415 (avoid import cycle)
+
+    return build_prompt(tokenizer, problem, hint, hint_template=cfg.hint_template, **kw)
+
+
+def response_hint(tokenizer: Any, hint: str) -> tuple[list[int], list[bool]]:
+    """Response placement: token ids of the hint that prefix the response, and the hint
+    mask for them (all True). The engine generates after prompt + these ids; the guided
+    Rollout's response_ids = ids + generated and hint_mask = mask + [False] * generated."""
+    ids = list(tokenizer(hint, add_special_tokens=False)["input_ids"])
+    return ids, [True] * len(ids)
+
+
+# ----------------------------------------------------------------------------- acceptance
+
+
+def accept(
+    guided_rewards: Sequence[float],
+    unguided_rewards: Sequence[float],
+    mode: str = "beat_all",
+    success_threshold: float = 0.5,
+) -> list[bool]:
+    """beat_all: r_g > max(unguided), strictly (a tie is not an improvement);
+    any_success (ablation): r_g >= success_threshold."""
+    if len(unguided_rewards) == 0:
+        raise ValueError("unguided_rewards is empty: acceptance needs the unguided group")
+    g = [float(x) for x in guided_rewards]
+    if mode == "beat_all":
+        best = max(float(x) for x in unguided_rewards)
+        return [r > best for r in g]
+    if mode == "any_success":
+        return [r >= success_threshold for r in g]
+    raise ValueError(f"mode={mode!r} is invalid; valid: beat_all, any_success")
+
+
+# ----------------------------------------------------------------------------- transfer
+
+
+def transfer_back(
+    guided: Rollout,
+    unguided_prompt_ids: Sequence[int],
+    tokenizer: Any,
+    cfg: Any,
+    *,
+    hint_text: str | None = None,
+) -> Rollout:
+    """Move an accepted guided response to the hint-free prompt.
+
+    The response TEXT is re-tokenised on its own and placed after `unguided_prompt_ids`
+    (token ids under the hinted prompt need not be what the tokenizer gives for the same
+    text elsewhere). With response placement the copied hint is part of the text
+    (`hint_text` must be given) and its tokens are marked in the hint mask, found through
+    character offsets. An EOS that ended the guided response is kept.
+
+    `sft` transfer: logprobs=None (trained by NLL). `is` transfer: the behaviour log-probs
+    are the guided (hinted-context) ones; they are kept when re-tokenisation reproduced the
+    same response tokens, else set to None with `behaviour_prompt_ids` so the trainer can
+    recompute log p(y | x + h) for the new tokens before `assemble_batch`.
+    """
+    if guided.kind != "guided":
+        raise ValueError(f"transfer_back expects a guided rollout, got kind={guided.kind!r}")
+    placement = cfg.hint_placement
+    text = guided.text
+    if not text and guided.response_ids:
+        text = tokenizer.decode(guided.response_ids, skip_special_tokens=True)
+    if placement == "response":
+        if hint_text is None:
+            raise ValueError("hint_text is required with hint_placement='response'")
+        if not text.startswith(hint_text):
+            text = hint_text + text  # engine text may hold only the generated part
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=placement == "response")
+    ids = list(enc["input_ids"])
+    hint_mask = None
+    if placement == "response":
+        # a token is a hint token if it starts inside the hint's characters
+        hint_mask = [int(a) < len(hint_text) for a, _ in enc["offset_mapping"]]
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is not None and guided.response_ids and guided.response_ids[-1] == eos:
+        ids.append(eos)
+        if hint_mask is not None:
+            hint_mask.append(False)
+    logprobs, behaviour = None, None
+    if cfg.transfer == "is":
+        behaviour = list(guided.prompt_ids)
+        if guided.logprobs is not None and ids == list(guided.response_ids):
+            logprobs = list(guided.logprobs)
+    return Rollout(
+        prompt_ids=list(unguided_prompt_ids),
+        response_ids=ids,
+        logprobs=logprobs,
+        text=text,
+        group=guided.group,
+        kind="transferred",
+        reward=guided.reward,
+        hint_mask=hint_mask,
+        hint_level=guided.hint_level,
+        uid=guided.uid,
+        behaviour_prompt_ids=behaviour,
+    )
+
+
+def step_outcome(
+    unguided_rewards: Sequence[float],
+    accepted: Sequence[bool] | None,
+    success_threshold: float = 0.5,
+) -> tuple[bool, bool]:
+    """(solved, guided_failed) of one prompt for `update_level`.
+
+    solved: an unguided success or an accepted guided response; guided_failed: a guided
+    round ran (accepted is not None) and nothing was accepted."""
+    unguided_success = max(float(r) for r in unguided_rewards) >= success_threshold
+    any_accepted = bool(accepted) and any(accepted)
+    solved = unguided_success or any_accepted
+    guided_failed = accepted is not None and not any_accepted and not unguided_success
+    return solved, guided_failed
+
+
+# ----------------------------------------------------------------------------- GHPO
+
+
+def ghpo_hint(rationale: str, omega: float) -> str:
+    """GHPO's hint: the first ceil(omega * len) characters of the rationale."""
+    if not 0.0 < omega <= 1.0:
+        raise ValueError(f"omega must be in (0, 1], got {omega}")
+    return rationale[: math.ceil(omega * len(rationale))]
+
+
+def ghpo_escalate(
+    group_rewards: Sequence[Sequence[float]],
+    stages: Sequence[int | None],
+    cfg: Any,
+    has_rationale: Sequence[bool] | None = None,
+) -> list[int | None]:
+    """Next hint stage per prompt after a generation round.
+
+    group_rewards (P, G) are the rewards of each prompt's current group, `stages` the
+    stage that group was generated at (None = unguided, k = cfg.ghpo_omegas[k]). Returns
+    the stage to regenerate at, or None = stop: a group with any success is final; an
+    all-failed group escalates to the next omega; past the last omega it stops (the failed
+    group is kept and its advantages are all zero).
+    """
+    rows = _as_rows(group_rewards, "group_rewards")
+    if len(stages) != len(rows):
+        raise ValueError(f"stages ({len(stages)}) and group_rewards ({len(rows)}) differ")
+    out: list[int | None] = []
+    for i, (r, s) in enumerate(zip(rows, stages)):
+        all_failed = max(r) < cfg.success_threshold
+        nxt = 0 if s is None else s + 1
+        ok = has_rationale is None or bool(has_rationale[i])
+        out.append(nxt if all_failed and ok and nxt < len(cfg.ghpo_omegas) else None)
+    return out
+
+
+# ----------------------------------------------------------------------------- LUFFY
+
+
+def luffy_offpolicy_rollout(
+    prompt_ids: Sequence[int],
+    rationale: str,
+    tokenizer: Any,
+    *,
+    group: int,
+    reward: float | None = None,
+    uid: str = "",
+    add_eos: bool = True,
+) -> Rollout:
+    """The reference rationale as an off-policy response in the slot of group `group`
+    (LUFFY). Its tokens get the shaped ratio f = p / (p + gamma) in the loss
+    (offpolicy_mask); no behaviour log-probs are needed."""
+    if not rationale:
+        raise ValueError("luffy_offpolicy_rollout needs a non-empty rationale")
+    ids = list(tokenizer(rationale, add_special_tokens=False)["input_ids"])
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if add_eos and eos is not None:
+        ids.append(eos)
+    return Rollout(
+        prompt_ids=list(prompt_ids),
+        response_ids=ids,
+        text=rationale,
+        group=group,
+        kind="offpolicy",
+        reward=reward,
+        uid=uid,
+    )

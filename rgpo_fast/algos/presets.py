@@ -1,0 +1,239 @@
+"""`AlgoConfig`: one dataclass that expresses every algorithm; presets are data.
+
+`get_preset("rgpo")`, `get_preset("dapo", clip_high=0.3)`, ... return validated configs.
+The trainer reads `cfg.guidance` to pick the guidance step ("none", "rgpo", "ghpo",
+"luffy"), `cfg.loss_kwargs()` to configure the fused loss, and the remaining fields in
+the guidance / batch-assembly / dynamic-sampling functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from rgpo_fast.algos.advantages import ADVANTAGES
+from rgpo_fast.algos.aggregation import AGG_MODES
+
+GUIDANCE_MODES = ("none", "rgpo", "ghpo", "luffy")
+TRIGGERS = ("level_or_fail", "all_fail")
+SEGMENTATIONS = ("auto", "lines", "sentences", "steps", "tokens")
+PLACEMENTS = ("prompt", "response")
+TRANSFERS = ("sft", "is")
+ACCEPTANCES = ("beat_all", "any_success")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+
+
+def _choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ValueError(f"AlgoConfig.{name}={value!r} is invalid; valid: {', '.join(valid)}")
+
+
+@dataclass
+class AlgoConfig:
+    """Everything that distinguishes GRPO, DAPO, Dr. GRPO, GHPO, LUFFY, Guide and RGPO."""
+
+    name: str = field(default="rgpo", metadata={"help": "Preset name (informational)."})
+    # --- advantages and the clipped policy loss
+    advantage: str = field(
+        default="grpo", metadata={"help": "Advantage estimator: grpo, dr_grpo or rloo."}
+    )
+    clip_low: float = field(default=0.2, metadata={"help": "PPO clip eps_low (ratio >= 1-eps)."})
+    clip_high: float = field(
+        default=0.2, metadata={"help": "PPO clip eps_high (ratio <= 1+eps); DAPO uses 0.28."}
+    )
+    clip_ratio_c: float | None = field(
+        default=None, metadata={"help": "Dual-clip constant c for A<0 (e.g. 3.0); None = off."}
+    )
+    beta: float = field(default=0.0, metadata={"help": "KL coefficient to the reference policy."})
+    kl_estimator: str = field(default="k3", metadata={"help": "KL estimator: k1, k2 or k3."})
+    loss_agg: str = field(
+        default="token-mean", metadata={"help": f"Loss aggregation: {', '.join(AGG_MODES)}."}
+    )
+    sft_coef: float = field(
+        default=1e-3, metadata={"help": "lambda of the NLL on transferred samples (sft transfer)."}
+    )
+    tis_cap: float | None = field(
+        default=2.0,
+        metadata={"help": "Cap C of truncated importance weights min(exp(o-q), C); None = off."},
+    )
+    # --- DAPO dynamic sampling
+    dynamic_sampling: bool = field(
+        default=False, metadata={"help": "Drop zero-variance groups and refill with new prompts."}
+    )
+    max_extra_rounds: int = field(
+        default=3, metadata={"help": "Max extra generation rounds to refill (dynamic sampling)."}
+    )
+    # --- guidance (RGPO / Guide)
+    guidance: str = field(
+        default="rgpo",
+        metadata={"help": f"Guidance scheme: {', '.join(GUIDANCE_MODES)}."},
+    )
+    trigger: str = field(
+        default="level_or_fail",
+        metadata={
+            "help": "level_or_fail: guide if the hint level > 0 or no unguided success (RGPO); "
+            "all_fail: only when every unguided sample failed (Guide)."
+        },
+    )
+    success_threshold: float = field(
+        default=0.5, metadata={"help": "A sample with reward >= this counts as a success."}
+    )
+    n_segments: int = field(default=4, metadata={"help": "N: rationale segments = max level."})
+    segmentation: str = field(
+        default="auto",
+        metadata={"help": "Rationale units: auto, lines, sentences, steps or tokens (fallback)."},
+    )
+    num_guided: int | None = field(
+        default=None, metadata={"help": "K guided samples per guided prompt; None = max(G//2, 1)."}
+    )
+    hint_placement: str = field(
+        default="prompt",
+        metadata={"help": "prompt: hint in the user message; response: as a response prefix."},
+    )
+    hint_template: str = field(
+        default="{problem}\n\nPartial solution:\n{hint}",
+        metadata={"help": "User-message template with a hint; needs {problem} and {hint}."},
+    )
+    transfer: str = field(
+        default="sft",
+        metadata={
+            "help": "sft: NLL on accepted responses under the unguided prompt; is: "
+            "off-policy RL sample with hinted-context behaviour log-probs."
+        },
+    )
+    acceptance: str = field(
+        default="beat_all",
+        metadata={"help": "beat_all: reward > every unguided reward; any_success (ablation)."},
+    )
+    adaptive_levels: bool = field(
+        default=True, metadata={"help": "Adapt hint levels; False = always the full hint."}
+    )
+    # --- GHPO
+    ghpo_omegas: tuple[float, ...] = field(
+        default=(0.25, 0.5, 0.75),
+        metadata={"help": "GHPO: fractions of rationale characters tried in turn."},
+    )
+    # --- LUFFY
+    luffy_gamma: float = field(default=0.1, metadata={"help": "LUFFY shaping f = p / (p + g)."})
+    luffy_offpolicy_slots: int = field(
+        default=1, metadata={"help": "LUFFY: slots of each group given to the reference."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.advantage not in ADVANTAGES:
+            raise ValueError(
+                f"AlgoConfig.advantage={self.advantage!r} is invalid; "
+                f"valid: {', '.join(ADVANTAGES.names())}"
+            )
+        _choice("loss_agg", self.loss_agg, AGG_MODES)
+        _choice("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
+        _choice("guidance", self.guidance, GUIDANCE_MODES)
+        _choice("trigger", self.trigger, TRIGGERS)
+        _choice("segmentation", self.segmentation, SEGMENTATIONS)
+        _choice("hint_placement", self.hint_placement, PLACEMENTS)
+        _choice("transfer", self.transfer, TRANSFERS)
+        _choice("acceptance", self.acceptance, ACCEPTANCES)
+        for name in ("clip_low", "clip_high"):
+            v = getattr(self, name)
+            if not 0.0 <= v < 10.0:
+                raise ValueError(f"AlgoConfig.{name}={v} must be in [0, 10)")
+        if self.clip_low >= 1.0:
+            raise ValueError(f"AlgoConfig.clip_low={self.clip_low} must be < 1")
+        if self.clip_ratio_c is not None and self.clip_ratio_c <= 1.0:
+            raise ValueError(f"AlgoConfig.clip_ratio_c={self.clip_ratio_c} must be > 1")
+        if self.beta < 0:
+            raise ValueError(f"AlgoConfig.beta={self.beta} must be >= 0")
+        if self.sft_coef < 0:
+            raise ValueError(f"AlgoConfig.sft_coef={self.sft_coef} must be >= 0")
+        if self.tis_cap is not None and self.tis_cap <= 0:
+            raise ValueError(f"AlgoConfig.tis_cap={self.tis_cap} must be > 0 or None")
+        if self.max_extra_rounds < 0:
+            raise ValueError(f"AlgoConfig.max_extra_rounds={self.max_extra_rounds} must be >= 0")
+        if self.n_segments < 1:
+            raise ValueError(f"AlgoConfig.n_segments={self.n_segments} must be >= 1")
+        if self.num_guided is not None and self.num_guided < 1:
+            raise ValueError(f"AlgoConfig.num_guided={self.num_guided} must be >= 1 or None")
+        if not 0.0 < self.success_threshold <= 1.0:
+            raise ValueError(
+                f"AlgoConfig.success_threshold={self.success_threshold} must be in (0, 1]"
+            )
+        if "{problem}" not in self.hint_template or "{hint}" not in self.hint_template:
+            raise ValueError("AlgoConfig.hint_template must contain {problem} and {hint}")
+        self.ghpo_omegas = tuple(float(w) for w in self.ghpo_omegas)
+        if not self.ghpo_omegas or any(not 0.0 < w <= 1.0 for w in self.ghpo_omegas):
+            raise ValueError(f"AlgoConfig.ghpo_omegas={self.ghpo_omegas} must be in (0, 1]")
+        if list(self.ghpo_omegas) != sorted(self.ghpo_omegas):
+            raise ValueError(f"AlgoConfig.ghpo_omegas={self.ghpo_omegas} must be increasing")
+        if self.luffy_gamma <= 0:
+            raise ValueError(f"AlgoConfig.luffy_gamma={self.luffy_gamma} must be > 0")
+        if self.luffy_offpolicy_slots < 1:
+            raise ValueError(
+                f"AlgoConfig.luffy_offpolicy_slots={self.luffy_offpolicy_slots} must be >= 1"
+            )
+
+    def guided_samples(self, group_size: int) -> int:
+        """K, the number of guided samples per guided prompt, for G = group_size."""
+        if group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {group_size}")
+        return self.num_guided if self.num_guided is not None else max(group_size // 2, 1)
+
+    def loss_kwargs(self) -> dict[str, Any]:
+        """Options of `fused_linear_policy_loss` fixed by the algorithm."""
+        return {
+            "clip_low": self.clip_low,
+            "clip_high": self.clip_high,
+            "clip_ratio_c": self.clip_ratio_c,
+            "beta": self.beta,
+            "kl_estimator": self.kl_estimator,
+            "sft_coef": self.sft_coef,
+            "loss_agg": self.loss_agg,
+            "luffy_gamma": self.luffy_gamma,
+            "tis_cap": self.tis_cap if self.tis_cap is not None else float("inf"),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["ghpo_omegas"] = list(self.ghpo_omegas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AlgoConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown AlgoConfig field(s): {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+# Presets are plain overrides of the defaults (which are RGPO's).
+PRESETS: dict[str, dict[str, Any]] = {
+    "grpo": {"guidance": "none"},
+    "dapo": {
+        "guidance": "none",
+        "clip_high": 0.28,
+        "loss_agg": "token-mean",
+        "dynamic_sampling": True,
+        "beta": 0.0,
+    },
+    "dr_grpo": {"guidance": "none", "advantage": "dr_grpo", "loss_agg": "seq-mean-token-sum-norm"},
+    "ghpo": {"guidance": "ghpo", "trigger": "all_fail", "ghpo_omegas": (0.25, 0.5, 0.75)},
+    # LUFFY: mixed on/off-policy group, advantages without std normalisation.
+    "luffy": {"guidance": "luffy", "advantage": "dr_grpo", "luffy_gamma": 0.1},
+    "guide": {"guidance": "rgpo", "trigger": "all_fail", "transfer": "is"},
+    "rgpo": {"guidance": "rgpo", "trigger": "level_or_fail", "transfer": "sft"},
+}
+
+
+def preset_names() -> list[str]:
+    return sorted(PRESETS)
+
+
+def get_preset(name: str, **overrides: Any) -> AlgoConfig:
+    """The validated `AlgoConfig` of preset `name`, with optional field overrides."""
+    if name not in PRESETS:
+        raise ValueError(
+            f"unknown algorithm preset {name!r}; valid names: {', '.join(preset_names())}"
+        )
+    values = {"name": name, **PRESETS[name], **overrides}
+    return AlgoConfig.from_dict(values)

@@ -1,0 +1,111 @@
+"""AlgoConfig validation, presets as data, DAPO dynamic sampling."""
+
+import dataclasses
+
+import pytest
+
+from rgpo_fast.algos.dynamic_sampling import dynamic_sampling, informative_groups
+from rgpo_fast.algos.presets import AlgoConfig, get_preset, preset_names
+
+
+def test_every_field_has_help():
+    for f in dataclasses.fields(AlgoConfig):
+        assert f.metadata.get("help"), f.name
+
+
+def test_presets_hold_their_defining_choices():
+    assert preset_names() == ["dapo", "dr_grpo", "ghpo", "grpo", "guide", "luffy", "rgpo"]
+    assert AlgoConfig() == get_preset("rgpo").__class__(
+        **{**AlgoConfig().to_dict(), "name": "rgpo"}
+    )
+    rgpo = get_preset("rgpo")
+    assert (rgpo.guidance, rgpo.trigger, rgpo.transfer, rgpo.n_segments) == (
+        "rgpo",
+        "level_or_fail",
+        "sft",
+        4,
+    )
+    assert rgpo.guided_samples(8) == 4 and rgpo.guided_samples(1) == 1
+    dapo = get_preset("dapo")
+    assert (dapo.clip_low, dapo.clip_high, dapo.loss_agg, dapo.dynamic_sampling) == (
+        0.2,
+        0.28,
+        "token-mean",
+        True,
+    )
+    dr = get_preset("dr_grpo")
+    assert (dr.advantage, dr.loss_agg) == ("dr_grpo", "seq-mean-token-sum-norm")
+    assert get_preset("ghpo").ghpo_omegas == (0.25, 0.5, 0.75)
+    luffy = get_preset("luffy")
+    assert (luffy.guidance, luffy.advantage, luffy.luffy_gamma) == ("luffy", "dr_grpo", 0.1)
+    guide = get_preset("guide")
+    assert (guide.trigger, guide.transfer) == ("all_fail", "is")
+    assert get_preset("grpo").guidance == "none"
+    assert get_preset("dapo", clip_high=0.3).clip_high == 0.3
+
+
+def test_loss_kwargs_and_roundtrip():
+    cfg = get_preset("dapo", tis_cap=None)
+    kw = cfg.loss_kwargs()
+    assert kw["clip_high"] == 0.28 and kw["tis_cap"] == float("inf")
+    assert AlgoConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize(
+    "override,field",
+    [
+        ({"advantage": "ppo"}, "advantage"),
+        ({"loss_agg": "sum"}, "loss_agg"),
+        ({"transfer": "rl"}, "transfer"),
+        ({"hint_placement": "middle"}, "hint_placement"),
+        ({"clip_low": 1.5}, "clip_low"),
+        ({"n_segments": 0}, "n_segments"),
+        ({"ghpo_omegas": (0.5, 0.25)}, "ghpo_omegas"),
+        ({"success_threshold": 0.0}, "success_threshold"),
+        ({"hint_template": "{problem}"}, "hint_template"),
+        ({"num_guided": 0}, "num_guided"),
+    ],
+)
+def test_bad_fields_are_named(override, field):
+    with pytest.raises(ValueError, match=field):
+        get_preset("rgpo", **override)
+
+
+def test_unknown_preset_and_field():
+    with pytest.raises(ValueError, match="valid names: dapo, dr_grpo"):
+        get_preset("ppo")
+    with pytest.raises(ValueError, match="bogus"):
+        get_preset("rgpo", bogus=1)
+
+
+def test_informative_groups():
+    assert informative_groups([[0, 0, 0], [0, 1, 0], [1, 1, 1], [0.5, 0.5]]) == [
+        False,
+        True,
+        False,
+        False,
+    ]
+
+
+def test_dynamic_sampling_drops_and_refills():
+    # round 0: 4 groups, 2 informative; round 1: 3 groups, 1 informative; round 2: 2 more
+    rounds = {
+        0: [("a", [0, 0]), ("b", [0, 1]), ("c", [1, 1]), ("d", [1, 0])],
+        1: [("e", [0, 0]), ("f", [1, 0]), ("g", [1, 1])],
+        2: [("h", [0, 1]), ("i", [1, 0])],
+    }
+    calls = []
+
+    def generate(r):
+        calls.append(r)
+        return rounds[r]
+
+    kept, stats = dynamic_sampling(generate, lambda g: g[1], target_groups=4, max_extra_rounds=3)
+    assert [g[0] for g in kept] == ["b", "d", "f", "h"]  # surplus "i" cut
+    assert calls == [0, 1, 2]
+    assert stats == {"rounds": 3, "generated": 9, "dropped": 4, "kept": 4}
+
+
+def test_dynamic_sampling_bound_on_rounds():
+    kept, stats = dynamic_sampling(lambda r: [([0, 0])], lambda g: g, 2, max_extra_rounds=1)
+    assert kept == [] and stats["rounds"] == 2 and stats["dropped"] == 2
