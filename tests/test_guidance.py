@@ -1,0 +1,299 @@
+"""RGPO guidance rules, hand-worked: segmentation, trigger, hint, acceptance, transfer,
+levels; GHPO escalation; LUFFY's off-policy slot."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from helpers_tokenizer import build_char_tokenizer  # noqa: E402
+
+from rgpo_fast.algos.guidance import (  # noqa: E402
+    HintLevels,
+    accept,
+    build_hint,
+    ghpo_escalate,
+    ghpo_hint,
+    guided_prompt_text,
+    hint_level_used,
+    luffy_offpolicy_rollout,
+    needs_guidance,
+    response_hint,
+    segment_rationale,
+    step_outcome,
+    transfer_back,
+    update_level,
+)
+from rgpo_fast.algos.presets import get_preset  # noqa: E402
+from rgpo_fast.batch import Rollout, assemble_batch  # noqa: E402
+from rgpo_fast.data.prompts import encode_prompt  # noqa: E402
+
+RAT = "12+17=29\n29*3=87\n87-19=68\n68+5=73\nAnswer: 73"
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return build_char_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
+@pytest.fixture(scope="module")
+def chat_tok(tmp_path_factory):
+    return build_char_tokenizer(tmp_path_factory.mktemp("chat_tok"), chat=True)
+
+
+# ---------------------------------------------------------------- segmentation
+
+
+def test_segment_lines_groups_evenly_and_concatenates_back():
+    segs = segment_rationale(RAT, 4, "auto")
+    # 5 lines into 4 segments: bounds round(i * 5 / 4) = 0, 1, 2, 4, 5
+    assert segs == ["12+17=29\n", "29*3=87\n", "87-19=68\n68+5=73\n", "Answer: 73"]
+    assert "".join(segs) == RAT
+    assert segment_rationale("a\nb", 4, "lines") == ["a\n", "b"]  # fewer units than N
+    assert segment_rationale("", 4) == [] and segment_rationale("  \n", 4) == []
+
+
+def test_segment_steps_and_sentences():
+    text = "We start. 1. Add 2 and 3 to get 5.\n2. Double it: 10.\n3. So 10."
+    assert segment_rationale(text, 4, "steps") == [
+        "We start. 1. Add 2 and 3 to get 5.\n",
+        "2. Double it: 10.\n",
+        "3. So 10.",
+    ]
+    assert segment_rationale("One. Two! Three? Four.", 2, "sentences") == [
+        "One. Two! ",
+        "Three? Four.",
+    ]
+
+
+def test_segment_tokens_fallback_uses_token_offsets(tok):
+    segs = segment_rationale("abcdefgh", 4, "auto", tokenizer=tok)  # one unit: token chunks
+    assert segs == ["ab", "cd", "ef", "gh"]
+    assert segment_rationale("aa bb cc", 3, "tokens") == ["aa ", "bb ", "cc"]  # words
+    with pytest.raises(ValueError, match="mode"):
+        segment_rationale(RAT, 4, "paragraphs")
+    with pytest.raises(ValueError, match="n must"):
+        segment_rationale(RAT, 0)
+
+
+# ---------------------------------------------------------------- trigger and hint
+
+
+def test_trigger_rgpo_vs_guide():
+    rgpo, guide = get_preset("rgpo"), get_preset("guide")
+    levels = [0, 2, 0, 1]
+    rewards = [[0, 0], [1, 0], [1, 1], [0, 0]]
+    assert needs_guidance(levels, rewards, rgpo) == [True, True, False, True]
+    assert needs_guidance(levels, rewards, guide) == [True, False, False, True]
+    assert needs_guidance(levels, rewards, rgpo, has_rationale=[False, True, True, True]) == [
+        False,
+        True,
+        False,
+        True,
+    ]
+    assert needs_guidance(levels, rewards, get_preset("grpo")) == [False] * 4
+    with pytest.raises(ValueError, match="differ"):
+        needs_guidance([0], rewards, rgpo)
+
+
+def test_hint_is_first_max_level_1_segments():
+    segs = segment_rationale(RAT, 4)
+    cfg = get_preset("rgpo")
+    assert build_hint(segs, hint_level_used(0, cfg)) == "12+17=29\n"
+    assert build_hint(segs, hint_level_used(2, cfg)) == "12+17=29\n29*3=87\n"
+    assert build_hint(segs, 4) == RAT
+    fixed = get_preset("rgpo", adaptive_levels=False)
+    assert build_hint(segs, hint_level_used(0, fixed)) == RAT  # ablation: full hint
+
+
+def test_prompt_placement_goes_in_user_message(chat_tok, tok):
+    cfg = get_preset("rgpo")
+    text = guided_prompt_text("(12+17)*3-19+5=?", "12+17=29\n", cfg, chat_tok)
+    assert text == (
+        "<|im_start|>user\n(12+17)*3-19+5=?\n\nPartial solution:\n12+17=29"
+        "<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert guided_prompt_text("1+2=?", "1+2=3", cfg, None) == "1+2=?\n\nPartial solution:\n1+2=3\n"
+    assert tok.decode(encode_prompt(tok, "1+2=?")) == "1+2=?\n"
+
+
+# ---------------------------------------------------------------- acceptance, levels
+
+
+def test_acceptance_is_strict():
+    assert accept([1.0, 0.5, 0.0], [0.5, 0.0]) == [True, False, False]  # tie 0.5 rejected
+    assert accept([1.0], [1.0]) == [False]
+    assert accept([1.0, 0.5], [0.5], mode="any_success") == [True, True]
+    with pytest.raises(ValueError, match="unguided"):
+        accept([1.0], [])
+
+
+def test_levels_move_by_one_and_stay_in_range():
+    assert update_level(2, solved=True, guided_failed=False, n_segments=4) == 1
+    assert update_level(0, solved=True, guided_failed=False, n_segments=4) == 0
+    assert update_level(3, solved=False, guided_failed=True, n_segments=4) == 4
+    assert update_level(4, solved=False, guided_failed=True, n_segments=4) == 4
+    assert update_level(2, solved=False, guided_failed=False, n_segments=4) == 2
+    assert update_level(2, solved=False, guided_failed=True, n_segments=4, adaptive=False) == 2
+    with pytest.raises(ValueError, match="level"):
+        update_level(5, solved=True, guided_failed=False, n_segments=4)
+    # (solved, guided_failed) from a step's outcome
+    assert step_outcome([0, 0], [False, False]) == (False, True)
+    assert step_outcome([0, 0], [False, True]) == (True, False)
+    assert step_outcome([1, 0], None) == (True, False)
+    assert step_outcome([0, 0], None) == (False, False)
+
+
+def test_hint_levels_table_survives_checkpoint(tmp_path):
+    levels = HintLevels(n_segments=2)
+    for _ in range(5):
+        levels.update("p1", solved=False, guided_failed=True)
+    levels.update("p2", solved=False, guided_failed=True)
+    levels.update("p2", solved=True, guided_failed=False)
+    assert levels.get_many(["p1", "p2", "new"]) == [2, 0, 0]
+    path = tmp_path / "levels.json"
+    path.write_text(json.dumps(levels.state_dict()))
+    restored = HintLevels()
+    restored.load_state_dict(json.loads(path.read_text()))
+    assert (
+        restored.n_segments == 2 and restored.get("p1") == 2 and restored.histogram() == [0, 0, 1]
+    )
+    with pytest.raises(ValueError, match="outside"):
+        restored.load_state_dict({"n_segments": 2, "levels": {"x": 3}})
+
+
+# ---------------------------------------------------------------- transfer back
+
+
+def test_transfer_sft_retokenises_after_unguided_prompt(chat_tok):
+    cfg = get_preset("rgpo")
+    x = "(12+17)*3-19+5=?"
+    hinted_ids = chat_tok(
+        guided_prompt_text(x, "12+17=29\n", cfg, chat_tok), add_special_tokens=False
+    )["input_ids"]
+    plain_ids = encode_prompt(chat_tok, x)
+    resp_text = "29*3=87\n87-19=68\n68+5=73\nAnswer: 73"
+    resp_ids = chat_tok(resp_text, add_special_tokens=False)["input_ids"] + [chat_tok.eos_token_id]
+    guided = Rollout(
+        prompt_ids=hinted_ids,
+        response_ids=resp_ids,
+        text=resp_text,
+        logprobs=[-0.1] * len(resp_ids),
+        group=3,
+        kind="guided",
+        reward=1.0,
+        hint_level=1,
+    )
+    t = transfer_back(guided, plain_ids, chat_tok, cfg)
+    assert t.kind == "transferred" and t.group == 3 and t.reward == 1.0
+    assert t.prompt_ids == plain_ids
+    assert (
+        chat_tok.decode(t.prompt_ids + t.response_ids)
+        == chat_tok.decode(plain_ids) + resp_text + "</s>"
+    )
+    assert t.response_ids[-1] == chat_tok.eos_token_id
+    assert t.logprobs is None and t.hint_mask is None  # sft: no behaviour log-probs needed
+    b = assemble_batch([Rollout(plain_ids, [5], reward=0.0, group=3), t], cfg)
+    assert b.sft_mask.tolist() == [False, True]
+    assert b.targets[1][b.response_mask[1]].tolist() == t.response_ids
+
+
+def test_transfer_is_keeps_hinted_logprobs_and_response_hint_mask(tok):
+    cfg = get_preset("guide", hint_placement="response")
+    plain = encode_prompt(tok, "1+2*3=?")
+    hint = "1+2=3\n"
+    hint_ids, hint_mask = response_hint(tok, hint)
+    gen = "3*3=9\nAnswer: 9"
+    gen_ids = tok(gen, add_special_tokens=False)["input_ids"]
+    guided = Rollout(
+        prompt_ids=plain,
+        response_ids=hint_ids + gen_ids,
+        text=hint + gen,
+        logprobs=[0.0] * len(hint_ids) + [-0.3] * len(gen_ids),
+        hint_mask=hint_mask + [False] * len(gen_ids),
+        kind="guided",
+        reward=1.0,
+    )
+    t = transfer_back(guided, plain, tok, cfg, hint_text=hint)
+    assert t.response_ids == hint_ids + gen_ids
+    assert t.hint_mask == [True] * len(hint_ids) + [False] * len(gen_ids)
+    assert t.logprobs == guided.logprobs and t.behaviour_prompt_ids == plain
+    b = assemble_batch([Rollout(plain, [5], reward=0.0, logprobs=[-1.0]), t], cfg)
+    # masks cover exactly the hint tokens: the trainable targets are the generated ones
+    trainable = b.response_mask[1] & ~b.hint_mask[1]
+    assert tok.decode(b.targets[1][trainable].tolist()) == gen
+    assert b.hint_mask[1].sum().item() == len(hint)
+    assert b.advantages[1].item() == pytest.approx(1.0)
+    # engine text holding only the generated part is completed with the hint
+    guided.text = gen
+    assert transfer_back(guided, plain, tok, cfg, hint_text=hint).text == hint + gen
+    with pytest.raises(ValueError, match="hint_text"):
+        transfer_back(guided, plain, tok, cfg)
+    with pytest.raises(ValueError, match="guided"):
+        transfer_back(t, plain, tok, cfg, hint_text=hint)
+
+
+def test_transfer_is_drops_logprobs_when_tokens_change(tok):
+    cfg = get_preset("guide")
+    # the engine produced the unknown-char id path: re-tokenising the text gives other ids
+    guided = Rollout(
+        prompt_ids=[1],
+        response_ids=[50, 51],
+        text="7",
+        logprobs=[-0.2, -0.3],
+        kind="guided",
+        reward=1.0,
+    )
+    t = transfer_back(guided, [2], tok, cfg)
+    assert t.response_ids == tok("7", add_special_tokens=False)["input_ids"]
+    assert t.logprobs is None and t.behaviour_prompt_ids == [1]
+
+
+# ---------------------------------------------------------------- GHPO and LUFFY
+
+
+def test_ghpo_hint_and_escalation_only_for_all_failed():
+    assert ghpo_hint("abcdefgh", 0.25) == "ab"
+    assert ghpo_hint("abcdefghi", 0.5) == "abcde"  # ceil
+    cfg = get_preset("ghpo")
+    rewards = [[0, 0, 0], [0, 1, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0]]
+    stages = [None, None, 0, 1, 2]
+    assert ghpo_escalate(rewards, stages, cfg) == [0, None, 1, 2, None]
+    assert ghpo_escalate(rewards, stages, cfg, has_rationale=[False] + [True] * 4) == [
+        None,
+        None,
+        1,
+        2,
+        None,
+    ]
+
+
+def test_ghpo_guided_group_is_trained_in_hinted_context():
+    cfg = get_preset("ghpo")
+    rolls = [
+        Rollout([1, 9, 9], [2], reward=1.0, kind="guided", group=0),
+        Rollout([1, 9, 9], [3], reward=0.0, kind="guided", group=0),
+    ]
+    b = assemble_batch(rolls, cfg)
+    assert b.input_ids[:, :3].tolist() == [[1, 9, 9]] * 2
+    assert b.advantages[0] > 0 > b.advantages[1] and not b.sft_mask.any()
+
+
+def test_luffy_slot_gets_the_shaped_ratio_flag(tok):
+    cfg = get_preset("luffy")
+    plain = encode_prompt(tok, "1+2=?")
+    off = luffy_offpolicy_rollout(plain, "1+2=3\nAnswer: 3", tok, group=0, reward=1.0)
+    assert tok.decode(off.response_ids) == "1+2=3\nAnswer: 3</s>"
+    rolls = [
+        Rollout(plain, [5], reward=0.0, logprobs=[-1.0]),
+        Rollout(plain, [6], reward=0.0, logprobs=[-1.0]),
+        off,
+    ]
+    b = assemble_batch(rolls, cfg)
+    assert b.offpolicy_mask.tolist() == [False, False, True]
+    assert b.kind_names()[2] == "offpolicy"
+    assert b.advantages.tolist() == pytest.approx([-1 / 3, -1 / 3, 2 / 3])
+    with pytest.raises(ValueError, match="rationale"):
+        luffy_offpolicy_rollout(plain, "", tok, group=0)
