@@ -1,0 +1,203 @@
+"""Dataset readers: JSONL, JSON, Parquet, CSV and `datasets.save_to_disk` directories.
+
+Every row goes through one validation path:
+- missing/empty problem or answer: an error naming file, row and field
+  (`on_error="raise"`), or the row is skipped and counted (`on_error="skip"`);
+- empty rationale: allowed and counted (that prompt is never guided);
+- prompt longer than `max_prompt_tokens` (after the prompt template, measured with the
+  tokenizer): skipped and counted.
+`load_examples` returns the examples and a `ReadSummary`, and prints the summary.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rgpo_fast.data.types import Example
+
+FORMATS = ("jsonl", "json", "parquet", "csv", "arrow_dir")
+
+
+@dataclass(frozen=True)
+class FieldMap:
+    """Column names of the problem, rationale and answer in the source file."""
+
+    problem: str = "problem"
+    rationale: str | None = "rationale"
+    answer: str = "answer"
+
+
+@dataclass
+class ReadSummary:
+    path: str
+    format: str
+    rows: int = 0
+    kept: int = 0
+    skipped_invalid: int = 0
+    skipped_too_long: int = 0
+    empty_rationale: int = 0
+    errors: list[str] = field(default_factory=list)  # first few skip reasons
+
+    def __str__(self) -> str:
+        return (
+            f"read {self.path} ({self.format}): {self.rows} rows, {self.kept} kept, "
+            f"{self.skipped_invalid} skipped invalid, {self.skipped_too_long} skipped over the "
+            f"prompt length limit, {self.empty_rationale} without rationale (never guided)"
+        )
+
+
+class DataError(ValueError):
+    """A malformed row or file; the message names the file, row and field."""
+
+
+def detect_format(path: Path) -> str:
+    if path.is_dir():
+        if (path / "dataset_info.json").exists() or (path / "state.json").exists():
+            return "arrow_dir"
+        raise DataError(f"{path}: a directory but not a datasets.save_to_disk dataset")
+    suffix = path.suffix.lower()
+    for fmt, sfx in (
+        ("jsonl", ".jsonl"),
+        ("jsonl", ".ndjson"),
+        ("json", ".json"),
+        ("parquet", ".parquet"),
+        ("csv", ".csv"),
+    ):
+        if suffix == sfx:
+            return fmt
+    raise DataError(f"{path}: unknown file type {suffix!r}; supported: {', '.join(FORMATS)}")
+
+
+def _iter_rows(path: Path, fmt: str) -> Iterator[dict[str, Any]]:
+    if fmt == "jsonl":
+        with path.open(encoding="utf-8") as fh:
+            for i, line in enumerate(fh):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path}: line {i + 1} is not valid JSON ({exc.msg})") from None
+                yield row
+    elif fmt == "json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        if isinstance(data, dict):  # {"data": [...]} or {"col": [...], ...}
+            if len(data) == 1 and isinstance(next(iter(data.values())), list):
+                data = next(iter(data.values()))
+            elif all(isinstance(v, list) for v in data.values()):
+                n = len(next(iter(data.values())))
+                data = [{k: v[i] for k, v in data.items()} for i in range(n)]
+        if not isinstance(data, list):
+            raise DataError(f"{path}: expected a list of rows (or column lists) at the top level")
+        yield from data
+    elif fmt in ("parquet", "csv"):
+        import pandas as pd  # noqa: PLC0415
+
+        try:
+            df = (
+                pd.read_parquet(path)
+                if fmt == "parquet"
+                else pd.read_csv(path, dtype=str, keep_default_na=False)
+            )
+        except Exception as exc:  # noqa: BLE001 (pandas/pyarrow raise many types)
+            raise DataError(f"{path}: cannot read as {fmt}: {exc}") from None
+        yield from df.to_dict(orient="records")
+    elif fmt == "arrow_dir":
+        from datasets import load_from_disk  # noqa: PLC0415
+
+        ds = load_from_disk(str(path))
+        if hasattr(ds, "keys") and not hasattr(ds, "column_names"):  # a DatasetDict
+            if "train" not in ds:
+                raise DataError(f"{path}: DatasetDict without a 'train' split: {list(ds)}")
+            ds = ds["train"]
+        yield from ds
+    else:
+        raise DataError(f"{path}: unsupported format {fmt!r}; supported: {', '.join(FORMATS)}")
+
+
+def _text(value: Any) -> str:
+    """Cell -> str; None/NaN -> "" (missing). Numbers (answers) become their text."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip() if not isinstance(value, str) else value.strip()
+
+
+def load_examples(
+    path: str | Path,
+    fields: FieldMap | None = None,
+    *,
+    on_error: str = "raise",
+    max_prompt_tokens: int | None = None,
+    tokenizer: Any = None,
+    prompt_kwargs: dict[str, Any] | None = None,
+    fmt: str | None = None,
+    limit: int | None = None,
+    verbose: bool = True,
+) -> tuple[list[Example], ReadSummary]:
+    """Read and validate a dataset file; see the module docstring for the rules.
+
+    The prompt length is measured on the built prompt (`data.prompts.build_prompt` with
+    `prompt_kwargs`), in tokens of `tokenizer` (required with `max_prompt_tokens`).
+    """
+    fields = fields or FieldMap()
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error={on_error!r} is invalid; valid: raise, skip")
+    if max_prompt_tokens is not None and tokenizer is None:
+        raise ValueError("max_prompt_tokens needs a tokenizer to count tokens")
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"dataset not found: {p}")
+    fmt = fmt or detect_format(p)
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt={fmt!r} is invalid; valid: {', '.join(FORMATS)}")
+    summary = ReadSummary(path=str(p), format=fmt)
+    examples: list[Example] = []
+
+    def bad(msg: str) -> None:
+        if on_error == "raise":
+            raise DataError(msg)
+        summary.skipped_invalid += 1
+        if len(summary.errors) < 5:
+            summary.errors.append(msg)
+
+    for i, row in enumerate(_iter_rows(p, fmt)):
+        if limit is not None and summary.kept >= limit:
+            break
+        summary.rows += 1
+        if not isinstance(row, dict):
+            bad(f"{p}: row {i}: expected an object, got {type(row).__name__}")
+            continue
+        problem = _text(row.get(fields.problem))
+        answer = _text(row.get(fields.answer))
+        missing = [n for n, v in ((fields.problem, problem), (fields.answer, answer)) if not v]
+        if missing:
+            bad(f"{p}: row {i}: missing or empty field {missing[0]!r}")
+            continue
+        rationale = _text(row.get(fields.rationale)) if fields.rationale else ""
+        if max_prompt_tokens is not None:
+            from rgpo_fast.data.prompts import build_prompt  # noqa: PLC0415
+
+            text = build_prompt(tokenizer, problem, **(prompt_kwargs or {}))
+            n_tok = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+            if n_tok > max_prompt_tokens:
+                summary.skipped_too_long += 1
+                continue
+        if not rationale:
+            summary.empty_rationale += 1  # among kept rows
+        examples.append(
+            Example(problem=problem, rationale=rationale, answer=answer, uid=f"{p.name}:{i}")
+        )
+        summary.kept += 1
+    if verbose:
+        print(summary)
+    return examples, summary
