@@ -1,0 +1,81 @@
+"""The Triton backend: the backend interface of ops/backends.py on top of rgpo_fast.kernels.
+
+No maths here: argument plumbing to the launchers in kernels/linear_logprob.py and
+kernels/policy_loss.py. Runs on CUDA tensors, and on CPU tensors under TRITON_INTERPRET=1
+(the Triton interpreter, used by the tests on machines without a GPU). `chunk_size` is the
+torch backend's knob and is ignored: the kernels tile tokens and vocabulary themselves.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from rgpo_fast.algos.policy_loss import STAT_NAMES, LossConfig, TokenTerms
+from rgpo_fast.kernels import linear_logprob as _lp
+from rgpo_fast.kernels import policy_loss as _pl
+
+NAME = "triton"
+
+if tuple(_pl.KERNEL_STAT_NAMES) != tuple(STAT_NAMES):  # pragma: no cover - a coding error
+    raise ImportError("kernels/policy_loss.py stat columns differ from algos STAT_NAMES")
+
+
+def is_available(device: torch.device) -> bool:
+    """CUDA devices; CPU devices only when the Triton interpreter is on."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available()
+    if device.type == "cpu":
+        return os.environ.get("TRITON_INTERPRET") == "1"
+    return False
+
+
+def logprob_forward(hidden, weight, bias, targets, temperature, with_entropy, chunk_size=None):
+    """(N, H), (V, H), (V,)|None, (N,) -> logp (N,), lse (N,), entropy (N,)|None, fp32."""
+    return _lp.linear_logprob_forward(
+        hidden, weight, bias, targets.contiguous(), temperature, with_entropy
+    )
+
+
+def logprob_backward(
+    hidden, weight, bias, targets, lse, entropy, temperature, g_logp, g_ent, needs,
+    chunk_size=None,
+):  # fmt: skip
+    """Recompute each logits tile and chain the token gradients: (dh, dw, db)."""
+    return _lp.linear_logprob_backward(
+        hidden, weight, bias, targets.contiguous(), lse, entropy, temperature,
+        g_logp.float().contiguous(), None if g_ent is None else g_ent.float().contiguous(),
+        tuple(bool(x) for x in needs),
+    )  # fmt: skip
+
+
+def policy_loss_forward_backward(
+    hidden, weight, bias, targets, terms: TokenTerms, cfg: LossConfig, needs,
+    with_entropy=False, chunk_size=None,
+):  # fmt: skip
+    """Log-prob forward kernel -> policy-loss kernel -> log-prob backward kernel.
+
+    The loss kernel's dL/dlogp is the upstream gradient of the log-prob backward, so the
+    logits are computed twice (forward and the backward's recompute) and never stored.
+    """
+    targets = targets.contiguous()
+    logp, lse, ent = _lp.linear_logprob_forward(
+        hidden, weight, bias, targets, cfg.temperature, with_entropy
+    )
+    loss, stats, g = _pl.policy_loss_forward_backward(
+        logp, terms.advantages, terms.pg_weight, terms.sft_weight, terms.policy,
+        offpolicy=terms.offpolicy, old_logprobs=terms.old_logprobs,
+        ref_logprobs=terms.ref_logprobs, rollout_logprobs=terms.rollout_logprobs,
+        entropy=ent, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
+        clip_ratio_c=cfg.clip_ratio_c, beta=cfg.beta, kl_estimator=cfg.kl_estimator,
+        luffy_gamma=cfg.luffy_gamma, tis_cap=cfg.tis_cap,
+    )  # fmt: skip
+    dh = dw = db = None
+    if any(needs):
+        dh, dw, db = _lp.linear_logprob_backward(
+            hidden, weight, bias, targets, lse, None, cfg.temperature, g, None,
+            tuple(bool(x) for x in needs),
+        )  # fmt: skip
+    return loss, stats, dh, dw, db
