@@ -1,0 +1,98 @@
+"""Datasets named in the config, and the resumable order in which prompts are drawn.
+
+A source is `arith:<split>` (the built-in task; eval sets come from its held-out
+partition) or a file read by `rgpo_fast.data.readers.load_examples` (invalid rows skipped
+and counted). A file with no usable row is a user error, reported as such.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from rgpo_fast.data.arith import SPLITS, make_arith
+from rgpo_fast.data.readers import DataError, load_examples
+from rgpo_fast.data.types import Example
+
+
+class DataSourceError(ValueError):
+    """A missing, unreadable or empty dataset (exit code 2, names the source)."""
+
+
+def load_source(spec: str, *, n: int, seed: int, heldout: bool, tokenizer=None,
+                max_prompt_tokens: int | None = None, system: str | None = None,
+                limit: int | None = None) -> list[Example]:
+    spec = spec.strip()
+    if spec.startswith("arith:"):
+        split = spec.split(":", 1)[1]
+        if split not in SPLITS and not split.isdigit():
+            raise DataSourceError(f"unknown arith split {split!r} in {spec!r}; valid: "
+                                  f"{', '.join(SPLITS)} or a level 1-4")
+        return make_arith(seed, n, split, heldout=heldout)
+    path = Path(spec)
+    if not path.exists():
+        raise DataSourceError(f"dataset not found: {spec}")
+    try:
+        examples, summary = load_examples(
+            path, on_error="skip", max_prompt_tokens=max_prompt_tokens, tokenizer=tokenizer,
+            prompt_kwargs={"system": system} if system else None, limit=limit, verbose=False)
+    except (DataError, ValueError, OSError) as e:
+        raise DataSourceError(f"cannot read dataset {spec}: {e}") from None
+    if not examples:
+        why = f" (first problem: {summary.errors[0]})" if summary.errors else ""
+        raise DataSourceError(f"dataset {spec} has no usable rows: {summary.rows} rows read, "
+                              f"{summary.skipped_invalid} invalid, {summary.skipped_too_long} "
+                              f"over the prompt length limit{why}")
+    return examples
+
+
+def eval_sources(spec: str) -> list[tuple[str, str]]:
+    """'arith:easy,arith:hard' -> [('easy', 'arith:easy'), ('hard', 'arith:hard')]."""
+    out = []
+    for part in (p.strip() for p in spec.split(",")):
+        if part:
+            name = part.split(":", 1)[1] if part.startswith("arith:") else Path(part).stem
+            out.append((name, part))
+    return out
+
+
+class PromptSampler:
+    """Shuffled passes over the training examples; the position is checkpointed.
+
+    Epoch e uses the permutation seeded by (seed, e), so the state is just two integers
+    and a resumed run draws exactly the prompts the interrupted one would have.
+    """
+
+    def __init__(self, examples: list[Example], seed: int) -> None:
+        if not examples:
+            raise DataSourceError("no training examples")
+        self.examples = examples
+        self.seed = seed
+        self.epoch = 0
+        self.pos = 0
+        self._perm = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> list[int]:
+        order = list(range(len(self.examples)))
+        random.Random(f"{self.seed}:{epoch}").shuffle(order)
+        return order
+
+    def next(self, k: int) -> list[Example]:
+        out = []
+        while len(out) < k:
+            if self.pos >= len(self._perm):
+                self.epoch += 1
+                self.pos = 0
+                self._perm = self._permutation(self.epoch)
+            out.append(self.examples[self._perm[self.pos]])
+            self.pos += 1
+        return out
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "pos": self.pos, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.seed = int(state["seed"])
+        self.epoch = int(state["epoch"])
+        self.pos = int(state["pos"])
+        self._perm = self._permutation(self.epoch)

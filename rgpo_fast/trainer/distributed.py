@@ -1,0 +1,150 @@
+"""Process-group setup, FSDP2 sharding and the few collectives the trainer needs.
+
+One code path for every launch: a plain `python -m rgpo_fast.train` is a world of one (no
+process group), `torchrun` sets RANK/WORLD_SIZE/LOCAL_RANK and we join NCCL on GPUs or gloo
+on CPU. Multi-node is the same through torchrun's rendezvous (see docs/trainer.md).
+
+Gradient normalisation under data parallelism: the loss on each rank is already divided
+by GLOBAL counts (all-reduced token / sequence numbers), so the gradient of the global
+loss is the SUM of the ranks' gradients. FSDP2 averages by default (divides by the world
+size); `set_gradient_divide_factor(1.0)` turns that into a sum, which is what makes a
+2-process step equal a 1-process step on the same global batch.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    backend: str | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Join the process group if launched by torchrun; pick the device of this rank."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if use_cuda and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA device is available")
+    dev = torch.device("cuda", local) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    if world <= 1:
+        return DistInfo(device=dev)
+    backend = "nccl" if use_cuda else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+    return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev, backend=backend)
+
+
+def shutdown(info: DistInfo) -> None:
+    """Leave the process group. On gloo, destroy_process_group() intermittently aborts
+    ("terminate called without an active exception") in torch 2.13 while its background
+    threads unwind; a final barrier and letting process exit tear gloo down is reliable."""
+    if not (info.enabled and dist.is_initialized()):
+        return
+    dist.barrier()
+    if info.backend == "nccl":
+        dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum over ranks (returns a new tensor; identity in a world of one)."""
+    if not info.enabled:
+        return t
+    out = t.detach().clone().to(info.device)
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out.to(t.device)
+
+
+def all_reduce_max_int(value: int, info: DistInfo) -> int:
+    if not info.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.long, device=info.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def broadcast_object(obj, info: DistInfo):
+    """Rank 0's Python object on every rank."""
+    if not info.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Transformer blocks of a HF causal LM (model.model.layers for Llama/Qwen style)."""
+    base = getattr(model, "model", model)
+    layers = getattr(base, "layers", None)
+    if layers is None:
+        raise ValueError(f"cannot find decoder layers on {type(model).__name__}")
+    return list(layers)
+
+
+def shard_model(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
+    """FSDP2: shard every decoder layer and the root; gradients summed over ranks.
+
+    Each layer is its own FSDP unit, so only one layer's full parameters are gathered at a
+    time. Tied embeddings stay in the root unit with lm_head (same parameter object).
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in decoder_layers(model):
+        fully_shard(layer)
+    fully_shard(model)
+    model.set_gradient_divide_factor(1.0)  # see module docstring
+    return model
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def full_state_dict(model: torch.nn.Module, *, cpu_offload: bool = True) -> dict[str, torch.Tensor]:
+    """Full (unsharded) parameters by HF name; collective under FSDP2 (all ranks call it)."""
+    if not is_sharded(model):
+        return {k: (v.detach().cpu() if cpu_offload else v.detach())
+                for k, v in model.state_dict().items()}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(
+        model, options=StateDictOptions(full_state_dict=True, cpu_offload=cpu_offload))
+
+
+def iter_full_params(model: torch.nn.Module):
+    """Yield (name, full tensor) one parameter at a time (FSDP2 DTensor.full_tensor()), so
+    weight sync never holds more than one gathered parameter beyond its bucket."""
+    for name, p in model.named_parameters():
+        t = p.detach()
+        if hasattr(t, "full_tensor"):
+            t = t.full_tensor()
+        yield name, t

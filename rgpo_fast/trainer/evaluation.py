@@ -1,0 +1,60 @@
+"""Held-out evaluation: greedy accuracy and pass@k with the training verifiers.
+
+Under data parallelism every rank scores a strided shard and the counts are summed, so
+the numbers do not depend on the number of ranks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from rgpo_fast.data.prompts import encode_prompt
+from rgpo_fast.data.types import Example
+from rgpo_fast.rollout.base import SamplingParams
+from rgpo_fast.trainer.distributed import DistInfo, all_reduce_sum
+
+
+def evaluate_set(engine, tokenizer, examples: Sequence[Example],
+                 reward_fn: Callable[[str, str], float], *, max_new_tokens: int, pass_k: int,
+                 temperature: float, seed: int, info: DistInfo, system: str | None = None,
+                 threshold: float = 0.5) -> dict[str, float]:
+    """{'accuracy': greedy accuracy, 'pass@k': share with >= 1 success in k samples}."""
+    shard = list(examples)[info.rank::info.world_size]
+    prompts = [encode_prompt(tokenizer, ex.problem, system=system) for ex in shard]
+    correct = passed = 0
+    if prompts:
+        greedy = engine.generate(prompts, SamplingParams(n=1, max_new_tokens=max_new_tokens,
+                                                         temperature=0.0, seed=seed))
+        for ex, out in zip(shard, greedy):
+            text = tokenizer.decode(out.completions[0].token_ids, skip_special_tokens=True)
+            correct += reward_fn(text, ex.answer) >= threshold
+        if pass_k > 0:
+            sampled = engine.generate(prompts, SamplingParams(
+                n=pass_k, max_new_tokens=max_new_tokens, temperature=temperature,
+                seed=seed + 1))
+            for ex, out in zip(shard, sampled):
+                passed += any(
+                    reward_fn(tokenizer.decode(c.token_ids, skip_special_tokens=True),
+                              ex.answer) >= threshold for c in out.completions)
+    counts = all_reduce_sum(torch.tensor([correct, passed, len(shard)], dtype=torch.float64), info)
+    n = max(float(counts[2]), 1.0)
+    res = {"accuracy": float(counts[0]) / n}
+    if pass_k > 0:
+        res[f"pass@{pass_k}"] = float(counts[1]) / n
+    return res
+
+
+def evaluate_all(engine, tokenizer, sets: dict[str, list[Example]], reward_fn, *,
+                 max_new_tokens: int, pass_k: int, temperature: float, seed: int,
+                 info: DistInfo, system: str | None = None) -> dict[str, float]:
+    """Flat metrics: {'<set>_accuracy': ..., '<set>_pass@k': ...} for every eval set."""
+    out: dict[str, float] = {}
+    for name, examples in sets.items():
+        res = evaluate_set(engine, tokenizer, examples, reward_fn, max_new_tokens=max_new_tokens,
+                           pass_k=pass_k, temperature=temperature, seed=seed, info=info,
+                           system=system)
+        for k, v in res.items():
+            out[f"{name}_{k}"] = v
+    return out

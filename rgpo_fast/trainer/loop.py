@@ -1,0 +1,135 @@
+"""One optimisation step on an assembled batch: normalisers, micro-batches, backward, step.
+
+The normaliser is explicit and global: token / sequence counts of the whole step batch,
+summed over data-parallel ranks, are passed to the fused loss as `num_global_*`. Every
+micro-batch loss is then a slice of one global loss, so gradients accumulate by plain
+summation across micro-batches and ranks (FSDP2 sums, see distributed.py) and the step
+is independent of how the batch is split.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from rgpo_fast.batch import RolloutBatch
+from rgpo_fast.trainer.distributed import DistInfo, all_reduce_max_int, all_reduce_sum
+
+
+def loss_counts(batch: RolloutBatch) -> torch.Tensor:
+    """Local (policy tokens, policy sequences, SFT tokens), fp32 (3,). Same split of
+    tokens as the fused loss: active = response & ~hint; SFT = active rows of sft_mask."""
+    active = batch.response_mask & ~batch.hint_mask  # (B, T)
+    sft_tok = active & batch.sft_mask[:, None]
+    policy = active & ~sft_tok
+    return torch.stack([policy.sum(), (policy.sum(-1) > 0).sum(), sft_tok.sum()]).float()
+
+
+def trim(batch: RolloutBatch) -> RolloutBatch:
+    """Cut right padding shared by every row (micro-batches are shorter than the batch)."""
+    L = int(batch.attention_mask.sum(-1).max())
+    T = L - 1
+    out = {}
+    for name, v in vars(batch).items():
+        if isinstance(v, torch.Tensor) and v.dim() == 2:
+            out[name] = v[:, : L if v.shape[1] == batch.input_ids.shape[1] else T]
+        else:
+            out[name] = v
+    return RolloutBatch(**out)
+
+
+def micro_batches(n_rows: int, size: int) -> list[list[int]]:
+    return [list(range(s, min(s + size, n_rows))) for s in range(0, n_rows, size)]
+
+
+@torch.no_grad()
+def compute_logprobs(policy: torch.nn.Module, batch: RolloutBatch, micro: int,
+                     info: DistInfo) -> torch.Tensor:
+    """Trainer log-probs (B, T) of every target under the current weights (no grad)."""
+    out = torch.zeros(batch.response_mask.shape, dtype=torch.float32)
+    chunks = micro_batches(batch.batch_size, micro)
+    n = all_reduce_max_int(len(chunks), info)
+    for i in range(n):
+        if i >= len(chunks):  # keep FSDP collectives in step with the other ranks
+            policy(batch.input_ids[:1, :2].to(info.device), None, None, mode="logprobs")
+            continue
+        mb = trim(batch.select(chunks[i])).to(info.device)
+        lp = policy(mb.input_ids, mb.attention_mask, mb.position_ids, mode="logprobs")
+        out[chunks[i], : lp.shape[1]] = lp.float().cpu()
+    return out
+
+
+def backward_batch(policy: torch.nn.Module, batch: RolloutBatch, loss_kwargs: dict[str, Any],
+                   micro: int, info: DistInfo, *, max_response_len: int | None = None
+                   ) -> dict[str, float]:
+    """Forward + backward over micro-batches; gradients accumulate in .grad.
+
+    Returns the global loss (summed over micro-batches and ranks) and summed metrics.
+    """
+    counts = all_reduce_sum(loss_counts(batch), info)  # (3,) global
+    kw = dict(loss_kwargs, num_global_tokens=counts[0], num_global_seqs=counts[1],
+              num_global_sft_tokens=counts[2], max_response_len=max_response_len)
+    chunks = micro_batches(batch.batch_size, micro)
+    n = all_reduce_max_int(len(chunks), info)
+    total = torch.zeros((), dtype=torch.float64)
+    sums: dict[str, float] = {}
+    for i in range(n):
+        if i >= len(chunks):
+            loss, _ = policy(batch.input_ids[:1, :2].to(info.device), None, None, mode="zero")
+            loss.backward()
+            continue
+        mb = trim(batch.select(chunks[i])).to(info.device)
+        loss, metrics = policy(mb.input_ids, mb.attention_mask, mb.position_ids, mode="loss",
+                               loss_kwargs={**kw, **mb.loss_kwargs()})
+        loss.backward()
+        total += loss.detach().double().cpu()
+        for k, v in metrics.items():
+            if k.startswith(("loss/", "tokens/")):  # additive across micro-batches
+                sums[k] = sums.get(k, 0.0) + float(v)
+    total = all_reduce_sum(total, info)
+    out = {"loss/total": float(total)}
+    for k, v in sums.items():
+        out[k] = float(all_reduce_sum(torch.tensor(v, dtype=torch.float64), info))
+    return out
+
+
+def optimizer_step(policy: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                   scheduler, grad_clip: float) -> float:
+    """Clip (global norm, works on FSDP2 DTensor grads), step, zero grads; returns the norm."""
+    params = [p for p in policy.parameters() if p.grad is not None]
+    if grad_clip > 0:
+        norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    if hasattr(norm, "full_tensor"):
+        norm = norm.full_tensor()
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(norm)
+
+
+def make_optimizer(policy: torch.nn.Module, lr: float, cfg) -> torch.optim.Optimizer:
+    """AdamW; foreach on CPU is fastest for many small tensors."""
+    return torch.optim.AdamW(policy.parameters(), lr=lr, betas=(cfg.beta1, cfg.beta2),
+                             eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup: int,
+                   schedule: str, floor: float = 0.1):
+    """Linear warm-up, then constant / cosine / linear decay to `floor` x lr."""
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant" or total_steps <= warmup:
+            return 1.0
+        frac = min((step - warmup) / max(total_steps - warmup, 1), 1.0)
+        if schedule == "cosine":
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * frac))
+        return floor + (1 - floor) * (1 - frac)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

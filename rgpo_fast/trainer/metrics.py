@@ -1,0 +1,112 @@
+"""metrics.jsonl, peak memory, phase timers and the end-of-run summary table."""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+
+class MetricsLog:
+    """Append-only JSON lines, one object per step; fsync'ed so a killed run keeps them."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def truncate_after(self, step: int) -> None:
+        """Drop rows of steps > `step` (they will be re-run after a resume)."""
+        if not self.path.exists():
+            return
+        keep = []
+        for line in self.path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill mid-write
+            if int(row.get("step", 0)) <= step:
+                keep.append(json.dumps(row))
+        self.path.write_text("".join(k + "\n" for k in keep))
+
+    def write(self, row: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(row, sort_keys=False) + "\n")
+            f.flush()
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        rows = []
+        for line in self.path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return rows
+
+
+class PhaseTimer:
+    """Accumulates wall time per phase (generate, old_logprob, update, sync, ...)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.times: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t0
+
+    def pop(self) -> dict[str, float]:
+        out, self.times = self.times, {}
+        return out
+
+
+def peak_memory_mb(device: torch.device) -> dict[str, float]:
+    """Peak memory of this process: allocator peak (+ NVML used) on GPU, peak RSS on CPU."""
+    if device.type == "cuda":
+        out = {"memory/peak_mb": torch.cuda.max_memory_allocated(device) / 2**20}
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            h = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+            out["memory/nvml_used_mb"] = pynvml.nvmlDeviceGetMemoryInfo(h).used / 2**20
+        except Exception:  # nvidia-ml-py missing or NVML unavailable: allocator peak only
+            pass
+        return out
+    # ru_maxrss is in KiB on Linux, bytes on macOS.
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"memory/peak_mb": rss / (2**20 if sys.platform == "darwin" else 2**10)}
+
+
+def summary_table(summary: dict) -> str:
+    """The human-readable end-of-run table (rank 0 prints it)."""
+    ev = summary.get("eval", {})
+    before = summary.get("eval_before", {})
+    rows = [("metric", "before", "after")]
+    for key in sorted(ev):
+        b = before.get(key)
+        rows.append((key, f"{b:.3f}" if isinstance(b, float) else "-", f"{ev[key]:.3f}"))
+    tot = summary.get("totals", {})
+    rows += [
+        ("guided prompts (total)", "", f"{int(tot.get('guided_prompts', 0))}"),
+        ("accepted transfers (total)", "", f"{int(tot.get('accepted', 0))}"),
+        ("tokens/s (generation+train)", "", f"{tot.get('tokens_per_s', 0.0):.0f}"),
+        ("RL steps / wall time", "", f"{summary.get('steps', 0)} / {summary.get('time_s', 0):.0f}s"),
+    ]
+    w0 = max(len(r[0]) for r in rows)
+    lines = [f"{a:<{w0}}  {b:>8}  {c:>10}" for a, b, c in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)

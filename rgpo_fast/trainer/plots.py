@@ -1,0 +1,46 @@
+"""PNG plots of reward, accuracy and guidance over steps, from metrics.jsonl rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
+    pts = [(r["step"], r[key]) for r in rows if key in r and r[key] is not None]
+    return [p[0] for p in pts], [float(p[1]) for p in pts]
+
+
+def write_plots(rows: list[dict], out_dir: str | Path) -> list[Path]:
+    """reward.png, accuracy.png, guidance.png (skips what has no data). Headless backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    panels = {
+        "reward.png": ("reward", ["reward/mean"]),
+        "accuracy.png": ("accuracy", ["accuracy/mean"] + sorted(
+            {k for r in rows for k in r if k.startswith("eval/") and k.endswith("accuracy")})),
+        "guidance.png": ("count per step", ["guided/prompts", "guided/accepted"]),
+    }
+    written = []
+    for fname, (ylabel, keys) in panels.items():
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        drawn = False
+        for key in keys:
+            xs, ys = _series(rows, key)
+            if xs:
+                ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, ms=3, label=key)
+                drawn = True
+        if drawn:
+            ax.set_xlabel("RL step")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+            fig.tight_layout()
+            fig.savefig(out_dir / fname, dpi=100)
+            written.append(out_dir / fname)
+        plt.close(fig)
+    return written
