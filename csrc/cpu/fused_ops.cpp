@@ -420,7 +420,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> policy_loss_forward_backward(
 }
 
 Tensor pack_bf16(at::TensorList tensors, at::IntArrayRef offsets, int64_t total) {
-  Tensor out = at::empty({total}, at::TensorOptions().dtype(at::kBFloat16));
+  Tensor out = at::zeros({total}, at::TensorOptions().dtype(at::kBFloat16));  // zero padding
   for (size_t i = 0; i < tensors.size(); ++i) {
     const Tensor& t = tensors[i];
     out.narrow(0, offsets[i], t.numel()).copy_(t.reshape({-1}));
