@@ -343,11 +343,24 @@ def _dot_flags(dtype: torch.dtype) -> dict:
     return {"UPCAST_DOT": upcast, "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32"}
 
 
+def interpret_blocks() -> dict:
+    """Tiles used under the interpreter: INTERPRET_BLOCKS, or GPU-sized ones from the
+    environment, RGPO_FAST_INTERPRET_BLOCKS="BLOCK_N,BLOCK_V,BLOCK_H" (powers of two >= 16);
+    bigger tiles mean fewer program instances and a much faster interpreter run."""
+    env = os.environ.get("RGPO_FAST_INTERPRET_BLOCKS")
+    if not env:
+        return dict(INTERPRET_BLOCKS)
+    bn, bv, bh = (int(x) for x in env.split(","))
+    for b in (bn, bv, bh):
+        assert b >= 16 and b & (b - 1) == 0, f"RGPO_FAST_INTERPRET_BLOCKS: bad block {b}"
+    return {**INTERPRET_BLOCKS, "BLOCK_N": bn, "BLOCK_V": bv, "BLOCK_H": bh}
+
+
 def _blocks(blocks: dict | None) -> dict | None:
     """Explicit tile sizes (tests, interpreter) or None to let the autotuner choose."""
     if blocks is not None:
         return {**INTERPRET_BLOCKS, **blocks}
-    return dict(INTERPRET_BLOCKS) if interpreting() else None
+    return interpret_blocks() if interpreting() else None
 
 
 def _num_splits(n_tokens: int, vocab: int, device: torch.device, num_splits: int | None) -> int:
