@@ -1,6 +1,36 @@
-"""Pure tensor functions of RL maths: advantages, aggregation, per-token policy losses."""
+"""Pure tensor functions of RL maths: advantages, aggregation, per-token policy losses,
+guidance (RGPO, GHPO, LUFFY), dynamic sampling, and the presets that combine them."""
 
 from rgpo_fast.algos.advantages import ADVANTAGES, compute_advantages
 from rgpo_fast.algos.aggregation import AGG_MODES, aggregation_weights, global_counts
+from rgpo_fast.algos.guidance import (
+    HintLevels,
+    accept,
+    build_hint,
+    needs_guidance,
+    segment_rationale,
+    transfer_back,
+    update_level,
+)
+from rgpo_fast.algos.policy_loss import LossConfig, token_loss_and_grad
+from rgpo_fast.algos.presets import AlgoConfig, get_preset, preset_names
 
-__all__ = ["ADVANTAGES", "AGG_MODES", "aggregation_weights", "compute_advantages", "global_counts"]
+__all__ = [
+    "ADVANTAGES",
+    "AGG_MODES",
+    "AlgoConfig",
+    "HintLevels",
+    "LossConfig",
+    "accept",
+    "aggregation_weights",
+    "build_hint",
+    "compute_advantages",
+    "get_preset",
+    "global_counts",
+    "needs_guidance",
+    "preset_names",
+    "segment_rationale",
+    "token_loss_and_grad",
+    "transfer_back",
+    "update_level",
+]

@@ -12,6 +12,33 @@ from __future__ import annotations
 
 import torch
 
+from rgpo_fast.algos.registry import Registry
+
+AGGREGATIONS: Registry = Registry("loss_agg mode")
+
+
+# Each rule maps (mask (B, T) fp32, tokens, seqs, max_len) to weights (B, T).
+@AGGREGATIONS.register("token-mean")
+def _token_mean(m, tokens, seqs, max_len):
+    return m / tokens
+
+
+@AGGREGATIONS.register("seq-mean-token-mean")
+def _seq_mean_token_mean(m, tokens, seqs, max_len):
+    seq_len = m.sum(-1, keepdim=True).clamp(min=1)  # (B, 1)
+    return m / (seq_len * seqs)
+
+
+@AGGREGATIONS.register("seq-mean-token-sum")
+def _seq_mean_token_sum(m, tokens, seqs, max_len):
+    return m / seqs
+
+
+@AGGREGATIONS.register("seq-mean-token-sum-norm")
+def _seq_mean_token_sum_norm(m, tokens, seqs, max_len):
+    return m / (seqs * max_len)  # Dr. GRPO: a constant length, no per-sequence bias
+
+
 AGG_MODES = (
     "token-mean",
     "seq-mean-token-mean",
@@ -21,7 +48,7 @@ AGG_MODES = (
 
 
 def check_agg_mode(mode: str) -> None:
-    if mode not in AGG_MODES:
+    if mode not in AGGREGATIONS:
         raise ValueError(f"unknown loss_agg {mode!r}; valid modes: {', '.join(AGG_MODES)}")
 
 
@@ -68,14 +95,7 @@ def aggregation_weights(
     tokens = tokens if num_tokens is None else torch.as_tensor(num_tokens, dtype=torch.float32)
     seqs = seqs if num_seqs is None else torch.as_tensor(num_seqs, dtype=torch.float32)
     tokens, seqs = tokens.to(m.device).clamp(min=1), seqs.to(m.device).clamp(min=1)
-    if mode == "token-mean":
-        return m / tokens
-    if mode == "seq-mean-token-mean":
-        seq_len = m.sum(-1, keepdim=True).clamp(min=1)  # (B, 1)
-        return m / (seq_len * seqs)
-    if mode == "seq-mean-token-sum":
-        return m / seqs
     t_max = m.shape[-1] if max_response_len is None else max_response_len
     if t_max <= 0:
         raise ValueError(f"max_response_len must be positive, got {t_max}")
-    return m / (seqs * t_max)
+    return AGGREGATIONS.get(mode)(m, tokens, seqs, t_max)

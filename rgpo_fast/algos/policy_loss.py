@@ -134,6 +134,10 @@ def kl_k3(logp: torch.Tensor, ref: torch.Tensor):
     return k.clamp(-K3_CLAMP, K3_CLAMP), torch.where(inside, 1.0 - e, torch.zeros_like(e))
 
 
+POLICY_TERMS: Registry = Registry("policy-gradient term")
+
+
+@POLICY_TERMS.register("clipped")
 def clipped_ratio_term(logp, old, adv, cfg: LossConfig):
     """PPO clipped surrogate (with clip-higher and optional dual clip) per token.
 
@@ -160,12 +164,14 @@ def clipped_ratio_term(logp, old, adv, cfg: LossConfig):
     return pg, grad, ratio, clip_low, clip_high, dual
 
 
-def shaped_ratio_term(logp, adv, gamma: float):
-    """LUFFY's off-policy term: -A * f, f = p / (p + gamma), p = exp(l); no clipping.
+@POLICY_TERMS.register("shaped")
+def shaped_ratio_term(logp, old, adv, cfg: LossConfig):
+    """LUFFY's off-policy term: -A * f, f = p / (p + gamma), p = exp(l); no clipping, no old.
 
     df/dl = p * gamma / (p + gamma)^2, which is large for low-probability tokens and so
     keeps learning from rare reference tokens that a plain ratio would ignore.
     """
+    gamma = cfg.luffy_gamma
     p = torch.exp(logp)
     f = p / (p + gamma)
     return -adv * f, -adv * p * gamma / (p + gamma) ** 2, f
@@ -191,9 +197,10 @@ def token_loss_and_grad(
     ratio_tok = policy & ~off
     off_tok = policy & off
 
-    pg, grad, ratio, c_low, c_high, dual = clipped_ratio_term(logp, terms.old_logprobs, adv, cfg)
+    clipped, shaped = POLICY_TERMS.get("clipped"), POLICY_TERMS.get("shaped")
+    pg, grad, ratio, c_low, c_high, dual = clipped(logp, terms.old_logprobs, adv, cfg)
     if off_tok.any():
-        pg_off, grad_off, f = shaped_ratio_term(logp, adv, cfg.luffy_gamma)
+        pg_off, grad_off, f = shaped(logp, None, adv, cfg)
         pg = torch.where(off_tok, pg_off, pg)
         grad = torch.where(off_tok, grad_off, grad)
         ratio = torch.where(off_tok, f, ratio)

@@ -14,6 +14,7 @@ from typing import Any
 
 from rgpo_fast.algos.advantages import ADVANTAGES
 from rgpo_fast.algos.aggregation import AGG_MODES
+from rgpo_fast.algos.policy_loss import KL_ESTIMATORS
 
 GUIDANCE_MODES = ("none", "rgpo", "ghpo", "luffy")
 TRIGGERS = ("level_or_fail", "all_fail")
@@ -21,7 +22,6 @@ SEGMENTATIONS = ("auto", "lines", "sentences", "steps", "tokens")
 PLACEMENTS = ("prompt", "response")
 TRANSFERS = ("sft", "is")
 ACCEPTANCES = ("beat_all", "any_success")
-KL_ESTIMATORS = ("k1", "k2", "k3")
 
 
 def _choice(name: str, value: Any, valid: tuple[str, ...]) -> None:

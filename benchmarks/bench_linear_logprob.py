@@ -1,0 +1,217 @@
+"""Fused linear policy loss: forward + backward, side by side with its peers.
+
+Providers (each in its own subprocess, so peak memory is its own):
+  fused:<impl>  FusedLinearRGPOLoss with impl = torch / cpp / ... (every CPU backend built)
+  naive         the oracle: full fp32 logits, log_softmax, autograd (rgpo_fast.reference)
+  liger         Liger-Kernel's LigerFusedLinearGRPOLoss(compiled=False), chunked torch
+  floor         the three equivalent matmuls alone: logits, dHidden, dWeight (compute floor)
+
+All solve the same problem: token-level clipped GRPO loss with old log-probs, token-mean,
+no KL. The script checks that the losses agree before reporting.
+
+Working memory = peak RSS - RSS after the inputs exist - bytes of dHidden and dWeight
+(the gradients any method must return).
+
+  python benchmarks/bench_linear_logprob.py              # both issue shapes, fp32, CPU
+  python benchmarks/bench_linear_logprob.py --quick      # a small shape, seconds
+  python benchmarks/bench_linear_logprob.py --gpu        # GPU mode (see bench_*_gpu.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve()
+sys.path.insert(0, str(HERE.parent))
+
+SHAPES = {"qwen": (1024, 896, 151936), "small-vocab": (4096, 256, 32768)}
+QUICK_SHAPES = {"quick": (512, 128, 8192)}
+SEQ_LEN = 128  # tokens per sequence; B = N / SEQ_LEN (Liger chunks by sequence)
+
+
+def make_inputs(n, h, v, dtype, seed=0):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    b = n // SEQ_LEN
+    # In-place scaling: no temporary copy of the (V, H) weight inflates the RSS baseline.
+    hidden = torch.randn(b, SEQ_LEN, h, generator=g).div_(h**0.25).to(dtype).requires_grad_()
+    weight = torch.randn(v, h, generator=g).div_(h**0.25).to(dtype).requires_grad_()
+    targets = torch.randint(0, v, (b, SEQ_LEN), generator=g)
+    mask = torch.ones(b, SEQ_LEN, dtype=torch.bool)
+    adv = torch.randn(b, generator=g)
+    # Old log-probs: plausible values so that some ratios clip.
+    old = -torch.rand(b, SEQ_LEN, generator=g) * 3 - 8
+    return hidden, weight, targets, mask, adv, old
+
+
+def provider_fn(name, inputs):
+    """A closure that runs forward + backward once and returns the loss value."""
+    import torch
+
+    hidden, weight, targets, mask, adv, old = inputs
+    if name.startswith("fused:"):
+        from rgpo_fast import FusedLinearRGPOLoss
+
+        loss_fn = FusedLinearRGPOLoss(impl=name.split(":", 1)[1])
+
+        def run():
+            loss, _ = loss_fn(hidden, weight, targets, mask, adv, old_logprobs=old)
+            loss.backward()
+            return loss.item()
+
+    elif name == "naive":
+        from rgpo_fast.reference import naive_policy_loss
+
+        def run():
+            loss, _ = naive_policy_loss(hidden, weight, targets, mask, adv, old_logprobs=old)
+            loss.backward()
+            return loss.item()
+
+    elif name == "liger":
+        from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss
+
+        loss_fn = LigerFusedLinearGRPOLoss(beta=0.0, compiled=False, use_ref_model=False,
+                                           loss_type="bnpo")  # fmt: skip
+
+        def run():
+            out = loss_fn(hidden, weight, targets, mask.long(), adv, old_per_token_logps=old)
+            loss = out[0] if isinstance(out, tuple) else out
+            loss.backward()
+            return loss.item()
+
+    elif name == "floor":
+        h2 = hidden.detach().reshape(-1, hidden.shape[-1])
+        w = weight.detach()
+
+        def run():
+            z = h2 @ w.t()  # logits      (N, V): 2NHV flops
+            z @ w  # dHidden              (N, H): 2NHV
+            z.t() @ h2  # dWeight         (V, H): 2NHV
+            return float("nan")
+
+    else:
+        raise ValueError(f"unknown provider {name!r}")
+    return run
+
+
+def worker(args) -> None:
+    import torch
+
+    torch.manual_seed(0)
+    from common import peak_rss_bytes
+
+    n, h, v = map(int, args.shape.split(","))
+    dtype = getattr(torch, args.dtype)
+    inputs = make_inputs(n, h, v, dtype)
+    run = provider_fn(args.worker, inputs)
+    base = peak_rss_bytes()
+    times, loss = [], None
+    for i in range(args.repeats + 1):  # the first run is a warm-up
+        for t in inputs[:2]:
+            t.grad = None
+        t0 = time.perf_counter()
+        loss = run()
+        if i:
+            times.append(time.perf_counter() - t0)
+    grads = 0 if args.worker == "floor" else sum(t.numel() * t.element_size() for t in inputs[:2])
+    work = peak_rss_bytes() - base - grads
+    times.sort()
+    print(json.dumps({"provider": args.worker, "time_s": times[len(times) // 2],
+                      "working_mb": work / 2**20, "loss": loss}))  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="one small shape, for a smoke run")
+    p.add_argument("--shape", default=None, help="N,H,V (overrides the default shapes)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per provider (median)")
+    p.add_argument("--providers", default=None, help="comma list (default: all available)")
+    p.add_argument("--no-csv", action="store_true")
+    p.add_argument("--gpu", action="store_true", help="GPU mode (triton.testing.do_bench)")
+    p.add_argument("--check-interpreter", action="store_true",
+                   help="check the Triton path under TRITON_INTERPRET=1 at N=256,H=256,V=32768")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        return worker(args)
+    if args.gpu or args.check_interpreter:
+        import bench_linear_logprob_gpu as gpu
+
+        return gpu.main(args)
+
+    from common import append_csv, git_sha, machine
+
+    import torch
+    from rgpo_fast.ops.backends import available_backends
+
+    if args.providers:
+        providers = args.providers.split(",")
+    else:
+        impls = [b for b in available_backends("cpu") if b != "triton"]  # interpreter: no
+        providers = [f"fused:{b}" for b in impls] + ["naive", "liger", "floor"]
+    shapes = QUICK_SHAPES if args.quick else SHAPES
+    if args.shape:
+        shapes = {"custom": tuple(map(int, args.shape.split(",")))}
+    rows = []
+    print(f"# {machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{args.dtype}, median of {args.repeats}")  # fmt: skip
+    for label, (n, h, v) in shapes.items():
+        res = {}
+        for prov in providers:
+            r = __import__("common").run_worker(
+                str(HERE), ["--worker", prov, "--shape", f"{n},{h},{v}", "--dtype", args.dtype,
+                            "--repeats", str(args.repeats)])  # fmt: skip
+            res[prov] = r
+            status = r.get("error") or f"{r['time_s']:.3f}s  {r['working_mb']:.0f} MiB"
+            print(f"  {label} N={n} H={h} V={v}  {prov:12s} {status}", flush=True)
+        losses = [r["loss"] for k, r in res.items() if "loss" in r and k != "floor"]
+        if losses and max(losses) - min(losses) > 1e-3 * (abs(losses[0]) + 1e-3):
+            print(f"  WARNING: providers disagree on the loss: {losses}")
+        rows += _report(label, n, h, v, args.dtype, res, providers)
+    if not args.no_csv and rows:
+        meta = {"machine": machine(), "torch": torch.__version__, "git_sha": git_sha(),
+                "date": time.strftime("%Y-%m-%d %H:%M")}  # fmt: skip
+        path = append_csv("bench_linear_logprob.csv", [{**meta, **r} for r in rows])
+        print(f"rows appended to {os.path.relpath(path)}")
+
+
+def _report(label, n, h, v, dtype, res, providers):
+    ok = {k: r for k, r in res.items() if "time_s" in r}
+    floor = ok.get("floor", {}).get("time_s")
+    naive = ok.get("naive")
+    liger = ok.get("liger", {}).get("time_s")
+    print(f"\n  {label}: ratios (time, working memory) relative to peers")
+    print(f"  {'provider':12s} {'time':>9s} {'mem MiB':>9s} {'t/naive':>8s} {'t/floor':>8s} "
+          f"{'t/liger':>8s} {'mem/naive':>9s}")  # fmt: skip
+    rows = []
+    for prov in providers:
+        r = ok.get(prov)
+        if r is None:
+            continue
+
+        def ratio(a, b):
+            return a / b if (a is not None and b) else float("nan")
+
+        tn = ratio(r["time_s"], naive and naive["time_s"])
+        tf = ratio(r["time_s"], floor)
+        tl = ratio(r["time_s"], liger)
+        mn = ratio(r["working_mb"], naive and naive["working_mb"]) if prov != "floor" else float("nan")
+        print(f"  {prov:12s} {r['time_s']:9.3f} {r['working_mb']:9.0f} {tn:8.2f} {tf:8.2f} "
+              f"{tl:8.2f} {mn:9.3f}")  # fmt: skip
+        rows.append({"shape": label, "N": n, "H": h, "V": v, "dtype": dtype, "provider": prov,
+                     "time_s": round(r["time_s"], 4), "working_mb": round(r["working_mb"], 1),
+                     "time_vs_naive": round(tn, 3), "time_vs_floor": round(tf, 3),
+                     "time_vs_liger": round(tl, 3), "mem_vs_naive": round(mn, 4)})  # fmt: skip
+    print()
+    return rows
+
+
+if __name__ == "__main__":
+    main()
