@@ -1,0 +1,192 @@
+"""`vllm` rollout engine: one in-process vLLM engine per trainer rank, on the same GPU.
+
+Protocol (docs: ../shared/NOTES.md, "Colocated vLLM"), enforced by a small state machine so
+ordering mistakes fail loudly instead of producing garbage:
+
+    generate()                     state "awake"
+    sleep(level=2)                 -> "asleep"      drops weights and KV cache, no host copy
+    (trainer forward/backward/step; torch.cuda.empty_cache())
+    wake_up(["weights"])           -> "weights"     weight memory only: peak < model + KV
+    load_weights(buckets...)       -> "loaded"      full tensors (FSDP2 gathered), bucketed;
+                                                    then reset_prefix_cache()
+    wake_up(["kv_cache"])          -> "awake"
+
+Traps this order avoids: loading into sleeping memory; a stale prefix cache after a weight
+load; generating after a level-2 wake without a full weight load (garbage output).
+
+Engine construction: `distributed_executor_backend="external_launcher"` makes vLLM run
+inside the torchrun process (in-process V1, VLLM_ENABLE_V1_MULTIPROCESSING=0); ranks of
+one tensor-parallel group share the seed `rank // tp` (they must sample identically); the
+engine returns its own log-probs, which the trainer uses for truncated importance
+sampling against its recomputed ones (ALGORITHMS.md).
+
+vLLM needs a CUDA GPU; it is imported lazily so this module (state machine, request
+building, output conversion) is importable and tested on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from rgpo_fast.rollout.base import Completion, RequestOutput, SamplingParams
+
+# Allowed transitions: state -> {call: next state}
+_TRANSITIONS = {
+    "awake": {"generate": "awake", "sleep": "asleep"},
+    "asleep": {"wake_weights": "weights", "wake_all": "awake_unloaded"},
+    "weights": {"load": "loaded"},
+    "loaded": {"load": "loaded", "wake_kv": "awake"},
+    "awake_unloaded": {"load": "awake"},
+}
+
+
+class ProtocolError(RuntimeError):
+    """A colocation call out of order (e.g. generate while asleep)."""
+
+
+class ColocationState:
+    """Tracks the engine through the sleep / wake / load cycle (pure, CPU-testable)."""
+
+    def __init__(self) -> None:
+        self.state = "awake"
+        self.history: list[str] = []
+
+    def advance(self, call: str) -> None:
+        nxt = _TRANSITIONS[self.state].get(call)
+        if nxt is None:
+            raise ProtocolError(
+                f"vllm engine: {call!r} not allowed in state {self.state!r}; allowed: "
+                f"{', '.join(_TRANSITIONS[self.state])}")
+        self.history.append(call)
+        self.state = nxt
+
+
+def engine_seed(rank: int, tp: int, base_seed: int = 0) -> int:
+    """Seed of this rank's engine: identical inside a tensor-parallel group."""
+    return base_seed + rank // tp
+
+
+def engine_kwargs(model: str, *, rank: int, tp: int, gpu_memory_utilization: float,
+                  max_model_len: int, dtype: str = "bfloat16", seed: int = 0) -> dict:
+    """Keyword arguments of `vllm.LLM` for a colocated, sleepable, in-process engine."""
+    return {
+        "model": model,
+        "tensor_parallel_size": tp,
+        "distributed_executor_backend": "external_launcher",
+        "enable_sleep_mode": True,
+        "gpu_memory_utilization": gpu_memory_utilization,
+        "max_model_len": max_model_len,
+        "dtype": dtype,
+        "seed": engine_seed(rank, tp, seed),
+        "enable_prefix_caching": True,
+        # Log-probs after temperature scaling: the same quantity the trainer recomputes
+        # (fused_linear_logprobs at the rollout temperature) for truncated IS.
+        "logprobs_mode": "processed_logprobs",
+    }
+
+
+def to_vllm_sampling(params: SamplingParams, vllm_sampling_cls):
+    """Our SamplingParams -> vllm.SamplingParams (log-prob of the sampled token only)."""
+    return vllm_sampling_cls(
+        n=params.n, max_tokens=params.max_new_tokens, temperature=params.temperature,
+        top_p=params.top_p, seed=params.seed, logprobs=0,
+        stop_token_ids=list(params.stop_token_ids) or None)
+
+
+def convert_outputs(prompts: Sequence[list[int]], vllm_outputs) -> list[RequestOutput]:
+    """vLLM RequestOutputs -> ours: token ids, sampled-token log-probs, finish reason."""
+    outs = []
+    for prompt, ro in zip(prompts, vllm_outputs):
+        comps = []
+        for c in ro.outputs:
+            ids = list(c.token_ids)
+            lps = []
+            for tok, entry in zip(ids, c.logprobs or []):
+                lp = entry[tok]
+                lps.append(float(getattr(lp, "logprob", lp)))
+            if len(lps) != len(ids):
+                raise RuntimeError("vllm returned fewer log-probs than tokens")
+            comps.append(Completion(token_ids=ids, logprobs=lps,
+                                    finish_reason="stop" if c.finish_reason == "stop" else "length"))
+        outs.append(RequestOutput(prompt_ids=list(prompt), completions=comps))
+    return outs
+
+
+def _inner_model(llm):
+    """The torch module inside an in-process vLLM engine (V1 with external_launcher)."""
+    paths = (
+        ("llm_engine", "model_executor", "driver_worker", "worker", "model_runner", "model"),
+        ("llm_engine", "model_executor", "driver_worker", "model_runner", "model"),
+    )
+    for path in paths:
+        obj = llm
+        try:
+            for attr in path:
+                obj = getattr(obj, attr)
+            return obj
+        except AttributeError:
+            continue
+    raise RuntimeError("cannot reach the vLLM model for load_weights (unsupported vLLM version)")
+
+
+class VLLMColocatedEngine:
+    """Rollout engine on vLLM sharing the trainer's GPU (see module docstring)."""
+
+    name = "vllm"
+
+    def __init__(self, llm, *, sampling_cls, state: ColocationState | None = None) -> None:
+        self.llm = llm
+        self._sampling_cls = sampling_cls
+        self.state = state or ColocationState()
+
+    @classmethod
+    def from_config(cls, model_dir: str, cfg, info) -> VLLMColocatedEngine:
+        if info.device.type != "cuda":
+            from rgpo_fast.trainer.config import ConfigError
+
+            raise ConfigError("rollout.engine=vllm needs a CUDA GPU; use rollout.engine=hf on CPU")
+        try:
+            from vllm import LLM
+            from vllm import SamplingParams as VSP
+        except ImportError:
+            from rgpo_fast.trainer.config import ConfigError
+
+            raise ConfigError("rollout.engine=vllm but vllm is not installed "
+                              "(pip install 'rgpo_fast[gpu]')") from None
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        max_len = cfg.rollout.vllm_max_model_len or (cfg.data.max_prompt_tokens
+                                                     + cfg.rollout.max_new_tokens + 512)
+        llm = LLM(**engine_kwargs(model_dir, rank=info.rank, tp=cfg.rollout.tensor_parallel_size,
+                                  gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+                                  max_model_len=max_len, seed=cfg.train.seed))
+        return cls(llm, sampling_cls=VSP)
+
+    def generate(self, prompts: Sequence[list[int]], params: SamplingParams) -> list[RequestOutput]:
+        self.state.advance("generate")
+        sp = to_vllm_sampling(params, self._sampling_cls)
+        reqs = [{"prompt_token_ids": list(p)} for p in prompts]
+        return convert_outputs(prompts, self.llm.generate(reqs, sp, use_tqdm=False))
+
+    def sleep(self, level: int = 2) -> None:
+        self.state.advance("sleep")
+        self.llm.sleep(level=level)
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        if tags == ["weights"]:
+            self.state.advance("wake_weights")
+        elif tags == ["kv_cache"]:
+            self.state.advance("wake_kv")
+        else:
+            self.state.advance("wake_all")
+        if tags == ["weights"] and torch.cuda.is_available():
+            torch.cuda.empty_cache()  # give the trainer's freed blocks back before waking
+        self.llm.wake_up(tags=tags)
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        self.state.advance("load")
+        _inner_model(self.llm).load_weights(weights=list(named_tensors))
+        # Cached prefixes hold keys/values of the old weights.
+        self.llm.reset_prefix_cache()
