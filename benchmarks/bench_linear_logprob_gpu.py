@@ -25,9 +25,9 @@ Interpreter check (CPU, no GPU needed):
   python benchmarks/bench_linear_logprob.py --check-interpreter
 
 runs the Triton kernels through TRITON_INTERPRET=1 at N=256, H=256, V=32768 (fp32 unless
---dtype bfloat16; bias, temperature 0.8, entropy; about 2 minutes on 2 cores) and prints the max errors of logp, entropy, dHidden, dWeight and
-dBias against the float64 oracle of rgpo_fast.reference (and the torch backend's errors
-for scale).
+--dtype bfloat16; bias, temperature 0.8, entropy; about 2 minutes on 2 cores) and prints
+the max errors of logp, entropy, dHidden, dWeight and dBias against the float64 oracle
+of rgpo_fast.reference (and the torch backend's errors for scale).
 """
 
 from __future__ import annotations
@@ -74,7 +74,6 @@ def _make(n, h, v, dtype, device, grad):
 
 def _forward_fn(provider, hidden, weight, targets):
     """A closure returning per-token log-probs (or the floor's logits) for one provider."""
-    import torch
 
     if provider in ("triton", "torch"):
         from rgpo_fast import fused_linear_logprobs
@@ -157,7 +156,6 @@ def gpu_main(args) -> int:
         print("no CUDA device: the GPU benchmark needs one (nothing to do here).")
         return 0
     import triton
-
     from common import append_csv, git_sha
 
     dtype = getattr(torch, getattr(args, "dtype", None) or "bfloat16")
@@ -249,8 +247,9 @@ def check_interpreter(args=None) -> int:
         t2 = time.perf_counter()
         return [lp.detach(), ent.detach()] + [p.grad for p in ps], (t1 - t0, t2 - t1)
 
-    print(f"interpreter check: N={n} H={h} V={v}, {str(dtype)[6:]}, bias, temperature {temperature}, "
-          f"entropy, tiles (N, V, H) = ({os.environ['RGPO_FAST_INTERPRET_BLOCKS']}); "
+    tiles = os.environ["RGPO_FAST_INTERPRET_BLOCKS"]
+    print(f"interpreter check: N={n} H={h} V={v}, {str(dtype)[6:]}, bias, "
+          f"temperature {temperature}, entropy, tiles (N, V, H) = ({tiles}); "
           f"errors vs the float64 oracle")  # fmt: skip
     truth, _ = run("oracle")
     names = ("logp", "entropy", "dhidden", "dweight", "dbias")

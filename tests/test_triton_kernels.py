@@ -14,12 +14,12 @@ at most twice the error of naive PyTorch in the same dtype, plus a small slack.
 
 import pytest
 import torch
+from tolerance import assert_three_way
 
 from rgpo_fast.algos.policy_loss import STAT_NAMES, LossConfig, TokenTerms, token_loss_and_grad
 from rgpo_fast.ops import torch_chunked
 from rgpo_fast.ops.backends import available_backends, resolve_backend
 from rgpo_fast.reference import naive_logprobs
-from tolerance import assert_three_way
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.skipif(
@@ -29,6 +29,7 @@ pytestmark = pytest.mark.skipif(
 if "triton" in available_backends(DEV):
     from rgpo_fast.kernels import linear_logprob as klp
     from rgpo_fast.kernels import policy_loss as kpl
+
     from rgpo_fast.ops import triton_backend
 
 # Small blocks so that the ragged shapes below leave partial tiles in every dimension:
