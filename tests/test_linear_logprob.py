@@ -37,8 +37,6 @@ def _grads(fn, params):
 @pytest.mark.parametrize("entropy", [False, True])
 @pytest.mark.parametrize("bias, temperature, chunk", [(True, 0.7, 17), (False, 1.0, None)])
 def test_matches_oracle_three_way(backend, dtype, entropy, bias, temperature, chunk):
-    if backend == "triton" and dtype == torch.float16:
-        pytest.skip("fp16 is covered for triton in test_triton_kernels.py")
     h, w, b, t = _inputs(dtype, bias)
     params = [h, w] + ([b] if bias else [])
 
