@@ -162,7 +162,10 @@ class TrainConfig:
     device: str = field(default="auto", metadata=_help("auto, cpu or cuda."))
     impl: str = field(default="auto", metadata=_help(
         "Fused-loss backend: auto, torch, triton, cuda, cpp."))
-    threads: int = field(default=0, metadata=_help("CPU threads per process (0 = torch default)."))
+    threads: int = field(default=1, metadata=_help(
+        "CPU threads per process (0 = torch default). 1 by default: the tiny model's ops are "
+        "too small to gain from intra-op threads, and on a shared machine spinning OpenMP "
+        "threads made a step 5-20x slower in our measurements."))
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "prompts_per_step", "micro_batch_size", "sft_batch_size"):
