@@ -48,7 +48,13 @@ from rgpo_fast.rollout.weight_sync import sync_weights
 from rgpo_fast.trainer import checkpoint as ckpt
 from rgpo_fast.trainer.cli import parse_args
 from rgpo_fast.trainer.config import ConfigError, RunConfig
-from rgpo_fast.trainer.data_sources import DataSourceError, PromptSampler, eval_sources, load_source
+from rgpo_fast.trainer.data_sources import (
+    DataSourceError,
+    PromptSampler,
+    check_data_paths,
+    eval_sources,
+    load_source,
+)
 from rgpo_fast.trainer.distributed import (
     DistInfo,
     all_reduce_sum,
@@ -138,6 +144,7 @@ def run(cfg: RunConfig) -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(out_dir / "config.yaml")
     t_start = time.perf_counter()
+    check_data_paths(cfg)  # fail fast, before minutes of model loading
 
     # --- model, tokenizer, rollout engine (setup.py reports the optional speed-ups)
     policy, lm, tok, model_dir, features = load_policy(cfg, info)
@@ -337,9 +344,19 @@ def _step_metrics(step, sr, batch, m, phases, step_s, scheduler, info) -> dict:
 # ------------------------------------------------------------------ entry point
 
 
+def _quiet_libraries() -> None:
+    """No per-file progress bars from transformers / hub: our bar and `error:` lines only."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
+    _quiet_libraries()
     try:
         _, cfg = parse_args(argv)
         return run(cfg)

@@ -46,6 +46,15 @@ def load_source(spec: str, *, n: int, seed: int, heldout: bool, tokenizer=None,
     return examples
 
 
+def check_data_paths(cfg) -> None:
+    """Every file-based source named in the config exists (arith sources always do)."""
+    specs = [cfg.data.train] + ([cfg.data.sft] if cfg.data.sft else [])
+    specs += [spec for _, spec in eval_sources(cfg.data.eval)]
+    for spec in specs:
+        if not spec.startswith("arith:") and not Path(spec).exists():
+            raise DataSourceError(f"dataset not found: {spec}")
+
+
 def eval_sources(spec: str) -> list[tuple[str, str]]:
     """'arith:easy,arith:hard' -> [('easy', 'arith:easy'), ('hard', 'arith:hard')]."""
     out = []
