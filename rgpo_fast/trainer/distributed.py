@@ -101,6 +101,7 @@ def broadcast_object(obj, info: DistInfo):
 
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     """Transformer blocks of a HF causal LM (model.model.layers for Llama/Qwen style)."""
+    model = getattr(model, "lm", model)  # PolicyModule wraps the HF model
     base = getattr(model, "model", model)
     layers = getattr(base, "layers", None)
     if layers is None:
@@ -114,12 +115,18 @@ def shard_model(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
     Each layer is its own FSDP unit, so only one layer's full parameters are gathered at a
     time. Tied embeddings stay in the root unit with lm_head (same parameter object).
     """
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import FSDPModule, fully_shard
 
     for layer in decoder_layers(model):
         fully_shard(layer)
     fully_shard(model)
-    model.set_gradient_divide_factor(1.0)  # see module docstring
+    # Sum, don't average (see module docstring). Both setters act on one FSDP unit only, so
+    # every unit gets them. Forcing plain SUM collectives also keeps gloo working: a divide
+    # factor otherwise becomes NCCL's PREMUL_SUM, which gloo does not implement.
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.set_gradient_divide_factor(1.0)
+            m.set_force_sum_reduction_for_comms(True)
     return model
 
 
