@@ -197,6 +197,7 @@ def run(cfg: RunConfig) -> int:
         eval_before, totals = state["eval_before"], state["totals"]
         if info.is_main:
             metrics_log.truncate_after(start_step)
+        engine.sleep(level=2)  # the engine holds the initial weights: replace them
         sync()
     else:
         start_step, totals = 0, {"guided_prompts": 0, "accepted": 0, "gen_tokens": 0,
@@ -208,6 +209,7 @@ def run(cfg: RunConfig) -> int:
             sft_loss = sft_warm_start(policy, sft_set, tok, cfg, info)
             log(info, f"SFT warm-start: {cfg.train.sft_steps} steps on {cfg.data.sft}, "
                       f"final loss {sft_loss:.3f}, {time.perf_counter() - t0:.0f}s")
+        engine.sleep(level=2)
         sync()
         eval_before = evaluate_all(engine, tok, eval_sets, reward_fn, seed=cfg.train.seed, **eval_kw)
         log(info, "eval before RL: " + json.dumps({k: round(v, 3) for k, v in eval_before.items()}))

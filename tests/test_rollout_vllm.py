@@ -1,0 +1,156 @@
+"""Colocated vLLM engine: protocol order, seeds per TP group, weight-sync bucketing and name
+mapping, output conversion (CPU, with a recording stand-in for vllm.LLM); the real engine
+runs under the `gpu` mark."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from rgpo_fast.rollout.base import SamplingParams
+from rgpo_fast.rollout.vllm_colocated import (
+    ColocationState,
+    ProtocolError,
+    VLLMColocatedEngine,
+    convert_outputs,
+    engine_kwargs,
+    engine_seed,
+)
+from rgpo_fast.rollout.weight_sync import bucketed, full_named_parameters, hf_name, sync_weights
+
+
+class FakeLLM:
+    """Records the calls a colocated step makes; generates fixed tokens with log-probs."""
+
+    def __init__(self):
+        self.calls = []
+        self.loaded = {}
+        inner = SimpleNamespace(load_weights=self._load)
+        runner = SimpleNamespace(model=inner)
+        self.llm_engine = SimpleNamespace(model_executor=SimpleNamespace(
+            driver_worker=SimpleNamespace(worker=SimpleNamespace(model_runner=runner))))
+
+    def _load(self, weights):
+        self.calls.append(("load_weights", [n for n, _ in weights]))
+        self.loaded.update(dict(weights))
+
+    def generate(self, reqs, sp, use_tqdm=False):
+        self.calls.append(("generate", sp.n))
+        outs = []
+        for _ in reqs:
+            comps = [SimpleNamespace(token_ids=[5, 6], finish_reason="stop",
+                                     logprobs=[{5: SimpleNamespace(logprob=-0.5)},
+                                               {6: SimpleNamespace(logprob=-1.5)}])
+                     for _ in range(sp.n)]
+            outs.append(SimpleNamespace(outputs=comps))
+        return outs
+
+    def sleep(self, level):
+        self.calls.append(("sleep", level))
+
+    def wake_up(self, tags=None):
+        self.calls.append(("wake_up", tuple(tags) if tags else None))
+
+    def reset_prefix_cache(self):
+        self.calls.append(("reset_prefix_cache",))
+
+
+def _vsp(**kw):
+    return SimpleNamespace(**kw)
+
+
+def test_full_colocated_step_order():
+    llm = FakeLLM()
+    eng = VLLMColocatedEngine(llm, sampling_cls=_vsp)
+    outs = eng.generate([[1, 2, 3]], SamplingParams(n=2, max_new_tokens=4, seed=1))
+    assert outs[0].completions[0].token_ids == [5, 6]
+    assert outs[0].completions[1].logprobs == [-0.5, -1.5]
+    eng.sleep(level=2)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    eng.wake_up(["weights"])
+    sync_weights(model, eng, bucket_mb=1)
+    eng.wake_up(["kv_cache"])
+    eng.generate([[1]], SamplingParams(n=1, max_new_tokens=2))
+    names = [c[0] for c in llm.calls]
+    assert names == ["generate", "sleep", "wake_up", "load_weights", "reset_prefix_cache",
+                     "wake_up", "generate"]
+    assert llm.calls[1] == ("sleep", 2)
+    assert llm.calls[2] == ("wake_up", ("weights",)) and llm.calls[5] == ("wake_up", ("kv_cache",))
+    assert set(llm.loaded) == {"0.weight", "0.bias", "1.weight", "1.bias"}
+
+
+@pytest.mark.parametrize("bad_sequence", [
+    ["sleep", "generate"],                            # generate while asleep
+    ["sleep", "wake_kv"],                             # KV before weights
+    ["sleep", "wake_weights", "wake_kv"],             # wake KV without loading weights
+    ["load"],                                         # load into an awake, unslept engine
+])
+def test_out_of_order_calls_fail(bad_sequence):
+    st = ColocationState()
+    with pytest.raises(ProtocolError):
+        for call in bad_sequence:
+            st.advance(call)
+
+
+def test_seeds_shared_inside_tp_groups_and_engine_kwargs():
+    assert [engine_seed(r, 2) for r in range(8)] == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert [engine_seed(r, 1, 10) for r in range(3)] == [10, 11, 12]
+    kw = engine_kwargs("/m", rank=5, tp=2, gpu_memory_utilization=0.4, max_model_len=4096)
+    assert kw["distributed_executor_backend"] == "external_launcher"
+    assert kw["enable_sleep_mode"] and kw["seed"] == 2 and kw["tensor_parallel_size"] == 2
+
+
+def test_bucketing_bounds_size_and_keeps_order():
+    named = [(f"p{i}", torch.zeros(n)) for i, n in enumerate([10, 10, 30, 5, 100, 1])]
+    buckets = list(bucketed(named, bucket_bytes=25 * 4))
+    assert [[n for n, _ in b] for b in buckets] == [["p0", "p1"], ["p2"], ["p3"], ["p4"], ["p5"]]
+    assert [n for b in buckets for n, _ in b] == [n for n, _ in named]
+    with pytest.raises(ValueError):
+        list(bucketed(named, 0))
+
+
+def test_name_mapping_and_tied_weights_sent_once():
+    assert hf_name("lm.model.layers.0.mlp.up_proj.weight") == "model.layers.0.mlp.up_proj.weight"
+    assert hf_name("lm.model.layers.0._checkpoint_wrapped_module.self_attn.q_proj.weight") == \
+        "model.layers.0.self_attn.q_proj.weight"
+    assert hf_name("_orig_mod.lm.lm_head.weight") == "lm_head.weight"
+    from rgpo_fast.trainer.policy import PolicyModule
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    lm = Qwen2ForCausalLM(Qwen2Config(vocab_size=16, hidden_size=8, intermediate_size=16,
+                                      num_hidden_layers=1, num_attention_heads=2,
+                                      num_key_value_heads=1, tie_word_embeddings=True))
+    names = [n for n, _ in full_named_parameters(PolicyModule(lm), torch.bfloat16)]
+    assert "model.embed_tokens.weight" in names and "lm_head.weight" not in names
+    assert set(names) == {n for n, _ in lm.named_parameters()}
+
+
+def test_convert_outputs_rejects_missing_logprobs():
+    ro = SimpleNamespace(outputs=[SimpleNamespace(token_ids=[1, 2], finish_reason="length",
+                                                  logprobs=[{1: -0.1}])])
+    with pytest.raises(RuntimeError, match="fewer log-probs"):
+        convert_outputs([[0]], [ro])
+
+
+@pytest.mark.gpu
+def test_real_vllm_engine_round_trip(tmp_path):
+    """On a GPU with vLLM: generate, sleep, wake weights, load, wake KV, generate again."""
+    pytest.importorskip("vllm")
+    from vllm import LLM
+    from vllm import SamplingParams as VSP
+
+    from rgpo_fast.trainer.tiny_model import ensure_tiny_model, load_model_and_tokenizer
+
+    path = ensure_tiny_model(cache_dir=tmp_path)
+    model, tok = load_model_and_tokenizer(path)
+    llm = LLM(**engine_kwargs(str(path), rank=0, tp=1, gpu_memory_utilization=0.2,
+                              max_model_len=256, dtype="float32"))
+    eng = VLLMColocatedEngine(llm, sampling_cls=VSP)
+    prompt = tok("12+3=?", add_special_tokens=False)["input_ids"]
+    greedy = SamplingParams(n=1, max_new_tokens=8, temperature=0.0)
+    before = eng.generate([prompt], greedy)[0].completions[0].token_ids
+    eng.sleep(level=2)
+    eng.wake_up(["weights"])
+    sync_weights(model, eng, bucket_mb=16)
+    eng.wake_up(["kv_cache"])
+    assert eng.generate([prompt], greedy)[0].completions[0].token_ids == before
