@@ -124,7 +124,7 @@ class RolloutConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = field(default=2e-4, metadata=_help("AdamW learning rate of the RL phase."))
+    lr: float = field(default=1e-4, metadata=_help("AdamW learning rate of the RL phase."))
     weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay."))
     beta1: float = field(default=0.9, metadata=_help("AdamW beta1."))
     beta2: float = field(default=0.99, metadata=_help("AdamW beta2."))
@@ -144,7 +144,7 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     output_dir: str = field(default="runs/default", metadata=_help("Run directory."))
-    max_steps: int = field(default=30, metadata=_help("RL steps (optimizer updates)."))
+    max_steps: int = field(default=60, metadata=_help("RL steps (optimizer updates)."))
     prompts_per_step: int = field(default=16, metadata=_help(
         "Prompts per RL step, global over data-parallel ranks."))
     micro_batch_size: int = field(default=64, metadata=_help(
@@ -153,7 +153,7 @@ class TrainConfig:
     resume: bool = field(default=False, metadata=_help("Continue from the latest checkpoint."))
     save_every: int = field(default=10, metadata=_help("Checkpoint every N steps (0 = only at the end)."))
     keep_checkpoints: int = field(default=2, metadata=_help("Complete checkpoints kept on disk."))
-    sft_steps: int = field(default=500, metadata=_help("Warm-start SFT steps before RL (0 = none)."))
+    sft_steps: int = field(default=800, metadata=_help("Warm-start SFT steps before RL (0 = none)."))
     sft_batch_size: int = field(default=32, metadata=_help("SFT sequences per step."))
     sft_lr: float = field(default=3e-3, metadata=_help("SFT learning rate (cosine to 10%)."))
     sft_hint_prob: float = field(default=0.5, metadata=_help(
