@@ -34,6 +34,9 @@ train: install
 bench: install
 	$(BIN)/python benchmarks/bench_linear_logprob.py
 
+bench-gpu: install
+	$(BIN)/python benchmarks/bench_linear_logprob.py --gpu --dtype bfloat16
+
 lint: install
 	$(BIN)/ruff check rgpo_fast kernels benchmarks tests
 

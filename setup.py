@@ -73,7 +73,6 @@ setup(
         "rgpo_fast.kernels",
     ],
     package_dir={"rgpo_fast": "rgpo_fast", "rgpo_fast.kernels": "kernels"},
-    package_data={"rgpo_fast": ["configs/*.yaml"]},
     install_requires=install_requires,
     extras_require=extras_require,
     ext_modules=ext_modules,

@@ -12,6 +12,10 @@ no KL. The script checks that the losses agree before reporting.
 Working memory = peak RSS - RSS after the inputs exist - bytes of dHidden and dWeight
 (the gradients any method must return).
 
+The machines are noisy (2 shared cores), so providers are alternated: every repeat runs
+each provider once, in a fresh process (one warm-up call, one timed call), and the table
+reports the median over repeats. Ratios therefore compare runs made under the same load.
+
   python benchmarks/bench_linear_logprob.py              # both issue shapes, fp32, CPU
   python benchmarks/bench_linear_logprob.py --quick      # a small shape, seconds
   python benchmarks/bench_linear_logprob.py --gpu        # GPU mode (see bench_*_gpu.py)
@@ -58,7 +62,8 @@ def provider_fn(name, inputs):
     if name.startswith("fused:"):
         from rgpo_fast import FusedLinearRGPOLoss
 
-        loss_fn = FusedLinearRGPOLoss(impl=name.split(":", 1)[1])
+        chunk = int(os.environ.get("RGPO_FAST_BENCH_CHUNK", 0)) or None
+        loss_fn = FusedLinearRGPOLoss(impl=name.split(":", 1)[1], chunk_size=chunk)
 
         def run():
             loss, _ = loss_fn(hidden, weight, targets, mask, adv, old_logprobs=old)
@@ -111,19 +116,17 @@ def worker(args) -> None:
     inputs = make_inputs(n, h, v, dtype)
     run = provider_fn(args.worker, inputs)
     base = peak_rss_bytes()
-    times, loss = [], None
-    for i in range(args.repeats + 1):  # the first run is a warm-up
+    loss, elapsed = None, 0.0
+    for _ in range(2):  # a warm-up call, then the timed one
         for t in inputs[:2]:
             t.grad = None
         t0 = time.perf_counter()
         loss = run()
-        if i:
-            times.append(time.perf_counter() - t0)
+        elapsed = time.perf_counter() - t0
     grads = 0 if args.worker == "floor" else sum(t.numel() * t.element_size() for t in inputs[:2])
     work = peak_rss_bytes() - base - grads
-    times.sort()
-    print(json.dumps({"provider": args.worker, "time_s": times[len(times) // 2],
-                      "working_mb": work / 2**20, "loss": loss}))  # fmt: skip
+    print(json.dumps({"provider": args.worker, "time_s": elapsed, "working_mb": work / 2**20,
+                      "loss": loss}))  # fmt: skip
 
 
 def main() -> None:
@@ -131,7 +134,10 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="one small shape, for a smoke run")
     p.add_argument("--shape", default=None, help="N,H,V (overrides the default shapes)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per provider (median)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="alternating rounds; each runs every provider once (median reported)")
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="token rows per logits block of the fused providers (default: auto)")
     p.add_argument("--providers", default=None, help="comma list (default: all available)")
     p.add_argument("--no-csv", action="store_true")
     p.add_argument("--gpu", action="store_true", help="GPU mode (triton.testing.do_bench)")
@@ -139,6 +145,8 @@ def main() -> None:
                    help="check the Triton path under TRITON_INTERPRET=1 at N=256,H=256,V=32768")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.chunk_size:
+        os.environ["RGPO_FAST_BENCH_CHUNK"] = str(args.chunk_size)  # seen by the workers
     if args.worker:
         return worker(args)
     if args.gpu or args.check_interpreter:
@@ -146,7 +154,7 @@ def main() -> None:
 
         return gpu.main(args)
 
-    from common import append_csv, git_sha, machine
+    from common import append_csv, git_sha, machine, run_worker
 
     import torch
     from rgpo_fast.ops.backends import available_backends
@@ -161,16 +169,18 @@ def main() -> None:
         shapes = {"custom": tuple(map(int, args.shape.split(",")))}
     rows = []
     print(f"# {machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{args.dtype}, median of {args.repeats}")  # fmt: skip
+          f"{args.dtype}, median of {args.repeats} alternating rounds")  # fmt: skip
     for label, (n, h, v) in shapes.items():
-        res = {}
-        for prov in providers:
-            r = __import__("common").run_worker(
-                str(HERE), ["--worker", prov, "--shape", f"{n},{h},{v}", "--dtype", args.dtype,
-                            "--repeats", str(args.repeats)])  # fmt: skip
-            res[prov] = r
-            status = r.get("error") or f"{r['time_s']:.3f}s  {r['working_mb']:.0f} MiB"
-            print(f"  {label} N={n} H={h} V={v}  {prov:12s} {status}", flush=True)
+        runs = {prov: [] for prov in providers}
+        for rep in range(args.repeats):  # alternate providers: each repeat sees one load
+            for prov in providers:
+                r = run_worker(str(HERE), ["--worker", prov, "--shape", f"{n},{h},{v}",
+                                           "--dtype", args.dtype])  # fmt: skip
+                runs[prov].append(r)
+                status = r.get("error") or f"{r['time_s']:.3f}s  {r['working_mb']:.0f} MiB"
+                print(f"  [{rep + 1}/{args.repeats}] {label} N={n} H={h} V={v}  {prov:12s} "
+                      f"{status}", flush=True)  # fmt: skip
+        res = {prov: _median_run(rs) for prov, rs in runs.items()}
         losses = [r["loss"] for k, r in res.items() if "loss" in r and k != "floor"]
         if losses and max(losses) - min(losses) > 1e-3 * (abs(losses[0]) + 1e-3):
             print(f"  WARNING: providers disagree on the loss: {losses}")
@@ -180,6 +190,15 @@ def main() -> None:
                 "date": time.strftime("%Y-%m-%d %H:%M")}  # fmt: skip
         path = append_csv("bench_linear_logprob.csv", [{**meta, **r} for r in rows])
         print(f"rows appended to {os.path.relpath(path)}")
+
+
+def _median_run(runs: list[dict]) -> dict:
+    ok = [r for r in runs if "time_s" in r]
+    if not ok:
+        return runs[-1]
+    times = sorted(r["time_s"] for r in ok)
+    return {"time_s": times[len(times) // 2], "working_mb": max(r["working_mb"] for r in ok),
+            "loss": ok[-1]["loss"]}  # fmt: skip
 
 
 def _report(label, n, h, v, dtype, res, providers):

@@ -111,8 +111,11 @@ def _register_fakes() -> None:
 # ---- the backend protocol (ops/backends.py) ----
 
 
-def _chunk(chunk_size: int | None) -> int:
-    return int(chunk_size) if chunk_size else 0  # 0: the kernel's auto size (64 MiB block)
+def _chunk(chunk_size: int | None, hidden: torch.Tensor, weight: torch.Tensor) -> int:
+    """Rows per logits block: the same auto rule as the PyTorch backend (one policy)."""
+    from rgpo_fast.ops.torch_chunked import auto_chunk_size
+
+    return int(chunk_size) if chunk_size else auto_chunk_size(hidden.shape[0], weight.shape[0])
 
 
 def _none_if_empty(t: torch.Tensor, wanted: bool) -> torch.Tensor | None:
@@ -122,7 +125,7 @@ def _none_if_empty(t: torch.Tensor, wanted: bool) -> torch.Tensor | None:
 def logprob_forward(hidden, weight, bias, targets, temperature, with_entropy, chunk_size=None):
     """(N, H), (V, H), (V,)|None, (N,) -> logp (N,), lse (N,), entropy (N,)|None, all fp32."""
     logp, lse, ent = _ops().logprob_forward(
-        hidden, weight, bias, targets, float(temperature), bool(with_entropy), _chunk(chunk_size)
+        hidden, weight, bias, targets, float(temperature), bool(with_entropy), _chunk(chunk_size, hidden, weight)
     )
     return logp, lse, (ent if with_entropy else None)
 
@@ -136,7 +139,7 @@ def logprob_backward(
     need_b = need_b and bias is not None
     dh, dw, db = _ops().logprob_backward(
         hidden, weight, bias, targets, lse, entropy if g_ent is not None else None,
-        float(temperature), g_logp, g_ent, need_h, need_w, need_b, _chunk(chunk_size),
+        float(temperature), g_logp, g_ent, need_h, need_w, need_b, _chunk(chunk_size, hidden, weight),
     )  # fmt: skip
     return _none_if_empty(dh, need_h), _none_if_empty(dw, need_w), _none_if_empty(db, need_b)
 
@@ -170,7 +173,7 @@ def policy_loss_forward_backward(
     tensors, scalars = loss_args(terms, cfg)
     loss, stats, dh, dw, db = _ops().policy_loss_forward_backward(
         hidden, weight, bias, targets, *tensors, *scalars, float(cfg.temperature),
-        bool(with_entropy), need_h, need_w, need_b, _chunk(chunk_size),
+        bool(with_entropy), need_h, need_w, need_b, _chunk(chunk_size, hidden, weight),
     )  # fmt: skip
     return (loss, stats, _none_if_empty(dh, need_h), _none_if_empty(dw, need_w),
             _none_if_empty(db, need_b))  # fmt: skip

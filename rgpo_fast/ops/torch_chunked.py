@@ -17,12 +17,17 @@ import torch
 from rgpo_fast.algos.policy_loss import NUM_STATS, LossConfig, TokenTerms, token_loss_and_grad
 
 NAME = "torch"
-# Rows per chunk: chosen so one fp32 block is about 64 MiB (16M elements), at least 16 rows.
-DEFAULT_BLOCK_ELEMENTS = 1 << 24
+# Rows per chunk: one fp32 logits block of at most ~96 MiB (24M elements), rounded down to
+# a multiple of 64 rows. Measured on the CPU benchmark (N=1024, H=896, V=151936): 128-row
+# blocks ran ~15% faster than 110-row ones (BLAS blocking favours multiples of 64; each
+# chunk re-reads the whole weight), and the block stays under 0.1x the oracle's memory.
+BLOCK_ELEMENTS = 24 * 2**20
+ROW_MULTIPLE = 64
 
 
 def auto_chunk_size(n_tokens: int, vocab: int) -> int:
-    rows = max(16, DEFAULT_BLOCK_ELEMENTS // max(vocab, 1))
+    rows = BLOCK_ELEMENTS // max(vocab, 1)
+    rows = max(16, rows - rows % ROW_MULTIPLE if rows >= ROW_MULTIPLE else rows)
     return max(1, min(n_tokens, rows))
 
 
@@ -73,6 +78,7 @@ def logprob_forward(hidden, weight, bias, targets, temperature, with_entropy, ch
             se = z.exp_().sum(-1)
         lse[s:e] = m.squeeze(1) + torch.log(se)
         logp[s:e] = zt - torch.log(se)
+        del z
     return logp, lse, ent
 
 
@@ -142,6 +148,7 @@ def logprob_backward(
         en = entropy[s:e] if entropy is not None else None
         dz = _softmax_grad_block(z, lse[s:e], targets[s:e], g_logp[s:e], ge, en)
         _accumulate(dz, hidden[s:e], weight, temperature, dh, dw, db, s, e)
+        del z, dz
     return _finish(dh, dw, db, weight, bias)
 
 
@@ -184,5 +191,7 @@ def policy_loss_forward_backward(
             z.mul_((-g / se)[:, None])  # -g p_k
             z[_row_ids(e - s, z.device), t] += g
             _accumulate(z, h, weight, cfg.temperature, dh, dw, db, s, e)
+        # Free this block before the next matmul allocates one: never two alive at once.
+        del z
     dh, dw, db = _finish(dh, dw, db, weight, bias)
     return loss, stats, dh, dw, db
