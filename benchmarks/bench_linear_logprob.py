@@ -56,7 +56,6 @@ def make_inputs(n, h, v, dtype, seed=0):
 
 def provider_fn(name, inputs):
     """A closure that runs forward + backward once and returns the loss value."""
-    import torch
 
     hidden, weight, targets, mask, adv, old = inputs
     if name.startswith("fused:"):
@@ -81,8 +80,9 @@ def provider_fn(name, inputs):
     elif name == "liger":
         from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss
 
-        loss_fn = LigerFusedLinearGRPOLoss(beta=0.0, compiled=False, use_ref_model=False,
-                                           loss_type="bnpo")  # fmt: skip
+        loss_fn = LigerFusedLinearGRPOLoss(
+            beta=0.0, compiled=False, use_ref_model=False, loss_type="bnpo"
+        )
 
         def run():
             out = loss_fn(hidden, weight, targets, mask.long(), adv, old_per_token_logps=old)
@@ -125,8 +125,11 @@ def worker(args) -> None:
         elapsed = time.perf_counter() - t0
     grads = 0 if args.worker == "floor" else sum(t.numel() * t.element_size() for t in inputs[:2])
     work = peak_rss_bytes() - base - grads
-    print(json.dumps({"provider": args.worker, "time_s": elapsed, "working_mb": work / 2**20,
-                      "loss": loss}))  # fmt: skip
+    print(
+        json.dumps(
+            {"provider": args.worker, "time_s": elapsed, "working_mb": work / 2**20, "loss": loss}
+        )
+    )
 
 
 def main() -> None:
@@ -134,15 +137,26 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="one small shape, for a smoke run")
     p.add_argument("--shape", default=None, help="N,H,V (overrides the default shapes)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--repeats", type=int, default=3,
-                   help="alternating rounds; each runs every provider once (median reported)")
-    p.add_argument("--chunk-size", type=int, default=None,
-                   help="token rows per logits block of the fused providers (default: auto)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="alternating rounds; each runs every provider once (median reported)",
+    )
+    p.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        help="token rows per logits block of the fused providers (default: auto)",
+    )
     p.add_argument("--providers", default=None, help="comma list (default: all available)")
     p.add_argument("--no-csv", action="store_true")
     p.add_argument("--gpu", action="store_true", help="GPU mode (triton.testing.do_bench)")
-    p.add_argument("--check-interpreter", action="store_true",
-                   help="check the Triton path under TRITON_INTERPRET=1 at N=256,H=256,V=32768")
+    p.add_argument(
+        "--check-interpreter",
+        action="store_true",
+        help="check the Triton path under TRITON_INTERPRET=1 at N=256,H=256,V=32768",
+    )
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.chunk_size:
@@ -154,9 +168,9 @@ def main() -> None:
 
         return gpu.main(args)
 
+    import torch
     from common import append_csv, git_sha, machine, run_worker
 
-    import torch
     from rgpo_fast.ops.backends import available_backends
 
     if args.providers:
@@ -168,26 +182,35 @@ def main() -> None:
     if args.shape:
         shapes = {"custom": tuple(map(int, args.shape.split(",")))}
     rows = []
-    print(f"# {machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{args.dtype}, median of {args.repeats} alternating rounds")  # fmt: skip
+    print(
+        f"# {machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{args.dtype}, median of {args.repeats} alternating rounds"
+    )
     for label, (n, h, v) in shapes.items():
         runs = {prov: [] for prov in providers}
         for rep in range(args.repeats):  # alternate providers: each repeat sees one load
             for prov in providers:
-                r = run_worker(str(HERE), ["--worker", prov, "--shape", f"{n},{h},{v}",
-                                           "--dtype", args.dtype])  # fmt: skip
+                r = run_worker(
+                    str(HERE), ["--worker", prov, "--shape", f"{n},{h},{v}", "--dtype", args.dtype]
+                )
                 runs[prov].append(r)
                 status = r.get("error") or f"{r['time_s']:.3f}s  {r['working_mb']:.0f} MiB"
-                print(f"  [{rep + 1}/{args.repeats}] {label} N={n} H={h} V={v}  {prov:12s} "
-                      f"{status}", flush=True)  # fmt: skip
+                print(
+                    f"  [{rep + 1}/{args.repeats}] {label} N={n} H={h} V={v}  {prov:12s} {status}",
+                    flush=True,
+                )
         res = {prov: _median_run(rs) for prov, rs in runs.items()}
         losses = [r["loss"] for k, r in res.items() if "loss" in r and k != "floor"]
         if losses and max(losses) - min(losses) > 1e-3 * (abs(losses[0]) + 1e-3):
             print(f"  WARNING: providers disagree on the loss: {losses}")
         rows += _report(label, n, h, v, args.dtype, res, providers)
     if not args.no_csv and rows:
-        meta = {"machine": machine(), "torch": torch.__version__, "git_sha": git_sha(),
-                "date": time.strftime("%Y-%m-%d %H:%M")}  # fmt: skip
+        meta = {
+            "machine": machine(),
+            "torch": torch.__version__,
+            "git_sha": git_sha(),
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+        }
         path = append_csv("bench_linear_logprob.csv", [{**meta, **r} for r in rows])
         print(f"rows appended to {os.path.relpath(path)}")
 
@@ -197,8 +220,11 @@ def _median_run(runs: list[dict]) -> dict:
     if not ok:
         return runs[-1]
     times = sorted(r["time_s"] for r in ok)
-    return {"time_s": times[len(times) // 2], "working_mb": max(r["working_mb"] for r in ok),
-            "loss": ok[-1]["loss"]}  # fmt: skip
+    return {
+        "time_s": times[len(times) // 2],
+        "working_mb": max(r["working_mb"] for r in ok),
+        "loss": ok[-1]["loss"],
+    }
 
 
 def _report(label, n, h, v, dtype, res, providers):
@@ -207,8 +233,10 @@ def _report(label, n, h, v, dtype, res, providers):
     naive = ok.get("naive")
     liger = ok.get("liger", {}).get("time_s")
     print(f"\n  {label}: ratios (time, working memory) relative to peers")
-    print(f"  {'provider':12s} {'time':>9s} {'mem MiB':>9s} {'t/naive':>8s} {'t/floor':>8s} "
-          f"{'t/liger':>8s} {'mem/naive':>9s}")  # fmt: skip
+    print(
+        f"  {'provider':12s} {'time':>9s} {'mem MiB':>9s} {'t/naive':>8s} {'t/floor':>8s} "
+        f"{'t/liger':>8s} {'mem/naive':>9s}"
+    )
     rows = []
     for prov in providers:
         r = ok.get(prov)
@@ -221,13 +249,31 @@ def _report(label, n, h, v, dtype, res, providers):
         tn = ratio(r["time_s"], naive and naive["time_s"])
         tf = ratio(r["time_s"], floor)
         tl = ratio(r["time_s"], liger)
-        mn = ratio(r["working_mb"], naive and naive["working_mb"]) if prov != "floor" else float("nan")
-        print(f"  {prov:12s} {r['time_s']:9.3f} {r['working_mb']:9.0f} {tn:8.2f} {tf:8.2f} "
-              f"{tl:8.2f} {mn:9.3f}")  # fmt: skip
-        rows.append({"shape": label, "N": n, "H": h, "V": v, "dtype": dtype, "provider": prov,
-                     "time_s": round(r["time_s"], 4), "working_mb": round(r["working_mb"], 1),
-                     "time_vs_naive": round(tn, 3), "time_vs_floor": round(tf, 3),
-                     "time_vs_liger": round(tl, 3), "mem_vs_naive": round(mn, 4)})  # fmt: skip
+        mn = (
+            ratio(r["working_mb"], naive and naive["working_mb"])
+            if prov != "floor"
+            else float("nan")
+        )
+        print(
+            f"  {prov:12s} {r['time_s']:9.3f} {r['working_mb']:9.0f} {tn:8.2f} {tf:8.2f} "
+            f"{tl:8.2f} {mn:9.3f}"
+        )
+        rows.append(
+            {
+                "shape": label,
+                "N": n,
+                "H": h,
+                "V": v,
+                "dtype": dtype,
+                "provider": prov,
+                "time_s": round(r["time_s"], 4),
+                "working_mb": round(r["working_mb"], 1),
+                "time_vs_naive": round(tn, 3),
+                "time_vs_floor": round(tf, 3),
+                "time_vs_liger": round(tl, 3),
+                "mem_vs_naive": round(mn, 4),
+            }
+        )
     print()
     return rows
 

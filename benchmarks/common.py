@@ -17,8 +17,13 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def git_sha() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, cwd=Path(__file__).parent, check=True)  # fmt: skip
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            check=True,
+        )
         return out.stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -62,6 +67,8 @@ def run_worker(script: str, args: list[str], timeout: float = 3600) -> dict:
     t0 = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
-        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed",
-                "wall_s": time.time() - t0}  # fmt: skip
+        return {
+            "error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed",
+            "wall_s": time.time() - t0,
+        }
     return json.loads(proc.stdout.strip().splitlines()[-1])

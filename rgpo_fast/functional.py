@@ -96,8 +96,11 @@ def build_token_terms(
             f"advantages must have shape ({B},) or ({B}, {T}), got {tuple(advantages.shape)}"
         )
     check_finite("advantages", advantages)
-    per_tok = {"old_logprobs": old_logprobs, "ref_logprobs": ref_logprobs,
-               "rollout_logprobs": rollout_logprobs}  # fmt: skip
+    per_tok = {
+        "old_logprobs": old_logprobs,
+        "ref_logprobs": ref_logprobs,
+        "rollout_logprobs": rollout_logprobs,
+    }
     for name, x in per_tok.items():
         if x is not None:
             check_tensor(name, x, floating=True)
@@ -111,9 +114,12 @@ def build_token_terms(
     sft_tok = active & tok(sft) if sft is not None else torch.zeros_like(active)
     policy = active & ~sft_tok
     pg_w = aggregation_weights(
-        policy, cfg.loss_agg, num_tokens=num_global_tokens, num_seqs=num_global_seqs,
+        policy,
+        cfg.loss_agg,
+        num_tokens=num_global_tokens,
+        num_seqs=num_global_seqs,
         max_response_len=max_response_len,
-    )  # fmt: skip
+    )
     n_sft = sft_tok.sum().float() if num_global_sft_tokens is None else num_global_sft_tokens
     n_sft = torch.as_tensor(n_sft, dtype=torch.float32, device=mask.device).clamp(min=1)
     sft_w = sft_tok.float() * (cfg.sft_coef / n_sft)
@@ -178,8 +184,18 @@ def fused_linear_policy_loss(
     (e.g. -100 padding). Returns the scalar loss and a dict of 0-dim metric tensors.
     Under data parallelism pass the all-reduced counts as num_global_*.
     """
-    cfg = LossConfig(clip_low, clip_high, clip_ratio_c, beta, kl_estimator, sft_coef, loss_agg,
-                     temperature, luffy_gamma, tis_cap)  # fmt: skip
+    cfg = LossConfig(
+        clip_low,
+        clip_high,
+        clip_ratio_c,
+        beta,
+        kl_estimator,
+        sft_coef,
+        loss_agg,
+        temperature,
+        luffy_gamma,
+        tis_cap,
+    )
     check_agg_mode(loss_agg)
     check_linear(hidden, weight, bias)
     if hidden.dim() != 3:
@@ -190,12 +206,20 @@ def fused_linear_policy_loss(
     mask = check_mask("mask", mask, [(B, T)])
     _check_chunk(chunk_size)
     terms, active = build_token_terms(
-        mask, advantages, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
-        hint_mask=hint_mask, sft_mask=sft_mask, offpolicy_mask=offpolicy_mask,
-        rollout_logprobs=rollout_logprobs, cfg=cfg, num_global_tokens=num_global_tokens,
-        num_global_seqs=num_global_seqs, num_global_sft_tokens=num_global_sft_tokens,
+        mask,
+        advantages,
+        old_logprobs=old_logprobs,
+        ref_logprobs=ref_logprobs,
+        hint_mask=hint_mask,
+        sft_mask=sft_mask,
+        offpolicy_mask=offpolicy_mask,
+        rollout_logprobs=rollout_logprobs,
+        cfg=cfg,
+        num_global_tokens=num_global_tokens,
+        num_global_seqs=num_global_seqs,
+        num_global_sft_tokens=num_global_sft_tokens,
         max_response_len=max_response_len,
-    )  # fmt: skip
+    )
     check_targets(targets, weight.shape[0], where=active)
     sel = active.reshape(-1)
     h_all = hidden.reshape(B * T, H)

@@ -36,8 +36,18 @@ class FusedLinearRGPOLoss(nn.Module):
         return_entropy: bool = False,
     ) -> None:
         super().__init__()
-        self.config = LossConfig(clip_low, clip_high, clip_ratio_c, beta, kl_estimator, sft_coef,
-                                 loss_agg, temperature, luffy_gamma, tis_cap)  # fmt: skip
+        self.config = LossConfig(
+            clip_low,
+            clip_high,
+            clip_ratio_c,
+            beta,
+            kl_estimator,
+            sft_coef,
+            loss_agg,
+            temperature,
+            luffy_gamma,
+            tis_cap,
+        )
         self.impl = impl
         self.chunk_size = chunk_size
         self.return_entropy = return_entropy
@@ -61,15 +71,33 @@ class FusedLinearRGPOLoss(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         c = self.config
         return fused_linear_policy_loss(
-            hidden, weight, targets, mask, advantages, bias=bias, old_logprobs=old_logprobs,
-            ref_logprobs=ref_logprobs, hint_mask=hint_mask, sft_mask=sft_mask,
-            offpolicy_mask=offpolicy_mask, rollout_logprobs=rollout_logprobs,
-            clip_low=c.clip_low, clip_high=c.clip_high, clip_ratio_c=c.clip_ratio_c,
-            beta=c.beta, kl_estimator=c.kl_estimator, sft_coef=c.sft_coef,
-            loss_agg=c.loss_agg, temperature=c.temperature, luffy_gamma=c.luffy_gamma,
-            tis_cap=c.tis_cap, return_entropy=self.return_entropy, impl=self.impl,
-            chunk_size=self.chunk_size, **normalisers,
-        )  # fmt: skip
+            hidden,
+            weight,
+            targets,
+            mask,
+            advantages,
+            bias=bias,
+            old_logprobs=old_logprobs,
+            ref_logprobs=ref_logprobs,
+            hint_mask=hint_mask,
+            sft_mask=sft_mask,
+            offpolicy_mask=offpolicy_mask,
+            rollout_logprobs=rollout_logprobs,
+            clip_low=c.clip_low,
+            clip_high=c.clip_high,
+            clip_ratio_c=c.clip_ratio_c,
+            beta=c.beta,
+            kl_estimator=c.kl_estimator,
+            sft_coef=c.sft_coef,
+            loss_agg=c.loss_agg,
+            temperature=c.temperature,
+            luffy_gamma=c.luffy_gamma,
+            tis_cap=c.tis_cap,
+            return_entropy=self.return_entropy,
+            impl=self.impl,
+            chunk_size=self.chunk_size,
+            **normalisers,
+        )
 
     def extra_repr(self) -> str:
         return f"{self.config}, impl={self.impl!r}"

@@ -29,8 +29,9 @@ def test_grpo_interleaved_groups_match_contiguous():
 def test_dr_grpo_and_rloo_hand_values():
     r = torch.tensor([1.0, 0.0, 0.0, 0.5])
     g = torch.zeros(4, dtype=torch.long)
-    assert torch.allclose(compute_advantages("dr_grpo", r, g),
-                          torch.tensor([0.625, -0.375, -0.375, 0.125]))  # fmt: skip
+    assert torch.allclose(
+        compute_advantages("dr_grpo", r, g), torch.tensor([0.625, -0.375, -0.375, 0.125])
+    )
     # rloo: r_j - mean of the other three
     expect = torch.tensor([1 - 0.5 / 3, 0 - 1.5 / 3, 0 - 1.5 / 3, 0.5 - 1 / 3])
     assert torch.allclose(compute_advantages("rloo", r, g), expect)
@@ -101,8 +102,11 @@ def test_global_counts_override_local_ones():
 
 def test_every_mode_is_covered():
     assert set(AGG_MODES) == {
-        "token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"
-    }  # fmt: skip
+        "token-mean",
+        "seq-mean-token-mean",
+        "seq-mean-token-sum",
+        "seq-mean-token-sum-norm",
+    }
     with pytest.raises(ValueError, match="valid modes: token-mean"):
         aggregation_weights(MASK, "sum")
 
@@ -117,8 +121,15 @@ def test_kl_closed_form_gradients(name):
 
 
 @pytest.mark.parametrize(
-    "bad", [dict(clip_low=1.5), dict(beta=-1), dict(kl_estimator="k4"), dict(loss_agg="x"),
-            dict(temperature=0), dict(clip_ratio_c=0.5)],  # fmt: skip
+    "bad",
+    [
+        dict(clip_low=1.5),
+        dict(beta=-1),
+        dict(kl_estimator="k4"),
+        dict(loss_agg="x"),
+        dict(temperature=0),
+        dict(clip_ratio_c=0.5),
+    ],
 )
 def test_loss_config_rejects_bad_values(bad):
     name = next(iter(bad))

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from tolerance import assert_three_way
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from rgpo_fast import fused_linear_logprobs
 from rgpo_fast.reference import naive_logprobs
-from tolerance import assert_three_way
 
 # Ragged on purpose: neither N nor V nor H is a multiple of any block or chunk size.
 N, H, V = 123, 40, 507
@@ -28,9 +28,11 @@ def _grads(fn, params):
     g1 = torch.linspace(-1, 1, logp.numel()).view_as(logp)
     out = (logp * g1).sum() + (0.5 * ent.sum() if ent is not None else 0)
     out.backward()
-    return logp.detach(), (ent.detach() if ent is not None else None), [
-        p.grad.clone() if p is not None else None for p in params
-    ]
+    return (
+        logp.detach(),
+        (ent.detach() if ent is not None else None),
+        [p.grad.clone() if p is not None else None for p in params],
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -42,9 +44,16 @@ def test_matches_oracle_three_way(backend, dtype, entropy, bias, temperature, ch
 
     def run(kind):
         if kind == "backend":
-            return fused_linear_logprobs(h, w, t, bias=b, temperature=temperature,
-                                         return_entropy=entropy, impl=backend,
-                                         chunk_size=chunk)  # fmt: skip
+            return fused_linear_logprobs(
+                h,
+                w,
+                t,
+                bias=b,
+                temperature=temperature,
+                return_entropy=entropy,
+                impl=backend,
+                chunk_size=chunk,
+            )
         if kind == "naive":  # what a user would write in this dtype
             return naive_logprobs(h, w, t, b, temperature, entropy, torch.float32, upcast=False)
         return naive_logprobs(h, w, t, b, temperature, entropy, torch.float64)
@@ -86,8 +95,9 @@ def test_torch_path_never_holds_more_than_one_chunk_of_logits():
     h, w, b, t = _inputs(torch.float32)
     chunk = 16
     with _LargestTensor() as mode:
-        logp, ent = fused_linear_logprobs(h, w, t, bias=b, return_entropy=True, impl="torch",
-                                          chunk_size=chunk)  # fmt: skip
+        logp, ent = fused_linear_logprobs(
+            h, w, t, bias=b, return_entropy=True, impl="torch", chunk_size=chunk
+        )
         (logp.sum() + ent.sum()).backward()
     # Largest tensor: one (chunk x V) block, or the weight gradient (V x H), never N x V.
     assert mode.largest <= max(chunk * V, V * H)
@@ -112,11 +122,17 @@ def test_torch_path_never_holds_more_than_one_chunk_of_logits():
 )
 def test_bad_input_is_a_clear_error(mutate, err, match):
     h, w, b, t = _inputs(torch.float32)
-    args = dict(hidden=h, weight=w, targets=t, bias=b, temperature=1.0, impl="torch",
-                chunk_size=None)  # fmt: skip
+    args = dict(
+        hidden=h, weight=w, targets=t, bias=b, temperature=1.0, impl="torch", chunk_size=None
+    )
     mutate(args)
     with pytest.raises(err, match=match):
         fused_linear_logprobs(
-            args["hidden"], args["weight"], args["targets"], bias=args["bias"],
-            temperature=args["temperature"], impl=args["impl"], chunk_size=args["chunk_size"],
-        )  # fmt: skip
+            args["hidden"],
+            args["weight"],
+            args["targets"],
+            bias=args["bias"],
+            temperature=args["temperature"],
+            impl=args["impl"],
+            chunk_size=args["chunk_size"],
+        )

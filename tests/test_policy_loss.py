@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from tolerance import assert_three_way
 
 from rgpo_fast import FusedLinearRGPOLoss, fused_linear_policy_loss
 from rgpo_fast.algos.policy_loss import LossConfig, TokenTerms, token_loss_and_grad
 from rgpo_fast.reference import naive_logprobs, naive_policy_loss
-from tolerance import assert_three_way
 
 B, T, H, V = 4, 31, 40, 507  # B * T = 124 tokens, ragged against every block size
 
@@ -32,8 +32,18 @@ def _batch(dtype, seed=0):
     adv = torch.randn(B, generator=g)
     hint = torch.zeros(B, T, dtype=torch.bool)
     hint[2, 5:12] = True  # rationale tokens copied into the response
-    return dict(hidden=h, weight=w, bias=b, targets=t, mask=mask, advantages=adv, old=old,
-                ref=ref, rollout=rollout, hint=hint)  # fmt: skip
+    return dict(
+        hidden=h,
+        weight=w,
+        bias=b,
+        targets=t,
+        mask=mask,
+        advantages=adv,
+        old=old,
+        ref=ref,
+        rollout=rollout,
+        hint=hint,
+    )
 
 
 # Each flag of ALGORITHMS.md appears at least once; combinations chosen to stay fast under
@@ -41,14 +51,21 @@ def _batch(dtype, seed=0):
 CASES = {
     "on-policy token-mean": dict(),
     "off-policy clip, k3, hint": dict(old=True, beta=0.1, kl_estimator="k3", hint=True),
-    "dual clip, k1, seq-mean-token-mean": dict(old=True, clip_ratio_c=3.0, beta=0.05,
-                                               kl_estimator="k1",
-                                               loss_agg="seq-mean-token-mean"),
-    "clip-higher, k2, sft": dict(old=True, clip_high=0.28, beta=0.2, kl_estimator="k2",
-                                 sft=True, loss_agg="seq-mean-token-sum"),
+    "dual clip, k1, seq-mean-token-mean": dict(
+        old=True, clip_ratio_c=3.0, beta=0.05, kl_estimator="k1", loss_agg="seq-mean-token-mean"
+    ),
+    "clip-higher, k2, sft": dict(
+        old=True,
+        clip_high=0.28,
+        beta=0.2,
+        kl_estimator="k2",
+        sft=True,
+        loss_agg="seq-mean-token-sum",
+    ),
     "luffy slot, dr-grpo norm": dict(old=True, off=True, loss_agg="seq-mean-token-sum-norm"),
-    "tis, temperature, per-token adv": dict(old=True, rollout=True, temperature=0.8,
-                                            token_adv=True, hint=True, sft=True),
+    "tis, temperature, per-token adv": dict(
+        old=True, rollout=True, temperature=0.8, token_adv=True, hint=True, sft=True
+    ),
 }
 
 
@@ -96,12 +113,25 @@ def test_matches_oracle_three_way(backend, case, dtype):
     params = [data["hidden"], data["weight"], data["bias"]]
     args = (data["hidden"], data["weight"], data["targets"], data["mask"], adv)
     nt = data["targets"].clamp(min=0)
-    got, metrics = _run(lambda: fused_linear_policy_loss(*args, bias=data["bias"], impl=backend,
-                                                          chunk_size=13, **kw), data, params)  # fmt: skip
-    naive, _ = _run(lambda: naive_policy_loss(*args[:2], nt, *args[3:], bias=data["bias"],
-                                              upcast=False, **kw), data, params)  # fmt: skip
-    truth, tok = _run(lambda: naive_policy_loss(*args[:2], nt, *args[3:], bias=data["bias"],
-                                                compute_dtype=torch.float64, **kw), data, params)  # fmt: skip
+    got, metrics = _run(
+        lambda: fused_linear_policy_loss(
+            *args, bias=data["bias"], impl=backend, chunk_size=13, **kw
+        ),
+        data,
+        params,
+    )
+    naive, _ = _run(
+        lambda: naive_policy_loss(*args[:2], nt, *args[3:], bias=data["bias"], upcast=False, **kw),
+        data,
+        params,
+    )
+    truth, tok = _run(
+        lambda: naive_policy_loss(
+            *args[:2], nt, *args[3:], bias=data["bias"], compute_dtype=torch.float64, **kw
+        ),
+        data,
+        params,
+    )
     for name, g, gn, gt in zip(["loss", "dhidden", "dweight", "dbias"], got, naive, truth):
         assert_three_way(f"{case}: {name}", g, gn, gt, dtype)
     # Metrics agree with per-token counts of the oracle.
@@ -110,16 +140,28 @@ def test_matches_oracle_three_way(backend, case, dtype):
     assert metrics["tokens/policy"].item() == n_pol
     assert metrics["tokens/sft"].item() == tok["sft"].sum().item()
     if dtype == torch.float32:
-        assert metrics["clip_frac/low"].item() == pytest.approx(tok["clip_low"].sum().item() / n_pol)
-        assert metrics["clip_frac/high"].item() == pytest.approx(tok["clip_high"].sum().item() / n_pol)
+        assert metrics["clip_frac/low"].item() == pytest.approx(
+            tok["clip_low"].sum().item() / n_pol
+        )
+        assert metrics["clip_frac/high"].item() == pytest.approx(
+            tok["clip_high"].sum().item() / n_pol
+        )
 
 
 def test_clip_cases_are_exercised():
     """The shared batch really hits both clip sides (otherwise the tests above prove less)."""
     data = _batch(torch.float32)
     _, kw = _kwargs(data, CASES["dual clip, k1, seq-mean-token-mean"])
-    _, m = fused_linear_policy_loss(data["hidden"], data["weight"], data["targets"], data["mask"],
-                                    data["advantages"], bias=data["bias"], impl="torch", **kw)  # fmt: skip
+    _, m = fused_linear_policy_loss(
+        data["hidden"],
+        data["weight"],
+        data["targets"],
+        data["mask"],
+        data["advantages"],
+        bias=data["bias"],
+        impl="torch",
+        **kw,
+    )
     assert m["clip_frac/low"] > 0 and m["clip_frac/high"] > 0 and m["clip_frac/dual"] > 0
 
 
@@ -161,17 +203,30 @@ def test_module_equals_functional():
     args = (data["hidden"], data["weight"], data["targets"], data["mask"], data["advantages"])
     mod = FusedLinearRGPOLoss(clip_high=0.28, beta=0.1, loss_agg="seq-mean-token-mean")
     l1, _ = mod(*args, old_logprobs=data["old"], ref_logprobs=data["ref"])
-    l2, _ = fused_linear_policy_loss(*args, old_logprobs=data["old"], ref_logprobs=data["ref"],
-                                     clip_high=0.28, beta=0.1, loss_agg="seq-mean-token-mean")  # fmt: skip
+    l2, _ = fused_linear_policy_loss(
+        *args,
+        old_logprobs=data["old"],
+        ref_logprobs=data["ref"],
+        clip_high=0.28,
+        beta=0.1,
+        loss_agg="seq-mean-token-mean",
+    )
     assert torch.equal(l1, l2)
     assert "clip_high=0.28" in repr(mod)
 
 
 def test_hint_tokens_receive_no_gradient():
     data = _batch(torch.float32)
-    loss, _ = fused_linear_policy_loss(data["hidden"], data["weight"], data["targets"],
-                                       data["mask"], data["advantages"], hint_mask=data["hint"],
-                                       sft_mask=torch.ones(B, dtype=torch.bool), impl="torch")  # fmt: skip
+    loss, _ = fused_linear_policy_loss(
+        data["hidden"],
+        data["weight"],
+        data["targets"],
+        data["mask"],
+        data["advantages"],
+        hint_mask=data["hint"],
+        sft_mask=torch.ones(B, dtype=torch.bool),
+        impl="torch",
+    )
     loss.backward()
     gh = data["hidden"].grad
     assert gh[2, 5:12].abs().max() == 0  # hint tokens: neither policy gradient nor SFT
@@ -181,8 +236,13 @@ def test_hint_tokens_receive_no_gradient():
 
 def _bad(**change):
     data = _batch(torch.float32)
-    kw = dict(hidden=data["hidden"], weight=data["weight"], targets=data["targets"],
-              mask=data["mask"], advantages=data["advantages"])  # fmt: skip
+    kw = dict(
+        hidden=data["hidden"],
+        weight=data["weight"],
+        targets=data["targets"],
+        mask=data["mask"],
+        advantages=data["advantages"],
+    )
     kw.update(change)
     return kw
 
@@ -207,13 +267,24 @@ def _bad(**change):
 def test_bad_input_is_a_clear_error(change, err, match):
     kw = _bad(**change)
     with pytest.raises(err, match=match):
-        fused_linear_policy_loss(kw.pop("hidden"), kw.pop("weight"), kw.pop("targets"),
-                                 kw.pop("mask"), kw.pop("advantages"), impl="torch", **kw)  # fmt: skip
+        fused_linear_policy_loss(
+            kw.pop("hidden"),
+            kw.pop("weight"),
+            kw.pop("targets"),
+            kw.pop("mask"),
+            kw.pop("advantages"),
+            impl="torch",
+            **kw,
+        )
 
 
 def test_flat_hidden_is_rejected_with_a_clear_message():
     data = _batch(torch.float32)
     with pytest.raises(ValueError, match=r"\(B, T, H\)"):
-        fused_linear_policy_loss(data["hidden"].reshape(B * T, H), data["weight"],
-                                 data["targets"].reshape(-1), data["mask"].reshape(-1),
-                                 data["advantages"])  # fmt: skip
+        fused_linear_policy_loss(
+            data["hidden"].reshape(B * T, H),
+            data["weight"],
+            data["targets"].reshape(-1),
+            data["mask"].reshape(-1),
+            data["advantages"],
+        )

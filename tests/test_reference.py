@@ -87,8 +87,9 @@ def test_policy_loss_gradcheck(kw):
     ref = lp + 0.3 * torch.randn(B, T, dtype=F64)
 
     def f(h, w):
-        loss, _ = naive_policy_loss(h, w, t, mask, adv, old_logprobs=old, ref_logprobs=ref,
-                                    compute_dtype=F64, **kw, **extra)  # fmt: skip
+        loss, _ = naive_policy_loss(
+            h, w, t, mask, adv, old_logprobs=old, ref_logprobs=ref, compute_dtype=F64, **kw, **extra
+        )
         return loss
 
     assert torch.autograd.gradcheck(f, (h, w))
@@ -101,8 +102,9 @@ def _one_token(logp: float, **kw):
     h = torch.tensor([[[math.log(p / (1 - p)), 0.0]]], dtype=F64, requires_grad=True)
     w = torch.eye(2, dtype=F64)
     mask = torch.ones(1, 1, dtype=torch.bool)
-    loss, tok = naive_policy_loss(h, w, torch.zeros(1, 1, dtype=torch.long), mask,
-                                  compute_dtype=F64, **kw)  # fmt: skip
+    loss, tok = naive_policy_loss(
+        h, w, torch.zeros(1, 1, dtype=torch.long), mask, compute_dtype=F64, **kw
+    )
     return loss, tok
 
 
@@ -135,17 +137,22 @@ def test_kl_hand_values(est, expect):
     lp = math.log(0.4)
     ref = math.log(0.2)
     loss, _ = _one_token(
-        lp, advantages=torch.tensor([0.0], dtype=F64),
-        ref_logprobs=torch.tensor([[ref]], dtype=F64), beta=0.5, kl_estimator=est,
-    )  # fmt: skip
+        lp,
+        advantages=torch.tensor([0.0], dtype=F64),
+        ref_logprobs=torch.tensor([[ref]], dtype=F64),
+        beta=0.5,
+        kl_estimator=est,
+    )
     assert loss.item() == pytest.approx(0.5 * expect(ref - lp), rel=1e-9)
 
 
 def test_luffy_shaped_ratio_hand_value():
     loss, tok = _one_token(
-        math.log(0.5), advantages=torch.tensor([1.0], dtype=F64),
-        offpolicy_mask=torch.tensor([True]), luffy_gamma=0.1,
-    )  # fmt: skip
+        math.log(0.5),
+        advantages=torch.tensor([1.0], dtype=F64),
+        offpolicy_mask=torch.tensor([True]),
+        luffy_gamma=0.1,
+    )
     assert loss.item() == pytest.approx(-0.5 / 0.6)
 
 
@@ -156,9 +163,15 @@ def test_sft_token_mean_hand_value():
     t = torch.zeros(2, 2, dtype=torch.long)
     mask = torch.tensor([[1, 1], [1, 0]], dtype=torch.bool)
     loss, tok = naive_policy_loss(
-        h, w, t, mask, torch.tensor([0.0, 5.0], dtype=F64), sft_mask=torch.tensor([False, True]),
-        sft_coef=0.01, compute_dtype=F64,
-    )  # fmt: skip
+        h,
+        w,
+        t,
+        mask,
+        torch.tensor([0.0, 5.0], dtype=F64),
+        sft_mask=torch.tensor([False, True]),
+        sft_coef=0.01,
+        compute_dtype=F64,
+    )
     assert tok["sft"].sum().item() == 1 and tok["policy"].sum().item() == 2
     assert loss.item() == pytest.approx(0.01 * math.log(2))
 
@@ -167,8 +180,9 @@ def test_hint_tokens_get_no_gradient():
     h, w, t, mask, lp = _loss_inputs()
     hint = torch.zeros_like(mask)
     hint[1, :3] = True
-    loss, _ = naive_policy_loss(h, w, t, mask, torch.randn(3, dtype=F64), hint_mask=hint,
-                                compute_dtype=F64)  # fmt: skip
+    loss, _ = naive_policy_loss(
+        h, w, t, mask, torch.randn(3, dtype=F64), hint_mask=hint, compute_dtype=F64
+    )
     loss.backward()
     assert h.grad[1, :3].abs().max().item() == 0.0
     assert h.grad[1, 3:].abs().max().item() > 0.0

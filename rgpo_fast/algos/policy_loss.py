@@ -102,10 +102,15 @@ class TokenTerms:
             return None if t is None else t[start:end]
 
         return TokenTerms(
-            s(self.advantages), s(self.pg_weight), s(self.sft_weight), s(self.policy),
-            s(self.offpolicy), s(self.old_logprobs), s(self.ref_logprobs),
+            s(self.advantages),
+            s(self.pg_weight),
+            s(self.sft_weight),
+            s(self.policy),
+            s(self.offpolicy),
+            s(self.old_logprobs),
+            s(self.ref_logprobs),
             s(self.rollout_logprobs),
-        )  # fmt: skip
+        )
 
 
 KL_TERMS: Registry = Registry("KL estimator")

@@ -40,8 +40,9 @@ def load_extension() -> bool:
         _state["noticed"] = True
         _log.warning(
             "rgpo_fast: C++ extension %s unavailable (%s); using the PyTorch path",
-            EXTENSION, _state["error"],
-        )  # fmt: skip
+            EXTENSION,
+            _state["error"],
+        )
     return bool(_state["loaded"])
 
 
@@ -81,27 +82,85 @@ def _register_fakes() -> None:
         )
 
     @torch.library.register_fake(lib + "logprob_backward")
-    def _(hidden, weight, bias, targets, lse, entropy, temperature, g_logp, g_ent,
-          need_hidden, need_weight, need_bias, chunk_size):  # fmt: skip
+    def _(
+        hidden,
+        weight,
+        bias,
+        targets,
+        lse,
+        entropy,
+        temperature,
+        g_logp,
+        g_ent,
+        need_hidden,
+        need_weight,
+        need_bias,
+        chunk_size,
+    ):
         return _fake_grads(hidden, weight, bias, need_hidden, need_weight, need_bias)
 
     @torch.library.register_fake(lib + "token_loss")
-    def _(logp, advantages, pg_weight, sft_weight, policy, offpolicy, old_logprobs,
-          ref_logprobs, rollout_logprobs, entropy, clip_low, clip_high, clip_ratio_c, beta,
-          kl_estimator, luffy_gamma, tis_cap):  # fmt: skip
+    def _(
+        logp,
+        advantages,
+        pg_weight,
+        sft_weight,
+        policy,
+        offpolicy,
+        old_logprobs,
+        ref_logprobs,
+        rollout_logprobs,
+        entropy,
+        clip_low,
+        clip_high,
+        clip_ratio_c,
+        beta,
+        kl_estimator,
+        luffy_gamma,
+        tis_cap,
+    ):
         n = logp.shape[0]
-        return (logp.new_empty(n, dtype=_F32), logp.new_empty(n, dtype=_F32),
-                logp.new_empty(NUM_STATS, dtype=_F32))  # fmt: skip
+        return (
+            logp.new_empty(n, dtype=_F32),
+            logp.new_empty(n, dtype=_F32),
+            logp.new_empty(NUM_STATS, dtype=_F32),
+        )
 
     @torch.library.register_fake(lib + "policy_loss_forward_backward")
-    def _(hidden, weight, bias, targets, advantages, pg_weight, sft_weight, policy, offpolicy,
-          old_logprobs, ref_logprobs, rollout_logprobs, clip_low, clip_high, clip_ratio_c, beta,
-          kl_estimator, luffy_gamma, tis_cap, temperature, with_entropy, need_hidden,
-          need_weight, need_bias, chunk_size):  # fmt: skip
+    def _(
+        hidden,
+        weight,
+        bias,
+        targets,
+        advantages,
+        pg_weight,
+        sft_weight,
+        policy,
+        offpolicy,
+        old_logprobs,
+        ref_logprobs,
+        rollout_logprobs,
+        clip_low,
+        clip_high,
+        clip_ratio_c,
+        beta,
+        kl_estimator,
+        luffy_gamma,
+        tis_cap,
+        temperature,
+        with_entropy,
+        need_hidden,
+        need_weight,
+        need_bias,
+        chunk_size,
+    ):
         loss = hidden.new_empty((), dtype=_F32)
         stats = hidden.new_empty(NUM_STATS, dtype=_F32)
-        return (loss, stats, *_fake_grads(hidden, weight, bias, need_hidden, need_weight,
-                                           need_bias))  # fmt: skip
+        return (
+            loss,
+            stats,
+            *_fake_grads(hidden, weight, bias, need_hidden, need_weight, need_bias),
+        )
 
     @torch.library.register_fake(lib + "pack_bf16")
     def _(tensors, offsets, total):
@@ -125,36 +184,71 @@ def _none_if_empty(t: torch.Tensor, wanted: bool) -> torch.Tensor | None:
 def logprob_forward(hidden, weight, bias, targets, temperature, with_entropy, chunk_size=None):
     """(N, H), (V, H), (V,)|None, (N,) -> logp (N,), lse (N,), entropy (N,)|None, all fp32."""
     logp, lse, ent = _ops().logprob_forward(
-        hidden, weight, bias, targets, float(temperature), bool(with_entropy), _chunk(chunk_size, hidden, weight)
+        hidden,
+        weight,
+        bias,
+        targets,
+        float(temperature),
+        bool(with_entropy),
+        _chunk(chunk_size, hidden, weight),
     )
     return logp, lse, (ent if with_entropy else None)
 
 
 def logprob_backward(
-    hidden, weight, bias, targets, lse, entropy, temperature, g_logp, g_ent, needs,
+    hidden,
+    weight,
+    bias,
+    targets,
+    lse,
+    entropy,
+    temperature,
+    g_logp,
+    g_ent,
+    needs,
     chunk_size=None,
-):  # fmt: skip
+):
     """Recompute each logits chunk and chain the token gradients: (dh, dw, db)."""
     need_h, need_w, need_b = (bool(x) for x in needs)
     need_b = need_b and bias is not None
     dh, dw, db = _ops().logprob_backward(
-        hidden, weight, bias, targets, lse, entropy if g_ent is not None else None,
-        float(temperature), g_logp, g_ent, need_h, need_w, need_b, _chunk(chunk_size, hidden, weight),
-    )  # fmt: skip
+        hidden,
+        weight,
+        bias,
+        targets,
+        lse,
+        entropy if g_ent is not None else None,
+        float(temperature),
+        g_logp,
+        g_ent,
+        need_h,
+        need_w,
+        need_b,
+        _chunk(chunk_size, hidden, weight),
+    )
     return _none_if_empty(dh, need_h), _none_if_empty(dw, need_w), _none_if_empty(db, need_b)
 
 
 def loss_args(terms: TokenTerms, cfg: LossConfig) -> tuple:
     """TokenTerms + LossConfig -> the per-token tensors and scalars of the op schemas."""
     return (
-        terms.advantages, terms.pg_weight, terms.sft_weight, terms.policy, terms.offpolicy,
-        terms.old_logprobs, terms.ref_logprobs, terms.rollout_logprobs,
+        terms.advantages,
+        terms.pg_weight,
+        terms.sft_weight,
+        terms.policy,
+        terms.offpolicy,
+        terms.old_logprobs,
+        terms.ref_logprobs,
+        terms.rollout_logprobs,
     ), (
-        float(cfg.clip_low), float(cfg.clip_high),
+        float(cfg.clip_low),
+        float(cfg.clip_high),
         None if cfg.clip_ratio_c is None else float(cfg.clip_ratio_c),
-        float(cfg.beta), KL_ESTIMATORS.index(cfg.kl_estimator), float(cfg.luffy_gamma),
+        float(cfg.beta),
+        KL_ESTIMATORS.index(cfg.kl_estimator),
+        float(cfg.luffy_gamma),
         float(cfg.tis_cap),
-    )  # fmt: skip
+    )
 
 
 def token_loss_and_grad(logp, terms: TokenTerms, cfg: LossConfig, entropy=None):
@@ -164,16 +258,38 @@ def token_loss_and_grad(logp, terms: TokenTerms, cfg: LossConfig, entropy=None):
 
 
 def policy_loss_forward_backward(
-    hidden, weight, bias, targets, terms: TokenTerms, cfg: LossConfig, needs,
-    with_entropy=False, chunk_size=None,
-):  # fmt: skip
+    hidden,
+    weight,
+    bias,
+    targets,
+    terms: TokenTerms,
+    cfg: LossConfig,
+    needs,
+    with_entropy=False,
+    chunk_size=None,
+):
     """Loss, stats and all gradients in ONE sweep of 3 matmuls per chunk (see csrc/cpu)."""
     need_h, need_w, need_b = (bool(x) for x in needs)
     need_b = need_b and bias is not None
     tensors, scalars = loss_args(terms, cfg)
     loss, stats, dh, dw, db = _ops().policy_loss_forward_backward(
-        hidden, weight, bias, targets, *tensors, *scalars, float(cfg.temperature),
-        bool(with_entropy), need_h, need_w, need_b, _chunk(chunk_size, hidden, weight),
-    )  # fmt: skip
-    return (loss, stats, _none_if_empty(dh, need_h), _none_if_empty(dw, need_w),
-            _none_if_empty(db, need_b))  # fmt: skip
+        hidden,
+        weight,
+        bias,
+        targets,
+        *tensors,
+        *scalars,
+        float(cfg.temperature),
+        bool(with_entropy),
+        need_h,
+        need_w,
+        need_b,
+        _chunk(chunk_size, hidden, weight),
+    )
+    return (
+        loss,
+        stats,
+        _none_if_empty(dh, need_h),
+        _none_if_empty(dw, need_w),
+        _none_if_empty(db, need_b),
+    )

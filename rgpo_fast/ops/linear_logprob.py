@@ -50,7 +50,16 @@ class LinearLogprobFunction(torch.autograd.Function):
         else:
             g_ent = g_ent.float()
         dh, dw, db = ctx.backend.logprob_backward(
-            hidden, weight, bias, targets, lse, ent, opts.temperature, g_logp.contiguous(),
-            g_ent.contiguous() if g_ent is not None else None, needs, opts.chunk_size,
-        )  # fmt: skip
+            hidden,
+            weight,
+            bias,
+            targets,
+            lse,
+            ent,
+            opts.temperature,
+            g_logp.contiguous(),
+            g_ent.contiguous() if g_ent is not None else None,
+            needs,
+            opts.chunk_size,
+        )
         return dh, dw, db, None, None

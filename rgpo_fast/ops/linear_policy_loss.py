@@ -33,9 +33,18 @@ def _compose(backend, hidden, weight, bias, targets, terms, cfg, needs, with_ent
     dh = dw = db = None
     if any(needs):
         dh, dw, db = backend.logprob_backward(
-            hidden, weight, bias, targets, lse, None, cfg.temperature, g.contiguous(), None,
-            needs, chunk,
-        )  # fmt: skip
+            hidden,
+            weight,
+            bias,
+            targets,
+            lse,
+            None,
+            cfg.temperature,
+            g.contiguous(),
+            None,
+            needs,
+            chunk,
+        )
     return loss_t.sum(), stats, dh, dw, db
 
 

@@ -134,9 +134,18 @@ def _finish(dh, dw, db, weight, bias):
 
 
 def logprob_backward(
-    hidden, weight, bias, targets, lse, entropy, temperature, g_logp, g_ent, needs,
+    hidden,
+    weight,
+    bias,
+    targets,
+    lse,
+    entropy,
+    temperature,
+    g_logp,
+    g_ent,
+    needs,
     chunk_size=None,
-):  # fmt: skip
+):
     """Recompute each logits chunk and chain the token gradients: (dh, dw, db)."""
     N, V = hidden.shape[0], weight.shape[0]
     c = chunk_size or auto_chunk_size(N, V)
@@ -153,9 +162,16 @@ def logprob_backward(
 
 
 def policy_loss_forward_backward(
-    hidden, weight, bias, targets, terms: TokenTerms, cfg: LossConfig, needs,
-    with_entropy=False, chunk_size=None,
-):  # fmt: skip
+    hidden,
+    weight,
+    bias,
+    targets,
+    terms: TokenTerms,
+    cfg: LossConfig,
+    needs,
+    with_entropy=False,
+    chunk_size=None,
+):
     """Loss, stats and all gradients in ONE sweep of 3 matmuls per chunk.
 
     Possible because each token's loss depends on its own logp only (aggregation is folded
