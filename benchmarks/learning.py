@@ -71,10 +71,16 @@ class Settings:
     sft_steps: int = 2000
     sft_batch_size: int = 32
     sft_lr: float = 3e-3
+    # share of SFT rows that are hard problems shown WITH their whole worked solution in the
+    # prompt (the hint template RGPO uses) and that solution as the target: it teaches the
+    # model to read a hint, as an instruction-tuned LLM can, without training it on any hard
+    # problem lacking its solution (see docs/learning.md for why it is needed at this scale)
+    sft_copy_share: float = 0.25
     warm_seed: int = 0
     # RL (the same for every algorithm)
     train_data: str = "arith:mixed"
-    steps: int = 100
+    n_train: int = 128  # small enough that a prompt comes back (hint levels adapt per prompt)
+    steps: int = 80
     prompts_per_step: int = 16
     group_size: int = 8
     max_new_tokens: int = 48
@@ -85,17 +91,17 @@ class Settings:
     seeds: tuple[int, ...] = (0, 1, 2)
     # RGPO's NLL weight on transferred samples, the same for every RGPO variant (the paper's
     # 1e-3 is for a 3B model; see docs/learning.md for why this scale needs another value)
-    sft_coef: float = 0.1
+    sft_coef: float = 1.0
 
     def warm_key(self) -> str:
         keys = ("tiny_layers", "tiny_hidden", "tiny_intermediate", "sft_data", "sft_steps",
-                "sft_batch_size", "sft_lr", "warm_seed", "max_new_tokens")
+                "sft_batch_size", "sft_lr", "sft_copy_share", "warm_seed", "max_new_tokens")
         blob = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
 FULL = Settings()
-QUICK = dataclasses.replace(FULL, steps=30, eval_every=5, n_eval=64, seeds=(0, 1))
+QUICK = dataclasses.replace(FULL, sft_steps=600, steps=30, eval_every=5, n_eval=64, seeds=(0, 1))
 
 
 def variants(s: Settings) -> list[Variant]:
@@ -464,9 +470,45 @@ def warm_start(s: Settings, runs: Path) -> Path:
     return out
 
 
+def _sft_with_copy_rows(policy, examples, hard, tok, cfg, info, share: float) -> float:
+    """The trainer's SFT warm-start (same rows, optimiser and schedule as
+    `rgpo_fast.train.sft_warm_start`) with a `share` of each batch replaced by copy rows:
+    a hard problem with its whole rationale in the prompt as the hint, the rationale as
+    the target."""
+    import random
+
+    from rgpo_fast.algos.presets import get_preset
+    from rgpo_fast.batch import Rollout, assemble_batch
+    from rgpo_fast.data.prompts import encode_prompt, encode_text
+    from rgpo_fast.train import sft_rollouts
+    from rgpo_fast.trainer.loop import (backward_batch, make_optimizer, make_scheduler,
+                                        optimizer_step)
+
+    steps, bs = cfg.train.sft_steps, cfg.train.sft_batch_size
+    opt = make_optimizer(policy, cfg.train.sft_lr, cfg.optim)
+    sched = make_scheduler(opt, steps, max(steps // 20, 1), "cosine")
+    sft_algo = get_preset("rgpo", transfer="sft", sft_coef=1.0)
+    rng = random.Random(f"sft:{cfg.train.seed}")
+    loss = float("nan")
+    for _ in range(steps):
+        n_copy = sum(rng.random() < share for _ in range(bs))
+        rows = sft_rollouts([rng.choice(examples) for _ in range(bs - n_copy)], tok, cfg, rng)
+        for ex in (rng.choice(hard) for _ in range(n_copy)):
+            prompt = encode_prompt(tok, ex.problem, ex.rationale,
+                                   hint_template=cfg.algo.hint_template)
+            rows.append(Rollout(prompt_ids=prompt, kind="transferred", reward=1.0,
+                                response_ids=encode_text(tok, ex.rationale) + [tok.eos_token_id]))
+        batch = assemble_batch(rows, sft_algo, pad_token_id=tok.pad_token_id)
+        m = backward_batch(policy, batch, sft_algo.loss_kwargs(), cfg.train.micro_batch_size, info)
+        optimizer_step(policy, opt, sched, cfg.optim.grad_clip)
+        loss = m["loss/total"]
+    return loss
+
+
 def _warm_start_worker(out: Path, s: Settings) -> None:
     import torch
 
+    from rgpo_fast.data.arith import make_arith
     from rgpo_fast.train import _quiet_libraries, sft_warm_start
     from rgpo_fast.trainer.build import load_policy
     from rgpo_fast.trainer.cli import parse_args
@@ -487,7 +529,11 @@ def _warm_start_worker(out: Path, s: Settings) -> None:
     policy, lm, tok, _, feats = load_policy(cfg, info)
     examples = load_source(cfg.data.sft, n=cfg.data.n_train, seed=cfg.train.seed + 1,
                            heldout=False, tokenizer=tok, max_prompt_tokens=cfg.data.max_prompt_tokens)
-    loss = sft_warm_start(policy, examples, tok, cfg, info)
+    if s.sft_copy_share > 0:
+        hard = make_arith(s.warm_seed + 2, cfg.data.n_train, "hard")
+        loss = _sft_with_copy_rows(policy, examples, hard, tok, cfg, info, s.sft_copy_share)
+    else:
+        loss = sft_warm_start(policy, examples, tok, cfg, info)
     print(f"warm start: {feats['params_M']} M params, final SFT loss {loss:.3f}", flush=True)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -558,6 +604,7 @@ def train_args(v: Variant, seed: int, s: Settings, model: Path, out: Path) -> li
             "--output-dir", str(out), "--seed", str(seed), "--max-steps", str(s.steps),
             "--train.sft_steps", "0", "--train.prompts_per_step", str(s.prompts_per_step),
             "--rollout.n", str(s.group_size), "--rollout.max_new_tokens", str(s.max_new_tokens),
+            "--data.n_train", str(s.n_train),
             "--optim.lr", str(s.lr), "--eval.every", str(s.eval_every),
             "--eval.pass_k", str(s.eval_pass_k), "--data.n_eval", str(s.n_eval),
             "--data.eval", "arith:easy,arith:hard", "--train.save_every", "0",
