@@ -49,14 +49,23 @@ def peak_rss_bytes() -> int:
 
 
 def append_csv(name: str, rows: list[dict]) -> Path:
+    """Append rows to benchmarks/results/<name>; a new column rewrites the file with the
+    union of columns (old rows get empty cells), so the history is never misaligned."""
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / name
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        if new:
-            w.writeheader()
-        w.writerows(rows)
+    old: list[dict] = []
+    fields = list(rows[0])
+    if path.exists():
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            old = list(reader)
+            known = list(reader.fieldnames or [])
+        fields = known + [k for r in rows for k in r if k not in known]
+        fields = list(dict.fromkeys(fields))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, restval="")
+        w.writeheader()
+        w.writerows(old + rows)
     return path
 
 

@@ -167,6 +167,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=1, help="first steps left out of the median")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--vocab", type=int, default=None,
+                   help="pad the model's vocabulary to V rows (LLM-like V >> H; see docstring)")
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-4)
@@ -190,6 +192,10 @@ def main() -> None:
         spec = TinyModelSpec(num_hidden_layers=a.layers, hidden_size=a.hidden,
                              intermediate_size=2 * a.hidden, seed=a.seed)  # fmt: skip
         a.model = str(ensure_tiny_model(spec))
+    tmp_model = None
+    if a.vocab:
+        tmp_model = tempfile.TemporaryDirectory(prefix="e2e_vocab_")
+        a.model = _padded_vocab_model(a.model, a.vocab, a.seed, tmp_model.name)
     common = ["--model", a.model, "--prompts", str(a.prompts), "--group", str(a.group),
               "--max-new-tokens", str(a.max_new_tokens), "--steps", str(a.steps),
               "--warmup", str(a.warmup), "--threads", str(a.threads), "--lr", str(a.lr),
@@ -213,9 +219,35 @@ def main() -> None:
     _report(a, results, best)
 
 
+def _padded_vocab_model(base: str, vocab: int, seed: int, out: str) -> str:
+    """The same tiny architecture with `vocab` rows in its (tied) embedding / lm_head.
+
+    Real checkpoints pad their vocabulary too (Qwen2.5: 151936 rows for 151665 tokens);
+    here the padding makes V >> H as in real LLMs, so the LM head's share of the work is
+    realistic. The model is random-initialised (as in the default run of this benchmark):
+    it samples padded ids, which decode to nothing, so rewards are 0 for both trainers and
+    both decode max_new_tokens tokens per sample - the same work on each side.
+    """
+    import torch
+    from transformers import Qwen2ForCausalLM
+
+    from rgpo_fast.trainer.tiny_model import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(base)
+    if vocab < len(tok):
+        raise SystemExit(f"--vocab {vocab} is smaller than the tokenizer ({len(tok)} tokens)")
+    cfg = model.config
+    cfg.vocab_size = vocab
+    torch.manual_seed(seed)
+    Qwen2ForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
 def _report(a, results: dict, best: dict) -> None:
     print(f"\nmedian run of {a.repeats} per trainer (best_step_time_ratio: fastest runs). "
-          f"GRPO, tiny Qwen2 ({a.layers} layers, hidden {a.hidden}), arith:mixed, "
+          f"GRPO, tiny Qwen2 ({a.layers} layers, hidden {a.hidden}, vocab "
+          f"{a.vocab or 'char'}), arith:mixed, "
           f"{a.prompts} prompts x G={a.group}, max {a.max_new_tokens} new tokens, "
           f"{a.steps} steps (median after {a.warmup}), {a.threads} thread(s), "
           f"{machine()}")  # fmt: skip
@@ -244,7 +276,8 @@ def _report(a, results: dict, best: dict) -> None:
     for r in results.values():
         rows.append({"trainer": r["trainer"], "prompts": a.prompts, "group": a.group,
                      "max_new_tokens": a.max_new_tokens, "steps": a.steps, "threads": a.threads,
-                     "layers": a.layers, "hidden": a.hidden, "repeats": a.repeats,
+                     "layers": a.layers, "hidden": a.hidden, "vocab": a.vocab or 0,
+                     "repeats": a.repeats,
                      "step_s_median": round(r["step_s_median"], 4),
                      "gen_s_median": round(r["gen_s_median"], 4),
                      "completion_len_mean": round(r["completion_len_mean"], 2),
