@@ -120,6 +120,11 @@ def sft_warm_start(policy, examples, tok, cfg: RunConfig, info: DistInfo) -> flo
     sft_algo = get_preset("rgpo", transfer="sft", sft_coef=1.0)
     rng = random.Random(f"sft:{cfg.train.seed}")  # same draws on every rank
     loss = float("nan")
+    bar = None
+    if cfg.logging.progress and info.is_main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps, desc="SFT warm-start", dynamic_ncols=True)
     for _ in range(steps):
         batch_ex = [rng.choice(examples) for _ in range(cfg.train.sft_batch_size)]
         local = sft_rollouts(batch_ex, tok, cfg, rng)[info.rank::info.world_size]
@@ -127,6 +132,11 @@ def sft_warm_start(policy, examples, tok, cfg: RunConfig, info: DistInfo) -> flo
         m = backward_batch(policy, batch, sft_algo.loss_kwargs(), cfg.train.micro_batch_size, info)
         optimizer_step(policy, opt, sched, cfg.optim.grad_clip)
         loss = m["loss/total"]
+        if bar is not None:
+            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     return loss
 
 
