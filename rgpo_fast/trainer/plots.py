@@ -10,6 +10,17 @@ def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
     return [p[0] for p in pts], [float(p[1]) for p in pts]
 
 
+def moving_average(ys: list[float], window: int) -> list[float]:
+    """Trailing mean over up to `window` points (the first points average what exists)."""
+    out, total = [], 0.0
+    for i, y in enumerate(ys):
+        total += y
+        if i >= window:
+            total -= ys[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
 def write_plots(rows: list[dict], out_dir: str | Path) -> list[Path]:
     """reward.png, accuracy.png, guidance.png (skips what has no data). Headless backend."""
     import matplotlib
@@ -31,9 +42,17 @@ def write_plots(rows: list[dict], out_dir: str | Path) -> list[Path]:
         drawn = False
         for key in keys:
             xs, ys = _series(rows, key)
-            if xs:
-                ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, ms=3, label=key)
-                drawn = True
+            if not xs:
+                continue
+            drawn = True
+            if key.startswith("eval/") or len(xs) < 30:
+                ax.plot(xs, ys, marker="o", ms=3, label=key)
+                continue
+            # Per-step values of a small batch are noisy: faint raw line, bold trend.
+            window = max(len(xs) // 10, 3)
+            (line,) = ax.plot(xs, ys, alpha=0.3, lw=1)
+            ax.plot(xs, moving_average(ys, window), color=line.get_color(), lw=2,
+                    label=f"{key} ({window}-step mean)")
         if drawn:
             ax.set_xlabel("RL step")
             ax.set_ylabel(ylabel)
