@@ -46,6 +46,7 @@ from rgpo_fast.rewards import get_reward_fn
 from rgpo_fast.rollout.base import SamplingParams
 from rgpo_fast.rollout.weight_sync import sync_weights
 from rgpo_fast.trainer import checkpoint as ckpt
+from rgpo_fast.trainer.build import build_engine, load_policy
 from rgpo_fast.trainer.cli import parse_args
 from rgpo_fast.trainer.config import ConfigError, RunConfig
 from rgpo_fast.trainer.data_sources import (
@@ -59,7 +60,6 @@ from rgpo_fast.trainer.distributed import (
     DistInfo,
     all_reduce_sum,
     barrier,
-    broadcast_object,
     init_distributed,
     shard_model,
     shutdown,
@@ -75,7 +75,6 @@ from rgpo_fast.trainer.loop import (
 from rgpo_fast.trainer.metrics import MetricsLog, PhaseTimer, peak_memory_mb, summary_table
 from rgpo_fast.trainer.plots import write_plots
 from rgpo_fast.trainer.rollouts import RolloutContext, collect
-from rgpo_fast.trainer.build import build_engine, load_policy
 
 
 class UserError(Exception):
@@ -105,8 +104,9 @@ def sft_rollouts(examples, tok, cfg: RunConfig, rng: random.Random) -> list[Roll
             segs = G.segment_rationale(ex.rationale, algo.n_segments, algo.segmentation, tok)
             if len(segs) > 1:
                 hint = G.build_hint(segs, rng.randint(1, len(segs) - 1))
-        prompt = encode_prompt(tok, ex.problem, hint, hint_template=algo.hint_template,
-                               system=cfg.data.system_prompt)
+        prompt = encode_prompt(
+            tok, ex.problem, hint, hint_template=algo.hint_template, system=cfg.data.system_prompt
+        )
         resp = encode_text(tok, ex.rationale) + [tok.eos_token_id]
         out.append(Rollout(prompt_ids=prompt, response_ids=resp, kind="transferred", reward=1.0))
     return out
@@ -127,7 +127,7 @@ def sft_warm_start(policy, examples, tok, cfg: RunConfig, info: DistInfo) -> flo
         bar = tqdm(total=steps, desc="SFT warm-start", dynamic_ncols=True)
     for _ in range(steps):
         batch_ex = [rng.choice(examples) for _ in range(cfg.train.sft_batch_size)]
-        local = sft_rollouts(batch_ex, tok, cfg, rng)[info.rank::info.world_size]
+        local = sft_rollouts(batch_ex, tok, cfg, rng)[info.rank :: info.world_size]
         batch = assemble_batch(local, sft_algo, pad_token_id=tok.pad_token_id)
         m = backward_batch(policy, batch, sft_algo.loss_kwargs(), cfg.train.micro_batch_size, info)
         optimizer_step(policy, opt, sched, cfg.optim.grad_clip)
@@ -162,15 +162,32 @@ def run(cfg: RunConfig) -> int:
     reward_fn = get_reward_fn(cfg.data.reward, format_weight=cfg.data.format_weight)
 
     # --- data
-    common = {"tokenizer": tok, "max_prompt_tokens": cfg.data.max_prompt_tokens,
-              "system": cfg.data.system_prompt}
-    train_set = load_source(cfg.data.train, n=cfg.data.n_train, seed=cfg.train.seed,
-                            heldout=False, **common)
-    sft_set = (load_source(cfg.data.sft, n=cfg.data.n_train, seed=cfg.train.seed + 1,
-                           heldout=False, **common) if cfg.data.sft and cfg.train.sft_steps else [])
-    eval_sets = {name: load_source(spec, n=cfg.data.n_eval, seed=cfg.train.seed, heldout=True,
-                                   limit=cfg.data.n_eval, **common)[: cfg.data.n_eval]
-                 for name, spec in eval_sources(cfg.data.eval)}
+    common = {
+        "tokenizer": tok,
+        "max_prompt_tokens": cfg.data.max_prompt_tokens,
+        "system": cfg.data.system_prompt,
+    }
+    train_set = load_source(
+        cfg.data.train, n=cfg.data.n_train, seed=cfg.train.seed, heldout=False, **common
+    )
+    sft_set = (
+        load_source(
+            cfg.data.sft, n=cfg.data.n_train, seed=cfg.train.seed + 1, heldout=False, **common
+        )
+        if cfg.data.sft and cfg.train.sft_steps
+        else []
+    )
+    eval_sets = {
+        name: load_source(
+            spec,
+            n=cfg.data.n_eval,
+            seed=cfg.train.seed,
+            heldout=True,
+            limit=cfg.data.n_eval,
+            **common,
+        )[: cfg.data.n_eval]
+        for name, spec in eval_sources(cfg.data.eval)
+    }
     sampler = PromptSampler(train_set, cfg.train.seed)
     levels = G.HintLevels(cfg.algo.n_segments, cfg.algo.adaptive_levels)
 
@@ -184,12 +201,17 @@ def run(cfg: RunConfig) -> int:
             sync_weights(policy, engine, cfg.rollout.sync_bucket_mb)
         engine.wake_up(["kv_cache"])
 
-    eval_kw = dict(max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
-                   pass_k=cfg.eval.pass_k, temperature=cfg.eval.temperature, info=info,
-                   system=cfg.data.system_prompt)
+    eval_kw = dict(
+        max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
+        pass_k=cfg.eval.pass_k,
+        temperature=cfg.eval.temperature,
+        info=info,
+        system=cfg.data.system_prompt,
+    )
     optimizer = make_optimizer(policy, cfg.optim.lr, cfg.optim)
-    scheduler = make_scheduler(optimizer, cfg.train.max_steps, cfg.optim.warmup_steps,
-                               cfg.optim.schedule)
+    scheduler = make_scheduler(
+        optimizer, cfg.train.max_steps, cfg.optim.warmup_steps, cfg.optim.schedule
+    )
     ckpt_dir = out_dir / "checkpoints"
     metrics_log = MetricsLog(out_dir / "metrics.jsonl")
 
@@ -198,8 +220,11 @@ def run(cfg: RunConfig) -> int:
     if cfg.train.resume:
         state = ckpt.load_latest(ckpt_dir, policy, optimizer, scheduler, info)
         if state is None:
-            log(info, "warning: --resume given but no usable checkpoint found; starting fresh",
-                file=sys.stderr)
+            log(
+                info,
+                "warning: --resume given but no usable checkpoint found; starting fresh",
+                file=sys.stderr,
+            )
     if state is not None:
         start_step = int(state["step"])
         sampler.load_state_dict(state["data"])
@@ -210,34 +235,63 @@ def run(cfg: RunConfig) -> int:
         engine.sleep(level=2)  # the engine holds the initial weights: replace them
         sync()
     else:
-        start_step, totals = 0, {"guided_prompts": 0, "accepted": 0, "gen_tokens": 0,
-                                 "rl_time_s": 0.0}
+        start_step, totals = (
+            0,
+            {"guided_prompts": 0, "accepted": 0, "gen_tokens": 0, "rl_time_s": 0.0},
+        )
         if info.is_main and metrics_log.path.exists():
             metrics_log.path.unlink()
         if sft_set:
             t0 = time.perf_counter()
             sft_loss = sft_warm_start(policy, sft_set, tok, cfg, info)
-            log(info, f"SFT warm-start: {cfg.train.sft_steps} steps on {cfg.data.sft}, "
-                      f"final loss {sft_loss:.3f}, {time.perf_counter() - t0:.0f}s")
+            log(
+                info,
+                f"SFT warm-start: {cfg.train.sft_steps} steps on {cfg.data.sft}, "
+                f"final loss {sft_loss:.3f}, {time.perf_counter() - t0:.0f}s",
+            )
         engine.sleep(level=2)
         sync()
-        eval_before = evaluate_all(engine, tok, eval_sets, reward_fn, seed=cfg.train.seed, **eval_kw)
+        eval_before = evaluate_all(
+            engine, tok, eval_sets, reward_fn, seed=cfg.train.seed, **eval_kw
+        )
         log(info, "eval before RL: " + json.dumps({k: round(v, 3) for k, v in eval_before.items()}))
 
     def trainer_state(step: int) -> dict:
-        return {"data": sampler.state_dict(), "hint_levels": levels.state_dict(),
-                "eval_before": eval_before, "totals": dict(totals), "step_done": step}
+        return {
+            "data": sampler.state_dict(),
+            "hint_levels": levels.state_dict(),
+            "eval_before": eval_before,
+            "totals": dict(totals),
+            "step_done": step,
+        }
 
     if state is None:
-        ckpt.save_checkpoint(ckpt_dir, 0, policy, optimizer, scheduler, trainer_state(0), info,
-                             keep=cfg.train.keep_checkpoints)
+        ckpt.save_checkpoint(
+            ckpt_dir,
+            0,
+            policy,
+            optimizer,
+            scheduler,
+            trainer_state(0),
+            info,
+            keep=cfg.train.keep_checkpoints,
+        )
 
     # --- RL
     ctx = RolloutContext(
-        engine=engine, tokenizer=tok, algo=cfg.algo, reward_fn=reward_fn,
-        sampling=SamplingParams(n=cfg.rollout.n, max_new_tokens=cfg.rollout.max_new_tokens,
-                                temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p),
-        system_prompt=cfg.data.system_prompt, keep_engine_logprobs=engine.name == "vllm")
+        engine=engine,
+        tokenizer=tok,
+        algo=cfg.algo,
+        reward_fn=reward_fn,
+        sampling=SamplingParams(
+            n=cfg.rollout.n,
+            max_new_tokens=cfg.rollout.max_new_tokens,
+            temperature=cfg.rollout.temperature,
+            top_p=cfg.rollout.top_p,
+        ),
+        system_prompt=cfg.data.system_prompt,
+        keep_engine_logprobs=engine.name == "vllm",
+    )
     timer = PhaseTimer(info.device)
     bar = None
     if cfg.logging.progress and info.is_main:
@@ -248,27 +302,43 @@ def run(cfg: RunConfig) -> int:
     for step in range(start_step + 1, cfg.train.max_steps + 1):
         t0 = time.perf_counter()
         # Same global prompt list on every rank; each takes its strided share.
-        batch_examples = sampler.next(per_rank * info.world_size)[info.rank::info.world_size]
+        batch_examples = sampler.next(per_rank * info.world_size)[info.rank :: info.world_size]
         with timer("generate"):
-            sr = collect(ctx, batch_examples, levels, step_seed(cfg.train.seed, step, info.rank),
-                         refill=lambda: sampler.next(per_rank * info.world_size)[info.rank::info.world_size])
+            sr = collect(
+                ctx,
+                batch_examples,
+                levels,
+                step_seed(cfg.train.seed, step, info.rank),
+                refill=lambda: sampler.next(per_rank * info.world_size)[
+                    info.rank :: info.world_size
+                ],
+            )
             engine.sleep(level=2)
         # Hint levels are one table on every rank: merge this step's updates from all ranks.
-        for upd in (_all_gather_objects(sr.level_updates, info)):
+        for upd in _all_gather_objects(sr.level_updates, info):
             for uid, lvl in upd.items():
-                levels.levels.pop(uid, None) if lvl == 0 else levels.levels.__setitem__(uid, lvl)
+                levels.set(uid, lvl)
         batch = assemble_batch(sr.rollouts, cfg.algo, pad_token_id=tok.pad_token_id)
         if batch.rollout_logprobs is not None:
             with timer("old_logprob"):
-                batch.set_old_logprobs(compute_logprobs(policy, batch, cfg.train.micro_batch_size, info))
+                batch.set_old_logprobs(
+                    compute_logprobs(policy, batch, cfg.train.micro_batch_size, info)
+                )
         with timer("update"):
-            m = backward_batch(policy, batch, cfg.algo.loss_kwargs(), cfg.train.micro_batch_size,
-                               info, max_response_len=cfg.rollout.max_new_tokens)
+            m = backward_batch(
+                policy,
+                batch,
+                cfg.algo.loss_kwargs(),
+                cfg.train.micro_batch_size,
+                info,
+                max_response_len=cfg.rollout.max_new_tokens,
+            )
             m["grad_norm"] = optimizer_step(policy, optimizer, scheduler, cfg.optim.grad_clip)
         with timer("sync"):
             sync()
-        row = _step_metrics(step, sr, batch, m, timer.pop(), time.perf_counter() - t0,
-                            scheduler, info)
+        row = _step_metrics(
+            step, sr, batch, m, timer.pop(), time.perf_counter() - t0, scheduler, info
+        )
         totals["guided_prompts"] += row["guided/prompts"]
         totals["accepted"] += row["guided/accepted"]
         totals["gen_tokens"] += row["tokens/generated"]
@@ -280,12 +350,26 @@ def run(cfg: RunConfig) -> int:
         # and truncate_after() drops the orphan row, so every step appears exactly once.
         if info.is_main and (step % cfg.logging.log_every == 0 or step == cfg.train.max_steps):
             metrics_log.write(row)
-        if step == cfg.train.max_steps or (cfg.train.save_every and step % cfg.train.save_every == 0):
-            ckpt.save_checkpoint(ckpt_dir, step, policy, optimizer, scheduler,
-                                 trainer_state(step), info, keep=cfg.train.keep_checkpoints)
+        if step == cfg.train.max_steps or (
+            cfg.train.save_every and step % cfg.train.save_every == 0
+        ):
+            ckpt.save_checkpoint(
+                ckpt_dir,
+                step,
+                policy,
+                optimizer,
+                scheduler,
+                trainer_state(step),
+                info,
+                keep=cfg.train.keep_checkpoints,
+            )
         if bar is not None:
-            bar.set_postfix(reward=f"{row['reward/mean']:.2f}", acc=f"{row['accuracy/mean']:.2f}",
-                            guided=int(row["guided/prompts"]), accepted=int(row["guided/accepted"]))
+            bar.set_postfix(
+                reward=f"{row['reward/mean']:.2f}",
+                acc=f"{row['accuracy/mean']:.2f}",
+                guided=int(row["guided/prompts"]),
+                accepted=int(row["guided/accepted"]),
+            )
             bar.update(1)
     if bar is not None:
         bar.close()
@@ -293,10 +377,17 @@ def run(cfg: RunConfig) -> int:
     # --- final evaluation, summary, plots
     eval_after = evaluate_all(engine, tok, eval_sets, reward_fn, seed=cfg.train.seed, **eval_kw)
     totals["tokens_per_s"] = totals["gen_tokens"] / max(totals["rl_time_s"], 1e-9)
-    summary = {"algo": cfg.algo.name, "steps": cfg.train.max_steps, "eval": eval_after,
-               "eval_before": eval_before, "totals": totals,
-               "time_s": time.perf_counter() - t_start, "world_size": info.world_size,
-               "model": cfg.model.path or str(model_dir), "features": features}
+    summary = {
+        "algo": cfg.algo.name,
+        "steps": cfg.train.max_steps,
+        "eval": eval_after,
+        "eval_before": eval_before,
+        "totals": totals,
+        "time_s": time.perf_counter() - t_start,
+        "world_size": info.world_size,
+        "model": cfg.model.path or str(model_dir),
+        "features": features,
+    }
     if info.is_main:
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         if cfg.logging.plots:
@@ -322,9 +413,18 @@ def _step_metrics(step, sr, batch, m, phases, step_s, scheduler, info) -> dict:
     """One metrics.jsonl row; sums are global over ranks, means are over unguided samples."""
     unguided = [r for row in sr.unguided_rewards for r in row]
     acc_thr = 0.5
-    local = torch.tensor([sum(unguided), sum(r >= acc_thr for r in unguided), len(unguided),
-                          sr.stats.get("guided/prompts", 0.0), sr.stats.get("guided/accepted", 0.0),
-                          sr.gen_tokens, float(batch.attention_mask.sum())], dtype=torch.float64)
+    local = torch.tensor(
+        [
+            sum(unguided),
+            sum(r >= acc_thr for r in unguided),
+            len(unguided),
+            sr.stats.get("guided/prompts", 0.0),
+            sr.stats.get("guided/accepted", 0.0),
+            sr.gen_tokens,
+            float(batch.attention_mask.sum()),
+        ],
+        dtype=torch.float64,
+    )
     g = all_reduce_sum(local, info).tolist()
     row = {
         "step": step,

@@ -57,8 +57,9 @@ def test_truncated_or_corrupt_checkpoint_falls_back(tmp_path):
     m2.write_bytes(bytes(data))
     (tmp_path / ".tmp-step_000004").mkdir()
     msgs = []
-    got = ckpt.load_latest(tmp_path, model, opt, sched, INFO,
-                           log=lambda *a, **k: msgs.append(" ".join(map(str, a))))
+    got = ckpt.load_latest(
+        tmp_path, model, opt, sched, INFO, log=lambda *a, **k: msgs.append(" ".join(map(str, a)))
+    )
     assert got["k"] == 1
     assert any("step_000003" in m and "truncated" in m for m in msgs)
     assert any("step_000002" in m and "corrupt" in m for m in msgs)
@@ -90,17 +91,33 @@ def test_sigkill_mid_run_then_resume(tmp_path):
     run ends at the requested step with every step logged exactly once."""
     out, cache = tmp_path / "run", tmp_path / "cache"
     total = 6
-    args = tiny_args(out, cache, steps=total, sft_steps=1,
-                     extra=["--train.save_every", "1", "--train.keep_checkpoints", "3",
-                            "--eval.pass_k", "0", "--data.n_eval", "2",
-                            "--logging.plots", "false"])
+    args = tiny_args(
+        out,
+        cache,
+        steps=total,
+        sft_steps=1,
+        extra=[
+            "--train.save_every",
+            "1",
+            "--train.keep_checkpoints",
+            "3",
+            "--eval.pass_k",
+            "0",
+            "--data.n_eval",
+            "2",
+            "--logging.plots",
+            "false",
+        ],
+    )
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "rgpo_fast.train", *args]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 180
     while time.time() < deadline and len(_steps(out)) < 2 and proc.poll() is None:
         time.sleep(0.05)
-    assert proc.poll() is None, "run finished before it could be killed; " + proc.stderr.read().decode()
+    assert proc.poll() is None, (
+        "run finished before it could be killed; " + proc.stderr.read().decode()
+    )
     os.kill(proc.pid, signal.SIGKILL)  # mid-step 3 (or in step 2's checkpoint write)
     proc.wait()
     logged = _steps(out)

@@ -18,8 +18,8 @@ import torch
 
 from rgpo_fast.algos.presets import get_preset
 from rgpo_fast.batch import Rollout, assemble_batch
-from rgpo_fast.trainer.loop import backward_batch, make_optimizer, optimizer_step
 from rgpo_fast.trainer.config import OptimConfig
+from rgpo_fast.trainer.loop import backward_batch, make_optimizer, optimizer_step
 
 ROOT = Path(__file__).resolve().parents[1]
 AGGS = ("token-mean", "seq-mean-token-mean")
@@ -34,8 +34,16 @@ def global_rollouts(vocab: int) -> list[Rollout]:
         ids = torch.randint(3, vocab, (p + n,), generator=g).tolist()
         kind = "transferred" if i in (2, 5) else "unguided"
         hint = [j < 2 for j in range(n)] if i == 4 else None
-        rows.append(Rollout(prompt_ids=ids[:p], response_ids=ids[p:], group=i // 3, kind=kind,
-                            reward=float(torch.rand((), generator=g) > 0.5), hint_mask=hint))
+        rows.append(
+            Rollout(
+                prompt_ids=ids[:p],
+                response_ids=ids[p:],
+                group=i // 3,
+                kind=kind,
+                reward=float(torch.rand((), generator=g) > 0.5),
+                hint_mask=hint,
+            )
+        )
     return rows
 
 
@@ -57,14 +65,19 @@ def build(model_dir):
 
 
 def worker(model_dir: str, out_file: str) -> None:
-    from rgpo_fast.trainer.distributed import full_state_dict, init_distributed, shard_model, shutdown
+    from rgpo_fast.trainer.distributed import (
+        full_state_dict,
+        init_distributed,
+        shard_model,
+        shutdown,
+    )
 
     torch.set_num_threads(1)
     info = init_distributed("cpu")
     results = {}
     for agg in AGGS:
         policy = shard_model(build(model_dir), info)
-        rollouts = global_rollouts(policy.lm.config.vocab_size)[info.rank::info.world_size]
+        rollouts = global_rollouts(policy.lm.config.vocab_size)[info.rank :: info.world_size]
         loss = one_step(policy, rollouts, agg, 1, info)
         results[agg] = {"loss": loss, "params": full_state_dict(policy)}
     if info.rank == 0:
@@ -76,12 +89,27 @@ def test_two_processes_equal_one(tmp_path):
     from rgpo_fast.trainer.distributed import DistInfo
     from rgpo_fast.trainer.tiny_model import TinyModelSpec, ensure_tiny_model
 
-    spec = TinyModelSpec(num_hidden_layers=2, hidden_size=32, num_attention_heads=2,
-                         num_key_value_heads=1, intermediate_size=64)
+    spec = TinyModelSpec(
+        num_hidden_layers=2,
+        hidden_size=32,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=64,
+    )
     model_dir = ensure_tiny_model(spec, tmp_path / "cache")
     out = tmp_path / "dist.pt"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(Path(__file__)), str(model_dir), str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(Path(__file__)),
+        str(model_dir),
+        str(out),
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     torch.set_num_threads(1)
     single = {}

@@ -297,3 +297,14 @@ def test_luffy_slot_gets_the_shaped_ratio_flag(tok):
     assert b.advantages.tolist() == pytest.approx([-1 / 3, -1 / 3, 2 / 3])
     with pytest.raises(ValueError, match="rationale"):
         luffy_offpolicy_rollout(plain, "", tok, group=0)
+
+
+def test_hint_levels_set_stores_merged_levels_and_checks_range():
+    levels = HintLevels(n_segments=4)
+    levels.set("a", 3)
+    levels.set("b", 0)
+    assert levels.get("a") == 3 and "b" not in levels.levels
+    levels.set("a", 0)
+    assert levels.levels == {}
+    with pytest.raises(ValueError, match="outside"):
+        levels.set("a", 5)

@@ -27,8 +27,11 @@ class FakeLLM:
         self.loaded = {}
         inner = SimpleNamespace(load_weights=self._load)
         runner = SimpleNamespace(model=inner)
-        self.llm_engine = SimpleNamespace(model_executor=SimpleNamespace(
-            driver_worker=SimpleNamespace(worker=SimpleNamespace(model_runner=runner))))
+        self.llm_engine = SimpleNamespace(
+            model_executor=SimpleNamespace(
+                driver_worker=SimpleNamespace(worker=SimpleNamespace(model_runner=runner))
+            )
+        )
 
     def _load(self, weights):
         self.calls.append(("load_weights", [n for n, _ in weights]))
@@ -38,10 +41,17 @@ class FakeLLM:
         self.calls.append(("generate", sp.n))
         outs = []
         for _ in reqs:
-            comps = [SimpleNamespace(token_ids=[5, 6], finish_reason="stop",
-                                     logprobs=[{5: SimpleNamespace(logprob=-0.5)},
-                                               {6: SimpleNamespace(logprob=-1.5)}])
-                     for _ in range(sp.n)]
+            comps = [
+                SimpleNamespace(
+                    token_ids=[5, 6],
+                    finish_reason="stop",
+                    logprobs=[
+                        {5: SimpleNamespace(logprob=-0.5)},
+                        {6: SimpleNamespace(logprob=-1.5)},
+                    ],
+                )
+                for _ in range(sp.n)
+            ]
             outs.append(SimpleNamespace(outputs=comps))
         return outs
 
@@ -72,19 +82,29 @@ def test_full_colocated_step_order():
     eng.wake_up(["kv_cache"])
     eng.generate([[1]], SamplingParams(n=1, max_new_tokens=2))
     names = [c[0] for c in llm.calls]
-    assert names == ["generate", "sleep", "wake_up", "load_weights", "reset_prefix_cache",
-                     "wake_up", "generate"]
+    assert names == [
+        "generate",
+        "sleep",
+        "wake_up",
+        "load_weights",
+        "reset_prefix_cache",
+        "wake_up",
+        "generate",
+    ]
     assert llm.calls[1] == ("sleep", 2)
     assert llm.calls[2] == ("wake_up", ("weights",)) and llm.calls[5] == ("wake_up", ("kv_cache",))
     assert set(llm.loaded) == {"0.weight", "0.bias", "1.weight", "1.bias"}
 
 
-@pytest.mark.parametrize("bad_sequence", [
-    ["sleep", "generate"],                            # generate while asleep
-    ["sleep", "wake_kv"],                             # KV before weights
-    ["sleep", "wake_weights", "wake_kv"],             # wake KV without loading weights
-    ["load"],                                         # load into an awake, unslept engine
-])
+@pytest.mark.parametrize(
+    "bad_sequence",
+    [
+        ["sleep", "generate"],  # generate while asleep
+        ["sleep", "wake_kv"],  # KV before weights
+        ["sleep", "wake_weights", "wake_kv"],  # wake KV without loading weights
+        ["load"],  # load into an awake, unslept engine
+    ],
+)
 def test_out_of_order_calls_fail(bad_sequence):
     st = ColocationState()
     with pytest.raises(ProtocolError):
@@ -111,23 +131,35 @@ def test_bucketing_bounds_size_and_keeps_order():
 
 def test_name_mapping_and_tied_weights_sent_once():
     assert hf_name("lm.model.layers.0.mlp.up_proj.weight") == "model.layers.0.mlp.up_proj.weight"
-    assert hf_name("lm.model.layers.0._checkpoint_wrapped_module.self_attn.q_proj.weight") == \
-        "model.layers.0.self_attn.q_proj.weight"
+    assert (
+        hf_name("lm.model.layers.0._checkpoint_wrapped_module.self_attn.q_proj.weight")
+        == "model.layers.0.self_attn.q_proj.weight"
+    )
     assert hf_name("_orig_mod.lm.lm_head.weight") == "lm_head.weight"
-    from rgpo_fast.trainer.policy import PolicyModule
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    lm = Qwen2ForCausalLM(Qwen2Config(vocab_size=16, hidden_size=8, intermediate_size=16,
-                                      num_hidden_layers=1, num_attention_heads=2,
-                                      num_key_value_heads=1, tie_word_embeddings=True))
+    from rgpo_fast.trainer.policy import PolicyModule
+
+    lm = Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=16,
+            hidden_size=8,
+            intermediate_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            tie_word_embeddings=True,
+        )
+    )
     names = [n for n, _ in full_named_parameters(PolicyModule(lm), torch.bfloat16)]
     assert "model.embed_tokens.weight" in names and "lm_head.weight" not in names
     assert set(names) == {n for n, _ in lm.named_parameters()}
 
 
 def test_convert_outputs_rejects_missing_logprobs():
-    ro = SimpleNamespace(outputs=[SimpleNamespace(token_ids=[1, 2], finish_reason="length",
-                                                  logprobs=[{1: -0.1}])])
+    ro = SimpleNamespace(
+        outputs=[SimpleNamespace(token_ids=[1, 2], finish_reason="length", logprobs=[{1: -0.1}])]
+    )
     with pytest.raises(RuntimeError, match="fewer log-probs"):
         convert_outputs([[0]], [ro])
 
@@ -143,8 +175,11 @@ def test_real_vllm_engine_round_trip(tmp_path):
 
     path = ensure_tiny_model(cache_dir=tmp_path)
     model, tok = load_model_and_tokenizer(path)
-    llm = LLM(**engine_kwargs(str(path), rank=0, tp=1, gpu_memory_utilization=0.2,
-                              max_model_len=256, dtype="float32"))
+    llm = LLM(
+        **engine_kwargs(
+            str(path), rank=0, tp=1, gpu_memory_utilization=0.2, max_model_len=256, dtype="float32"
+        )
+    )
     eng = VLLMColocatedEngine(llm, sampling_cls=VSP)
     prompt = tok("12+3=?", add_special_tokens=False)["input_ids"]
     greedy = SamplingParams(n=1, max_new_tokens=8, temperature=0.0)

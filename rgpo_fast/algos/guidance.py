@@ -141,11 +141,17 @@ class HintLevels:
             n_segments=self.n_segments,
             adaptive=self.adaptive,
         )
-        if new == 0:
+        self.set(uid, new)
+        return new
+
+    def set(self, uid: str, level: int) -> None:
+        """Store a level computed elsewhere (e.g. merged from other ranks)."""
+        if not 0 <= level <= self.n_segments:
+            raise ValueError(f"hint level {level} outside [0, {self.n_segments}]")
+        if level == 0:
             self.levels.pop(uid, None)  # keep the table small: 0 is the default
         else:
-            self.levels[uid] = new
-        return new
+            self.levels[uid] = level
 
     def histogram(self) -> list[int]:
         """Number of known prompts at each level 1..N (index 0 is always 0: not stored)."""

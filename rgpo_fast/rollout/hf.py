@@ -60,13 +60,22 @@ class HFEngine:
 
     name = "hf"
 
-    def __init__(self, model: torch.nn.Module, *, eos_token_ids: Sequence[int], pad_token_id: int,
-                 max_batch_size: int = 256, device: torch.device | str | None = None) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        eos_token_ids: Sequence[int],
+        pad_token_id: int,
+        max_batch_size: int = 256,
+        device: torch.device | str | None = None,
+    ) -> None:
         self.model = model
         self.eos_token_ids = tuple(int(t) for t in eos_token_ids)
         self.pad_token_id = int(pad_token_id)
         self.max_batch_size = int(max_batch_size)
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.device = (
+            torch.device(device) if device is not None else next(model.parameters()).device
+        )
         self.asleep = False
         self.loads = 0  # number of weight loads, for tests and logs
 
@@ -81,15 +90,16 @@ class HFEngine:
             gen = torch.Generator(device=self.device).manual_seed(int(params.seed))
         done: list[Completion] = []
         for start in range(0, len(rows), self.max_batch_size):
-            chunk = [ids for _, ids in rows[start:start + self.max_batch_size]]
+            chunk = [ids for _, ids in rows[start : start + self.max_batch_size]]
             done.extend(self._generate_batch(chunk, params, gen))
         outs = [RequestOutput(prompt_ids=list(p)) for p in prompts]
         for (i, _), comp in zip(rows, done):
             outs[i].completions.append(comp)
         return outs
 
-    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams,
-                        gen: torch.Generator | None) -> list[Completion]:
+    def _generate_batch(
+        self, prompts: list[list[int]], params: SamplingParams, gen: torch.Generator | None
+    ) -> list[Completion]:
         from transformers import DynamicCache
 
         was_training = self.model.training
@@ -98,22 +108,29 @@ class HFEngine:
         ids = torch.full((B, L), self.pad_token_id, dtype=torch.long)
         attn = torch.zeros((B, L), dtype=torch.long)
         for b, p in enumerate(prompts):  # left padding: every row ends at the same column
-            ids[b, L - len(p):] = torch.tensor(p, dtype=torch.long)
-            attn[b, L - len(p):] = 1
+            ids[b, L - len(p) :] = torch.tensor(p, dtype=torch.long)
+            attn[b, L - len(p) :] = 1
         ids, attn = ids.to(self.device), attn.to(self.device)
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
         stops = torch.tensor(self.eos_token_ids + tuple(params.stop_token_ids), device=self.device)
         cache = DynamicCache()
-        out_ids = torch.full((B, params.max_new_tokens), self.pad_token_id, dtype=torch.long,
-                             device=self.device)
+        out_ids = torch.full(
+            (B, params.max_new_tokens), self.pad_token_id, dtype=torch.long, device=self.device
+        )
         out_lp = torch.zeros((B, params.max_new_tokens), dtype=torch.float32, device=self.device)
         lengths = torch.full((B,), params.max_new_tokens, dtype=torch.long, device=self.device)
         finished = torch.zeros(B, dtype=torch.bool, device=self.device)
         step_ids, step_pos = ids, pos
         try:
             for t in range(params.max_new_tokens):
-                logits = self.model(input_ids=step_ids, attention_mask=attn, position_ids=step_pos,
-                                    past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+                logits = self.model(
+                    input_ids=step_ids,
+                    attention_mask=attn,
+                    position_ids=step_pos,
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                ).logits
                 nxt, lp = sample_next(logits[:, -1], params.temperature, params.top_p, gen)
                 nxt = torch.where(finished, torch.full_like(nxt, self.pad_token_id), nxt)
                 out_ids[:, t], out_lp[:, t] = nxt, torch.where(finished, 0.0, lp)
@@ -124,14 +141,19 @@ class HFEngine:
                     break
                 step_ids = nxt[:, None]
                 step_pos = step_pos[:, -1:] + 1
-                attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype, device=self.device)], 1)
+                attn = torch.cat(
+                    [attn, torch.ones((B, 1), dtype=attn.dtype, device=self.device)], 1
+                )
         finally:
             self.model.train(was_training)
         out_ids, out_lp, lengths = out_ids.tolist(), out_lp.tolist(), lengths.tolist()
         fin = finished.tolist()
         return [
-            Completion(token_ids=out_ids[b][: lengths[b]], logprobs=out_lp[b][: lengths[b]],
-                       finish_reason="stop" if fin[b] else "length")
+            Completion(
+                token_ids=out_ids[b][: lengths[b]],
+                logprobs=out_lp[b][: lengths[b]],
+                finish_reason="stop" if fin[b] else "length",
+            )
             for b in range(B)
         ]
 

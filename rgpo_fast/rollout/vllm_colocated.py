@@ -59,7 +59,8 @@ class ColocationState:
         if nxt is None:
             raise ProtocolError(
                 f"vllm engine: {call!r} not allowed in state {self.state!r}; allowed: "
-                f"{', '.join(_TRANSITIONS[self.state])}")
+                f"{', '.join(_TRANSITIONS[self.state])}"
+            )
         self.history.append(call)
         self.state = nxt
 
@@ -69,8 +70,16 @@ def engine_seed(rank: int, tp: int, base_seed: int = 0) -> int:
     return base_seed + rank // tp
 
 
-def engine_kwargs(model: str, *, rank: int, tp: int, gpu_memory_utilization: float,
-                  max_model_len: int, dtype: str = "bfloat16", seed: int = 0) -> dict:
+def engine_kwargs(
+    model: str,
+    *,
+    rank: int,
+    tp: int,
+    gpu_memory_utilization: float,
+    max_model_len: int,
+    dtype: str = "bfloat16",
+    seed: int = 0,
+) -> dict:
     """Keyword arguments of `vllm.LLM` for a colocated, sleepable, in-process engine."""
     return {
         "model": model,
@@ -91,9 +100,14 @@ def engine_kwargs(model: str, *, rank: int, tp: int, gpu_memory_utilization: flo
 def to_vllm_sampling(params: SamplingParams, vllm_sampling_cls):
     """Our SamplingParams -> vllm.SamplingParams (log-prob of the sampled token only)."""
     return vllm_sampling_cls(
-        n=params.n, max_tokens=params.max_new_tokens, temperature=params.temperature,
-        top_p=params.top_p, seed=params.seed, logprobs=0,
-        stop_token_ids=list(params.stop_token_ids) or None)
+        n=params.n,
+        max_tokens=params.max_new_tokens,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        seed=params.seed,
+        logprobs=0,
+        stop_token_ids=list(params.stop_token_ids) or None,
+    )
 
 
 def convert_outputs(prompts: Sequence[list[int]], vllm_outputs) -> list[RequestOutput]:
@@ -109,8 +123,13 @@ def convert_outputs(prompts: Sequence[list[int]], vllm_outputs) -> list[RequestO
                 lps.append(float(getattr(lp, "logprob", lp)))
             if len(lps) != len(ids):
                 raise RuntimeError("vllm returned fewer log-probs than tokens")
-            comps.append(Completion(token_ids=ids, logprobs=lps,
-                                    finish_reason="stop" if c.finish_reason == "stop" else "length"))
+            comps.append(
+                Completion(
+                    token_ids=ids,
+                    logprobs=lps,
+                    finish_reason="stop" if c.finish_reason == "stop" else "length",
+                )
+            )
         outs.append(RequestOutput(prompt_ids=list(prompt), completions=comps))
     return outs
 
@@ -154,14 +173,23 @@ class VLLMColocatedEngine:
         except ImportError:
             from rgpo_fast.trainer.config import ConfigError
 
-            raise ConfigError("rollout.engine=vllm but vllm is not installed "
-                              "(pip install 'rgpo_fast[gpu]')") from None
+            raise ConfigError(
+                "rollout.engine=vllm but vllm is not installed (pip install 'rgpo_fast[gpu]')"
+            ) from None
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        max_len = cfg.rollout.vllm_max_model_len or (cfg.data.max_prompt_tokens
-                                                     + cfg.rollout.max_new_tokens + 512)
-        llm = LLM(**engine_kwargs(model_dir, rank=info.rank, tp=cfg.rollout.tensor_parallel_size,
-                                  gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
-                                  max_model_len=max_len, seed=cfg.train.seed))
+        max_len = cfg.rollout.vllm_max_model_len or (
+            cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens + 512
+        )
+        llm = LLM(
+            **engine_kwargs(
+                model_dir,
+                rank=info.rank,
+                tp=cfg.rollout.tensor_parallel_size,
+                gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+                max_model_len=max_len,
+                seed=cfg.train.seed,
+            )
+        )
         return cls(llm, sampling_cls=VSP)
 
     def generate(self, prompts: Sequence[list[int]], params: SamplingParams) -> list[RequestOutput]:
