@@ -37,6 +37,15 @@ def resolve_model_dir(cfg: RunConfig) -> Path:
     return p
 
 
+def resolve_packing(setting: str, attn: str) -> bool:
+    """Pack sequences into one row? `auto`: only with flash-attn's varlen kernels. With
+    sdpa / eager, HF turns a packed row into a block-diagonal mask over the whole packed
+    length, whose cost grows with its square: padding is cheaper there."""
+    if setting == "auto":
+        return attn == "flash_attention_2"
+    return setting == "on"
+
+
 def load_policy(cfg: RunConfig, info: DistInfo):
     """-> (PolicyModule, the HF model inside it, tokenizer, model dir, features report)."""
     model_dir = resolve_model_dir(cfg)
@@ -72,10 +81,12 @@ def load_policy(cfg: RunConfig, info: DistInfo):
     if cfg.model.gradient_checkpointing:
         enable_gradient_checkpointing(lm)
     lm.to(info.device)
-    policy = PolicyModule(lm, impl=cfg.train.impl, temperature=cfg.rollout.temperature)
+    packed = resolve_packing(cfg.model.pack_sequences, attn)
+    policy = PolicyModule(lm, impl=cfg.train.impl, temperature=cfg.rollout.temperature,
+                          packed=packed)
     features = {
         "device": str(info.device), "world_size": info.world_size, "dtype": str(dtype).split(".")[-1],
-        "attention": attn, "liger": liger_used, "activation_checkpointing": cfg.model.gradient_checkpointing,
+        "attention": attn, "packed": packed, "liger": liger_used, "activation_checkpointing": cfg.model.gradient_checkpointing,
         "rollout_engine": cfg.rollout.engine, "fused_loss_impl": cfg.train.impl,
         "params_M": round(sum(p.numel() for p in lm.parameters()) / 1e6, 3),
     }

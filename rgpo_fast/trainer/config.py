@@ -48,12 +48,16 @@ class ModelConfig:
         "auto (flash_attention_2 if installed on GPU, else sdpa), sdpa, eager, flash_attention_2."))
     liger: str = field(default="auto", metadata=_help(
         "Liger-Kernel RMSNorm/RoPE/SwiGLU patches: auto (on GPU when installed), on, off."))
+    pack_sequences: str = field(default="auto", metadata=_help(
+        "Padding-free policy forward (all sequences in one row): auto (on with "
+        "flash_attention_2's varlen kernels), on, off."))
 
     def __post_init__(self) -> None:
         _choice("model", "dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
         _choice("model", "attn_implementation", self.attn_implementation,
                 ("auto", "sdpa", "eager", "flash_attention_2"))
         _choice("model", "liger", self.liger, ("auto", "on", "off"))
+        _choice("model", "pack_sequences", self.pack_sequences, ("auto", "on", "off"))
         for name in ("tiny_layers", "tiny_hidden", "tiny_heads", "tiny_kv_heads", "tiny_intermediate"):
             _positive("model", name, getattr(self, name))
         if self.tiny_hidden % self.tiny_heads or self.tiny_heads % self.tiny_kv_heads:

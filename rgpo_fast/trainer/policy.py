@@ -21,19 +21,38 @@ class PolicyModule(torch.nn.Module):
     """Wraps `lm` (e.g. Qwen2ForCausalLM). Parameter names are `lm.<HF name>`."""
 
     def __init__(self, lm: torch.nn.Module, *, impl: str = "auto", temperature: float = 1.0,
-                 chunk_size: int | None = None) -> None:
+                 chunk_size: int | None = None, packed: bool = False) -> None:
         super().__init__()
         self.lm = lm
         self.impl = impl
         self.temperature = temperature
         self.chunk_size = chunk_size
+        self.packed = packed
 
     def _hidden(self, input_ids, attention_mask, position_ids):
         base = self.lm.get_decoder() if hasattr(self.lm, "get_decoder") else self.lm.model
-        out = base(input_ids=input_ids, attention_mask=attention_mask,
-                   position_ids=position_ids, use_cache=False)
         head = self.lm.get_output_embeddings()
-        return out.last_hidden_state[:, :-1], head.weight, getattr(head, "bias", None)
+        if self.packed and attention_mask is not None:
+            hidden = self._packed_hidden(base, input_ids, attention_mask, position_ids)
+        else:
+            hidden = base(input_ids=input_ids, attention_mask=attention_mask,
+                          position_ids=position_ids, use_cache=False).last_hidden_state
+        return hidden[:, :-1], head.weight, getattr(head, "bias", None)
+
+    @staticmethod
+    def _packed_hidden(base, input_ids, attention_mask, position_ids):
+        """Padding-free forward: the real tokens of all rows in one row, position ids
+        restarting at 0 per sequence. HF reads the restarts as sequence boundaries
+        (flash-attn varlen, or a block-diagonal mask), so no token sees another sequence.
+        Hidden states are scattered back to the padded (B, L, H) layout for the loss."""
+        keep = attention_mask.bool()  # (B, L)
+        if position_ids is None:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        packed = base(input_ids=input_ids[keep][None], position_ids=position_ids[keep][None],
+                      attention_mask=None, use_cache=False).last_hidden_state[0]  # (n, H)
+        hidden = packed.new_zeros(*input_ids.shape, packed.shape[-1])  # (B, L, H)
+        hidden[keep] = packed
+        return hidden
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                 position_ids: torch.Tensor | None, *, mode: str = "loss",
