@@ -164,3 +164,15 @@ def test_probe_table_in_markdown(tmp_path):
     assert "| 1 | 20.0 | 50.0 |" in table
     md = L.write_markdown(tmp_path / "y.md", rows, target, base_tokens, L.FULL, "cmd", {}, probe)
     assert table in md and "![learning curves](y.png)" in md
+
+
+def test_no_speedup_claim_when_baseline_did_not_improve():
+    vs = [L.Variant("grpo", "grpo"), L.Variant("rgpo", "rgpo")]
+    aggs = {n: L.aggregate([L.curve_from_rows(*synthetic_run(h, [0.8] * 3))])
+            for n, h in (("grpo", [0.02, 0.0, 0.02]), ("rgpo", [0.02, 0.03, 0.04]))}
+    rows, target, _ = L.summarize(aggs, vs)
+    assert target == pytest.approx(0.02)
+    assert {r.name: r.steps_to_target for r in rows} == {"grpo": 0, "rgpo": 0}
+    first = L.target_checks(rows, total_steps=10)[0]
+    assert first[1] is False and "not measurable" in first[2]
+    assert "0 (warm start) / 10" in L.markdown_table(rows, target, 100.0, 10)
