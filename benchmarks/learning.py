@@ -179,7 +179,8 @@ def curve_from_rows(rows: list[dict], summary: dict) -> Curve:
 
 
 def read_curve(run_dir: Path) -> Curve:
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    rows = [json.loads(x) for x in lines if x.strip()]
     return curve_from_rows(rows, json.loads((run_dir / "summary.json").read_text()))
 
 
@@ -306,6 +307,10 @@ def _pct(ms: tuple[float, float]) -> str:
     return "-" if math.isnan(m) else f"{100 * m:.1f} ± {100 * s:.1f}"
 
 
+def _num(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:.1f}"
+
+
 def _tok(x: float | None) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
@@ -327,7 +332,7 @@ def markdown_table(rows: list[Row], target: float, base_tokens: float, total_ste
         lines.append(
             f"| {name} | {_pct(a.final_easy)} | {_pct(a.final_hard)} "
             f"| {', '.join(f'{100 * h:.1f}' for h in a.per_seed_final_hard)} "
-            f"| {'-' if math.isnan(r.hard_at_base_tokens) else f'{100 * r.hard_at_base_tokens:.1f}'} "
+            f"| {_num(100 * r.hard_at_base_tokens)} "
             f"| {reach} / {total_steps} | {_tok(r.tokens_to_target)} "
             f"| {_tok(a.total_tokens[0])} ± {_tok(a.total_tokens[1])} "
             f"| {a.guided_prompts:.0f} / {a.accepted:.0f} | {a.time_s:.0f} |")
@@ -490,8 +495,12 @@ def _sft_with_copy_rows(policy, examples, hard, tok, cfg, info, share: float) ->
     from rgpo_fast.batch import Rollout, assemble_batch
     from rgpo_fast.data.prompts import encode_prompt, encode_text
     from rgpo_fast.train import sft_rollouts
-    from rgpo_fast.trainer.loop import (backward_batch, make_optimizer, make_scheduler,
-                                        optimizer_step)
+    from rgpo_fast.trainer.loop import (
+        backward_batch,
+        make_optimizer,
+        make_scheduler,
+        optimizer_step,
+    )
 
     steps, bs = cfg.train.sft_steps, cfg.train.sft_batch_size
     opt = make_optimizer(policy, cfg.train.sft_lr, cfg.optim)
@@ -537,7 +546,8 @@ def _warm_start_worker(out: Path, s: Settings) -> None:
     info = init_distributed("cpu")
     policy, lm, tok, _, feats = load_policy(cfg, info)
     examples = load_source(cfg.data.sft, n=cfg.data.n_train, seed=cfg.train.seed + 1,
-                           heldout=False, tokenizer=tok, max_prompt_tokens=cfg.data.max_prompt_tokens)
+                           heldout=False, tokenizer=tok,
+                           max_prompt_tokens=cfg.data.max_prompt_tokens)
     if s.sft_copy_share > 0:
         hard = make_arith(s.warm_seed + 2, cfg.data.n_train, "hard")
         loss = _sft_with_copy_rows(policy, examples, hard, tok, cfg, info, s.sft_copy_share)

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("bench_learning", ROOT / "benchmarks" / "learning.py")
+_spec = importlib.util.spec_from_file_location("bench_learning",
+                                               ROOT / "benchmarks" / "learning.py")
 L = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = L  # dataclasses look their module up
 _spec.loader.exec_module(L)
@@ -122,7 +123,8 @@ def test_markdown_table_and_file(tmp_path):
     assert all(line.count("|") == lines[0].count("|") for line in lines)
     assert "rgpo (sft_coef=0.1)" in table and "not reached / 20" in table
     assert "20.0 ± 0.0" in table  # rgpo final hard, both seeds 0.2
-    md = L.write_markdown(tmp_path / "x.md", rows, target, base_tokens, L.QUICK, "cmd", {"git": "abc"})
+    md = L.write_markdown(tmp_path / "x.md", rows, target, base_tokens, L.QUICK, "cmd",
+                          {"git": "abc"})
     assert (tmp_path / "x.md").read_text() == md
     assert "- [x] rgpo ends >= 10 points higher" in md
     assert "sft_coef=0.1" in md
