@@ -713,7 +713,7 @@ def machine_meta() -> dict:
 
 
 def report(jobs: list[Job], s: Settings, vs: list[Variant], md: Path, png: Path,
-           command: str, wall_s: float | None) -> str:
+           command: str, wall_s: float | None, git: str | None = None) -> str:
     aggs = {}
     for v in vs:
         curves = [read_curve(j.out) for j in jobs if j.variant == v and j.done()]
@@ -723,6 +723,8 @@ def report(jobs: list[Job], s: Settings, vs: list[Variant], md: Path, png: Path,
         raise RuntimeError(f"no finished {BASELINE} runs to compare against")
     rows, target, base_tokens = summarize(aggs, vs)
     meta = machine_meta()
+    if git:
+        meta["git"] = f"{git} (code of the runs)"
     if wall_s is not None:
         meta["benchmark wall time (warm start cached)"] = f"{wall_s / 60:.1f} min"
     probe_file = RUNS / f"warmstart-{s.warm_key()}" / "hint_probe.json"
@@ -768,7 +770,7 @@ def main(argv: list[str] | None = None) -> int:
     mode = "quick" if a.quick else "full"
     command = "python benchmarks/learning.py" + "".join(f" {x}" for x in (argv or sys.argv[1:])
                                                         if x != "--report")
-    t0 = time.time()
+    t0, sha_at_start = time.time(), machine_meta()["git"]
     runs = RUNS / mode
     model = RUNS / f"warmstart-{s.warm_key()}"
     jobs = []
@@ -782,9 +784,10 @@ def main(argv: list[str] | None = None) -> int:
         run_jobs(jobs, a.jobs, s.steps)
     wall_file = runs / "wall_time.json"  # the last full pass, kept for --report
     if not a.report:
-        wall_file.write_text(json.dumps({"wall_s": time.time() - t0}))
-    wall = json.loads(wall_file.read_text())["wall_s"] if wall_file.exists() else None
-    text = report(jobs, s, vs, RESULTS / f"{stem}.md", RESULTS / f"{stem}.png", command, wall)
+        wall_file.write_text(json.dumps({"wall_s": time.time() - t0, "git": sha_at_start}))
+    wall = json.loads(wall_file.read_text()) if wall_file.exists() else {}
+    text = report(jobs, s, vs, RESULTS / f"{stem}.md", RESULTS / f"{stem}.png", command,
+                  wall.get("wall_s"), wall.get("git"))
     print(text)
     print(f"wrote {RESULTS / (stem + '.md')} and {RESULTS / (stem + '.png')}")
     return 0
