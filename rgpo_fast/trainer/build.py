@@ -24,14 +24,21 @@ def _installed(mod: str) -> bool:
 def resolve_model_dir(cfg: RunConfig) -> Path:
     if cfg.model.path is None:
         m = cfg.model
-        spec = TinyModelSpec(num_hidden_layers=m.tiny_layers, hidden_size=m.tiny_hidden,
-                             num_attention_heads=m.tiny_heads, num_key_value_heads=m.tiny_kv_heads,
-                             intermediate_size=m.tiny_intermediate, seed=cfg.train.seed)
+        spec = TinyModelSpec(
+            num_hidden_layers=m.tiny_layers,
+            hidden_size=m.tiny_hidden,
+            num_attention_heads=m.tiny_heads,
+            num_key_value_heads=m.tiny_kv_heads,
+            intermediate_size=m.tiny_intermediate,
+            seed=cfg.train.seed,
+        )
         return ensure_tiny_model(spec, cfg.model.cache_dir)
     p = Path(cfg.model.path)
     if not p.is_dir():
-        raise ConfigError(f"model not found: {cfg.model.path} (a local HF model directory is "
-                          "required; nothing is downloaded at run time)")
+        raise ConfigError(
+            f"model not found: {cfg.model.path} (a local HF model directory is "
+            "required; nothing is downloaded at run time)"
+        )
     if not (p / "config.json").is_file():
         raise ConfigError(f"model directory {cfg.model.path} has no config.json")
     return p
@@ -50,13 +57,19 @@ def load_policy(cfg: RunConfig, info: DistInfo):
     """-> (PolicyModule, the HF model inside it, tokenizer, model dir, features report)."""
     model_dir = resolve_model_dir(cfg)
     on_gpu = info.device.type == "cuda"
-    dtype = {"auto": torch.bfloat16 if on_gpu else torch.float32, "float32": torch.float32,
-             "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.model.dtype]
+    dtype = {
+        "auto": torch.bfloat16 if on_gpu else torch.float32,
+        "float32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "float16": torch.float16,
+    }[cfg.model.dtype]
     attn = cfg.model.attn_implementation
     if attn == "auto":
         attn = "flash_attention_2" if on_gpu and _installed("flash_attn") else "sdpa"
     if attn == "flash_attention_2" and not _installed("flash_attn"):
-        raise ConfigError("model.attn_implementation=flash_attention_2 but flash-attn is not installed")
+        raise ConfigError(
+            "model.attn_implementation=flash_attention_2 but flash-attn is not installed"
+        )
     try:
         lm, tok = load_model_and_tokenizer(model_dir, dtype=dtype)
     except (OSError, ValueError) as e:
@@ -75,19 +88,32 @@ def load_policy(cfg: RunConfig, info: DistInfo):
 
             # Only the elementwise kernels: the loss never builds logits, so Liger's
             # cross-entropy patches would have nothing to do.
-            _apply_liger_kernel_to_instance(model=lm, rope=True, rms_norm=True, swiglu=True,
-                                            cross_entropy=False, fused_linear_cross_entropy=False)
+            _apply_liger_kernel_to_instance(
+                model=lm,
+                rope=True,
+                rms_norm=True,
+                swiglu=True,
+                cross_entropy=False,
+                fused_linear_cross_entropy=False,
+            )
             liger_used = True
     if cfg.model.gradient_checkpointing:
         enable_gradient_checkpointing(lm)
     lm.to(info.device)
     packed = resolve_packing(cfg.model.pack_sequences, attn)
-    policy = PolicyModule(lm, impl=cfg.train.impl, temperature=cfg.rollout.temperature,
-                          packed=packed)
+    policy = PolicyModule(
+        lm, impl=cfg.train.impl, temperature=cfg.rollout.temperature, packed=packed
+    )
     features = {
-        "device": str(info.device), "world_size": info.world_size, "dtype": str(dtype).split(".")[-1],
-        "attention": attn, "packed": packed, "liger": liger_used, "activation_checkpointing": cfg.model.gradient_checkpointing,
-        "rollout_engine": cfg.rollout.engine, "fused_loss_impl": cfg.train.impl,
+        "device": str(info.device),
+        "world_size": info.world_size,
+        "dtype": str(dtype).split(".")[-1],
+        "attention": attn,
+        "packed": packed,
+        "liger": liger_used,
+        "activation_checkpointing": cfg.model.gradient_checkpointing,
+        "rollout_engine": cfg.rollout.engine,
+        "fused_loss_impl": cfg.train.impl,
         "params_M": round(sum(p.numel() for p in lm.parameters()) / 1e6, 3),
     }
     return policy, lm, tok, model_dir, features
@@ -104,11 +130,19 @@ def build_engine(cfg: RunConfig, lm, tok, model_dir: Path, info: DistInfo):
     from rgpo_fast.rollout.hf import HFEngine
 
     if not info.enabled:
-        return HFEngine(lm, eos_token_ids=eos, pad_token_id=tok.pad_token_id,
-                        max_batch_size=cfg.rollout.max_batch_size), True
+        return HFEngine(
+            lm,
+            eos_token_ids=eos,
+            pad_token_id=tok.pad_token_id,
+            max_batch_size=cfg.rollout.max_batch_size,
+        ), True
     from transformers import AutoModelForCausalLM
 
     replica = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=lm.dtype).to(info.device)
     replica.requires_grad_(False)
-    return HFEngine(replica, eos_token_ids=eos, pad_token_id=tok.pad_token_id,
-                    max_batch_size=cfg.rollout.max_batch_size), False
+    return HFEngine(
+        replica,
+        eos_token_ids=eos,
+        pad_token_id=tok.pad_token_id,
+        max_batch_size=cfg.rollout.max_batch_size,
+    ), False

@@ -79,12 +79,22 @@ def _model_and_optim_state(policy, optimizer) -> tuple[dict, dict]:
     )
 
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return (get_model_state_dict(policy, options=opts),
-            get_optimizer_state_dict(policy, optimizer, options=opts))
+    return (
+        get_model_state_dict(policy, options=opts),
+        get_optimizer_state_dict(policy, optimizer, options=opts),
+    )
 
 
-def save_checkpoint(root: str | Path, step: int, policy, optimizer, scheduler,
-                    trainer_state: dict[str, Any], info: DistInfo, keep: int = 2) -> Path | None:
+def save_checkpoint(
+    root: str | Path,
+    step: int,
+    policy,
+    optimizer,
+    scheduler,
+    trainer_state: dict[str, Any],
+    info: DistInfo,
+    keep: int = 2,
+) -> Path | None:
     """Write step_<step> atomically (collective under FSDP2); prune to `keep` newest."""
     root = Path(root)
     model_sd, optim_sd = _model_and_optim_state(policy, optimizer)
@@ -96,8 +106,15 @@ def save_checkpoint(root: str | Path, step: int, policy, optimizer, scheduler,
         tmp.mkdir(parents=True)
         torch.save(model_sd, tmp / "model.pt")
         torch.save(optim_sd, tmp / "optim.pt")
-        torch.save({"step": step, "scheduler": scheduler.state_dict() if scheduler else None,
-                    "rng": rng_state(), **trainer_state}, tmp / "state.pt")
+        torch.save(
+            {
+                "step": step,
+                "scheduler": scheduler.state_dict() if scheduler else None,
+                "rng": rng_state(),
+                **trainer_state,
+            },
+            tmp / "state.pt",
+        )
         files = {}
         for name in ("model.pt", "optim.pt", "state.pt"):
             p = tmp / name
@@ -158,13 +175,16 @@ def verify(path: Path) -> None:
         if not p.is_file():
             raise CheckpointError(f"{name} missing")
         if p.stat().st_size != meta["size"]:
-            raise CheckpointError(f"{name} is truncated ({p.stat().st_size} of {meta['size']} bytes)")
+            raise CheckpointError(
+                f"{name} is truncated ({p.stat().st_size} of {meta['size']} bytes)"
+            )
         if meta.get("sha256") and _sha256(p) != meta["sha256"]:
             raise CheckpointError(f"{name} is corrupt (checksum mismatch)")
 
 
-def load_latest(root: str | Path, policy, optimizer, scheduler, info: DistInfo,
-                log=print) -> dict[str, Any] | None:
+def load_latest(
+    root: str | Path, policy, optimizer, scheduler, info: DistInfo, log=print
+) -> dict[str, Any] | None:
     """Restore the newest complete checkpoint; warn about and skip broken ones.
 
     Returns the trainer state dict (step, hint levels, data position...) or None when no
@@ -178,8 +198,10 @@ def load_latest(root: str | Path, policy, optimizer, scheduler, info: DistInfo,
             state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
         except (CheckpointError, RuntimeError, EOFError, OSError, ValueError) as e:
             if info.is_main:
-                log(f"warning: checkpoint {path} is unusable: {e}; trying the previous one",
-                    file=sys.stderr)
+                log(
+                    f"warning: checkpoint {path} is unusable: {e}; trying the previous one",
+                    file=sys.stderr,
+                )
             continue
         _restore(policy, optimizer, model_sd, optim_sd)
         if scheduler is not None and state.get("scheduler") is not None:

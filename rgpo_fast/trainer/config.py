@@ -31,57 +31,113 @@ def _help(text: str) -> dict[str, str]:
 
 @dataclass
 class ModelConfig:
-    path: str | None = field(default=None, metadata=_help(
-        "HF model directory or hub id (local only here). None: build the tiny Qwen2 model."))
+    path: str | None = field(
+        default=None,
+        metadata=_help(
+            "HF model directory or hub id (local only here). None: build the tiny Qwen2 model."
+        ),
+    )
     tiny_layers: int = field(default=2, metadata=_help("Tiny model: decoder layers."))
     tiny_hidden: int = field(default=128, metadata=_help("Tiny model: hidden size."))
     tiny_heads: int = field(default=4, metadata=_help("Tiny model: attention heads."))
     tiny_kv_heads: int = field(default=2, metadata=_help("Tiny model: key/value heads (GQA)."))
     tiny_intermediate: int = field(default=256, metadata=_help("Tiny model: MLP width."))
-    cache_dir: str | None = field(default=None, metadata=_help(
-        "Where the tiny model is built and cached (default $RGPO_FAST_CACHE or ~/.cache/rgpo_fast)."))
-    dtype: str = field(default="auto", metadata=_help(
-        "Parameter dtype: auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16."))
-    gradient_checkpointing: bool = field(default=False, metadata=_help(
-        "Recompute decoder-layer activations in backward (less memory, ~30% more compute)."))
-    attn_implementation: str = field(default="auto", metadata=_help(
-        "auto (flash_attention_2 if installed on GPU, else sdpa), sdpa, eager, flash_attention_2."))
-    liger: str = field(default="auto", metadata=_help(
-        "Liger-Kernel RMSNorm/RoPE/SwiGLU patches: auto (on GPU when installed), on, off."))
-    pack_sequences: str = field(default="auto", metadata=_help(
-        "Padding-free policy forward (all sequences in one row): auto (on with "
-        "flash_attention_2's varlen kernels), on, off."))
+    cache_dir: str | None = field(
+        default=None,
+        metadata=_help(
+            "Where the tiny model is built and cached "
+            "(default $RGPO_FAST_CACHE or ~/.cache/rgpo_fast)."
+        ),
+    )
+    dtype: str = field(
+        default="auto",
+        metadata=_help(
+            "Parameter dtype: auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16."
+        ),
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata=_help(
+            "Recompute decoder-layer activations in backward (less memory, ~30% more compute)."
+        ),
+    )
+    attn_implementation: str = field(
+        default="auto",
+        metadata=_help(
+            "auto (flash_attention_2 if installed on GPU, else sdpa), sdpa, eager, "
+            "flash_attention_2."
+        ),
+    )
+    liger: str = field(
+        default="auto",
+        metadata=_help(
+            "Liger-Kernel RMSNorm/RoPE/SwiGLU patches: auto (on GPU when installed), on, off."
+        ),
+    )
+    pack_sequences: str = field(
+        default="auto",
+        metadata=_help(
+            "Padding-free policy forward (all sequences in one row): auto (on with "
+            "flash_attention_2's varlen kernels), on, off."
+        ),
+    )
 
     def __post_init__(self) -> None:
         _choice("model", "dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
-        _choice("model", "attn_implementation", self.attn_implementation,
-                ("auto", "sdpa", "eager", "flash_attention_2"))
+        _choice(
+            "model",
+            "attn_implementation",
+            self.attn_implementation,
+            ("auto", "sdpa", "eager", "flash_attention_2"),
+        )
         _choice("model", "liger", self.liger, ("auto", "on", "off"))
         _choice("model", "pack_sequences", self.pack_sequences, ("auto", "on", "off"))
-        for name in ("tiny_layers", "tiny_hidden", "tiny_heads", "tiny_kv_heads", "tiny_intermediate"):
+        for name in (
+            "tiny_layers",
+            "tiny_hidden",
+            "tiny_heads",
+            "tiny_kv_heads",
+            "tiny_intermediate",
+        ):
             _positive("model", name, getattr(self, name))
         if self.tiny_hidden % self.tiny_heads or self.tiny_heads % self.tiny_kv_heads:
-            raise ConfigError("model.tiny_hidden must divide by tiny_heads, and tiny_heads by "
-                              "tiny_kv_heads")
+            raise ConfigError(
+                "model.tiny_hidden must divide by tiny_heads, and tiny_heads by tiny_kv_heads"
+            )
 
 
 @dataclass
 class DataConfig:
-    train: str = field(default="arith:mixed", metadata=_help(
-        "RL prompts: `arith:<easy|hard|mixed>` or a .jsonl/.json/.parquet file "
-        "(problem, answer, optional rationale)."))
-    sft: str = field(default="arith:easy", metadata=_help(
-        "Warm-start SFT data (same forms as train; empty string: no SFT)."))
-    eval: str = field(default="arith:easy,arith:hard", metadata=_help(
-        "Comma-separated held-out eval sets; arith sets use the held-out partition."))
+    train: str = field(
+        default="arith:mixed",
+        metadata=_help(
+            "RL prompts: `arith:<easy|hard|mixed>` or a .jsonl/.json/.parquet file "
+            "(problem, answer, optional rationale)."
+        ),
+    )
+    sft: str = field(
+        default="arith:easy",
+        metadata=_help("Warm-start SFT data (same forms as train; empty string: no SFT)."),
+    )
+    eval: str = field(
+        default="arith:easy,arith:hard",
+        metadata=_help(
+            "Comma-separated held-out eval sets; arith sets use the held-out partition."
+        ),
+    )
     n_train: int = field(default=2048, metadata=_help("Problems generated for arith sets."))
-    n_eval: int = field(default=64, metadata=_help("Problems per eval set (arith, or first N rows)."))
+    n_eval: int = field(
+        default=64, metadata=_help("Problems per eval set (arith, or first N rows).")
+    )
     reward: str = field(default="exact", metadata=_help("Reward function: exact, math_verify."))
-    format_weight: float = field(default=0.0, metadata=_help(
-        "Weight of the format reward mixed into the reward (0 = correctness only)."))
+    format_weight: float = field(
+        default=0.0,
+        metadata=_help("Weight of the format reward mixed into the reward (0 = correctness only)."),
+    )
     system_prompt: str | None = field(default=None, metadata=_help("Optional system message."))
-    max_prompt_tokens: int = field(default=512, metadata=_help(
-        "Prompts longer than this (tokens) are dropped with a warning."))
+    max_prompt_tokens: int = field(
+        default=512, metadata=_help("Prompts longer than this (tokens) are dropped with a warning.")
+    )
 
     def __post_init__(self) -> None:
         if not self.train:
@@ -95,21 +151,28 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    engine: str = field(default="hf", metadata=_help(
-        "Rollout engine: hf (any device) or vllm (colocated, GPU only)."))
+    engine: str = field(
+        default="hf",
+        metadata=_help("Rollout engine: hf (any device) or vllm (colocated, GPU only)."),
+    )
     n: int = field(default=8, metadata=_help("G: samples per prompt (group size)."))
     max_new_tokens: int = field(default=48, metadata=_help("Response length limit (tokens)."))
     temperature: float = field(default=1.0, metadata=_help("Sampling temperature."))
     top_p: float = field(default=1.0, metadata=_help("Nucleus sampling threshold."))
-    max_batch_size: int = field(default=256, metadata=_help(
-        "hf engine: sequences decoded together."))
-    gpu_memory_utilization: float = field(default=0.4, metadata=_help(
-        "vllm: fraction of GPU memory for weights + KV cache."))
+    max_batch_size: int = field(
+        default=256, metadata=_help("hf engine: sequences decoded together.")
+    )
+    gpu_memory_utilization: float = field(
+        default=0.4, metadata=_help("vllm: fraction of GPU memory for weights + KV cache.")
+    )
     tensor_parallel_size: int = field(default=1, metadata=_help("vllm: TP size per engine."))
-    sync_bucket_mb: int = field(default=512, metadata=_help(
-        "Weight sync: bytes per bucket of full tensors loaded at once (MB)."))
-    vllm_max_model_len: int | None = field(default=None, metadata=_help(
-        "vllm: max_model_len (default prompt limit + max_new_tokens)."))
+    sync_bucket_mb: int = field(
+        default=512,
+        metadata=_help("Weight sync: bytes per bucket of full tensors loaded at once (MB)."),
+    )
+    vllm_max_model_len: int | None = field(
+        default=None, metadata=_help("vllm: max_model_len (default prompt limit + max_new_tokens).")
+    )
 
     def __post_init__(self) -> None:
         _choice("rollout", "engine", self.engine, ("hf", "vllm"))
@@ -135,41 +198,60 @@ class OptimConfig:
     eps: float = field(default=1e-8, metadata=_help("AdamW epsilon."))
     grad_clip: float = field(default=1.0, metadata=_help("Max global grad norm (0 = off)."))
     warmup_steps: int = field(default=0, metadata=_help("Linear LR warm-up steps."))
-    schedule: str = field(default="constant", metadata=_help(
-        "LR schedule after warm-up: constant, cosine, linear."))
+    schedule: str = field(
+        default="constant", metadata=_help("LR schedule after warm-up: constant, cosine, linear.")
+    )
 
     def __post_init__(self) -> None:
         _positive("optim", "lr", self.lr)
         _choice("optim", "schedule", self.schedule, ("constant", "cosine", "linear"))
         if self.grad_clip < 0 or self.warmup_steps < 0 or self.weight_decay < 0:
-            raise ConfigError("optim.grad_clip, optim.warmup_steps and optim.weight_decay must be >= 0")
+            raise ConfigError(
+                "optim.grad_clip, optim.warmup_steps and optim.weight_decay must be >= 0"
+            )
 
 
 @dataclass
 class TrainConfig:
     output_dir: str = field(default="runs/default", metadata=_help("Run directory."))
     max_steps: int = field(default=60, metadata=_help("RL steps (optimizer updates)."))
-    prompts_per_step: int = field(default=16, metadata=_help(
-        "Prompts per RL step, global over data-parallel ranks."))
-    micro_batch_size: int = field(default=64, metadata=_help(
-        "Sequences per forward/backward (gradient accumulation inside a step)."))
+    prompts_per_step: int = field(
+        default=16, metadata=_help("Prompts per RL step, global over data-parallel ranks.")
+    )
+    micro_batch_size: int = field(
+        default=64,
+        metadata=_help("Sequences per forward/backward (gradient accumulation inside a step)."),
+    )
     seed: int = field(default=0, metadata=_help("Seed of data order, sampling and init."))
     resume: bool = field(default=False, metadata=_help("Continue from the latest checkpoint."))
-    save_every: int = field(default=10, metadata=_help("Checkpoint every N steps (0 = only at the end)."))
+    save_every: int = field(
+        default=10, metadata=_help("Checkpoint every N steps (0 = only at the end).")
+    )
     keep_checkpoints: int = field(default=2, metadata=_help("Complete checkpoints kept on disk."))
-    sft_steps: int = field(default=800, metadata=_help("Warm-start SFT steps before RL (0 = none)."))
+    sft_steps: int = field(
+        default=800, metadata=_help("Warm-start SFT steps before RL (0 = none).")
+    )
     sft_batch_size: int = field(default=32, metadata=_help("SFT sequences per step."))
     sft_lr: float = field(default=3e-3, metadata=_help("SFT learning rate (cosine to 10%)."))
-    sft_hint_prob: float = field(default=0.5, metadata=_help(
-        "Share of SFT prompts shown with a random rationale prefix as hint, so the model "
-        "learns the hint format that guidance uses."))
+    sft_hint_prob: float = field(
+        default=0.5,
+        metadata=_help(
+            "Share of SFT prompts shown with a random rationale prefix as hint, so the model "
+            "learns the hint format that guidance uses."
+        ),
+    )
     device: str = field(default="auto", metadata=_help("auto, cpu or cuda."))
-    impl: str = field(default="auto", metadata=_help(
-        "Fused-loss backend: auto, torch, triton, cuda, cpp."))
-    threads: int = field(default=1, metadata=_help(
-        "CPU threads per process (0 = torch default). 1 by default: the tiny model's ops are "
-        "too small to gain from intra-op threads, and on a shared machine spinning OpenMP "
-        "threads made a step 5-20x slower in our measurements."))
+    impl: str = field(
+        default="auto", metadata=_help("Fused-loss backend: auto, torch, triton, cuda, cpp.")
+    )
+    threads: int = field(
+        default=1,
+        metadata=_help(
+            "CPU threads per process (0 = torch default). 1 by default: the tiny model's ops are "
+            "too small to gain from intra-op threads, and on a shared machine spinning OpenMP "
+            "threads made a step 5-20x slower in our measurements."
+        ),
+    )
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "prompts_per_step", "micro_batch_size", "sft_batch_size"):
@@ -185,12 +267,14 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    every: int = field(default=0, metadata=_help(
-        "Evaluate every N RL steps (0: only before and after training)."))
+    every: int = field(
+        default=0, metadata=_help("Evaluate every N RL steps (0: only before and after training).")
+    )
     pass_k: int = field(default=4, metadata=_help("k of pass@k (sampled at eval temperature)."))
     temperature: float = field(default=1.0, metadata=_help("Sampling temperature of pass@k."))
-    max_new_tokens: int | None = field(default=None, metadata=_help(
-        "Eval response limit (default rollout.max_new_tokens)."))
+    max_new_tokens: int | None = field(
+        default=None, metadata=_help("Eval response limit (default rollout.max_new_tokens).")
+    )
 
     def __post_init__(self) -> None:
         if self.every < 0 or self.pass_k < 0:
@@ -208,8 +292,14 @@ class LoggingConfig:
 
 
 SECTIONS: dict[str, type] = {
-    "model": ModelConfig, "data": DataConfig, "rollout": RolloutConfig, "algo": AlgoConfig,
-    "optim": OptimConfig, "train": TrainConfig, "eval": EvalConfig, "logging": LoggingConfig,
+    "model": ModelConfig,
+    "data": DataConfig,
+    "rollout": RolloutConfig,
+    "algo": AlgoConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+    "logging": LoggingConfig,
 }
 
 
@@ -281,7 +371,13 @@ def coerce(section: str, name: str, value: Any, tp: Any) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"{where} expects a number, got {value!r}")
         try:
-            num = float(value) if tp is float else int(str(value), 0) if isinstance(value, str) else value
+            num = (
+                float(value)
+                if tp is float
+                else int(str(value), 0)
+                if isinstance(value, str)
+                else value
+            )
         except (TypeError, ValueError):
             raise ConfigError(f"{where} expects {tp.__name__}, got {value!r}") from None
         if tp is int and (not isinstance(num, int) or isinstance(num, bool)):
@@ -331,17 +427,22 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must be a mapping of sections, got {type(data).__name__}")
+        raise ConfigError(
+            f"config file {path} must be a mapping of sections, got {type(data).__name__}"
+        )
     for key, val in data.items():
         if key not in SECTIONS:
-            raise ConfigError(f"unknown config section {key!r} in {path}; valid: {', '.join(SECTIONS)}")
+            raise ConfigError(
+                f"unknown config section {key!r} in {path}; valid: {', '.join(SECTIONS)}"
+            )
         if val is not None and not isinstance(val, dict):
             raise ConfigError(f"config section {key!r} in {path} must be a mapping")
     return {k: dict(v or {}) for k, v in data.items()}
 
 
-def resolve(file_values: dict[str, dict[str, Any]], algo: str | None,
-            overrides: dict[str, dict[str, Any]]) -> RunConfig:
+def resolve(
+    file_values: dict[str, dict[str, Any]], algo: str | None, overrides: dict[str, dict[str, Any]]
+) -> RunConfig:
     """Merge defaults, file values, the --algo preset and overrides into a RunConfig."""
     merged: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
     for src in (file_values, overrides):

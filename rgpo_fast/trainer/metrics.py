@@ -104,7 +104,11 @@ def summary_table(summary: dict) -> str:
         ("guided prompts (total)", "", f"{int(tot.get('guided_prompts', 0))}"),
         ("accepted transfers (total)", "", f"{int(tot.get('accepted', 0))}"),
         ("tokens/s (generation+train)", "", f"{tot.get('tokens_per_s', 0.0):.0f}"),
-        ("RL steps / wall time", "", f"{summary.get('steps', 0)} / {summary.get('time_s', 0):.0f}s"),
+        (
+            "RL steps / wall time",
+            "",
+            f"{summary.get('steps', 0)} / {summary.get('time_s', 0):.0f}s",
+        ),
     ]
     w0 = max(len(r[0]) for r in rows)
     lines = [f"{a:<{w0}}  {b:>8}  {c:>10}" for a, b, c in rows]

@@ -46,14 +46,24 @@ def _decode(tok, ids: Sequence[int]) -> str:
 
 
 def _sample(ctx: RolloutContext, prompts: list[list[int]], n: int, seed: int):
-    params = SamplingParams(n=n, max_new_tokens=ctx.sampling.max_new_tokens,
-                            temperature=ctx.sampling.temperature, top_p=ctx.sampling.top_p,
-                            seed=seed, stop_token_ids=ctx.sampling.stop_token_ids)
+    params = SamplingParams(
+        n=n,
+        max_new_tokens=ctx.sampling.max_new_tokens,
+        temperature=ctx.sampling.temperature,
+        top_p=ctx.sampling.top_p,
+        seed=seed,
+        stop_token_ids=ctx.sampling.stop_token_ids,
+    )
     return ctx.engine.generate(prompts, params)
 
 
-def unguided_groups(ctx: RolloutContext, examples: Sequence[Example], seed: int,
-                    group_offset: int = 0, n: int | None = None) -> tuple[list[Rollout], list[list[float]], int]:
+def unguided_groups(
+    ctx: RolloutContext,
+    examples: Sequence[Example],
+    seed: int,
+    group_offset: int = 0,
+    n: int | None = None,
+) -> tuple[list[Rollout], list[list[float]], int]:
     """G samples per example in the plain prompt; (rollouts, rewards per prompt, gen tokens)."""
     tok = ctx.tokenizer
     n = n or ctx.sampling.n
@@ -67,17 +77,30 @@ def unguided_groups(ctx: RolloutContext, examples: Sequence[Example], seed: int,
             r = float(ctx.reward_fn(text, ex.answer))
             row.append(r)
             gen += len(c.token_ids)
-            rollouts.append(Rollout(
-                prompt_ids=out.prompt_ids, response_ids=c.token_ids,
-                logprobs=list(c.logprobs) if ctx.keep_engine_logprobs else None,
-                text=text, group=group_offset + i, kind="unguided", reward=r, uid=ex.uid))
+            rollouts.append(
+                Rollout(
+                    prompt_ids=out.prompt_ids,
+                    response_ids=c.token_ids,
+                    logprobs=list(c.logprobs) if ctx.keep_engine_logprobs else None,
+                    text=text,
+                    group=group_offset + i,
+                    kind="unguided",
+                    reward=r,
+                    uid=ex.uid,
+                )
+            )
         rewards.append(row)
     return rollouts, rewards, gen
 
 
-def rgpo_guidance(ctx: RolloutContext, examples: Sequence[Example], unguided: list[Rollout],
-                  rewards: list[list[float]], levels: G.HintLevels, seed: int
-                  ) -> tuple[list[Rollout], dict[str, int], dict[str, float], int]:
+def rgpo_guidance(
+    ctx: RolloutContext,
+    examples: Sequence[Example],
+    unguided: list[Rollout],
+    rewards: list[list[float]],
+    levels: G.HintLevels,
+    seed: int,
+) -> tuple[list[Rollout], dict[str, int], dict[str, float], int]:
     """RGPO / Guide: hint failing prompts, accept winners, transfer them back.
 
     Returns (transferred rollouts, uid -> new level, stats, generated tokens).
@@ -96,8 +119,9 @@ def rgpo_guidance(ctx: RolloutContext, examples: Sequence[Example], unguided: li
         lvl = G.hint_level_used(cur[i], cfg)
         hint = G.build_hint(segs, lvl)
         if cfg.hint_placement == "prompt":
-            ids = encode_prompt(tok, ex.problem, hint, hint_template=cfg.hint_template,
-                                system=ctx.system_prompt)
+            ids = encode_prompt(
+                tok, ex.problem, hint, hint_template=cfg.hint_template, system=ctx.system_prompt
+            )
             jobs.append((i, ids, [], [], hint, lvl))
         else:
             pre, mask = G.response_hint(tok, hint)
@@ -116,26 +140,47 @@ def rgpo_guidance(ctx: RolloutContext, examples: Sequence[Example], unguided: li
                 r = float(ctx.reward_fn(text, ex.answer))
                 n_guided_ok += r >= cfg.success_threshold
                 g_rewards.append(r)
-                g_rollouts.append(Rollout(
-                    prompt_ids=ids[: len(ids) - len(pre)] if pre else ids,
-                    response_ids=pre + c.token_ids, logprobs=None, text=text, group=group,
-                    kind="guided", reward=r, hint_level=lvl, uid=ex.uid,
-                    hint_mask=(pmask + [False] * len(c.token_ids)) if pre else None))
+                g_rollouts.append(
+                    Rollout(
+                        prompt_ids=ids[: len(ids) - len(pre)] if pre else ids,
+                        response_ids=pre + c.token_ids,
+                        logprobs=None,
+                        text=text,
+                        group=group,
+                        kind="guided",
+                        reward=r,
+                        hint_level=lvl,
+                        uid=ex.uid,
+                        hint_mask=(pmask + [False] * len(c.token_ids)) if pre else None,
+                    )
+                )
                 if cfg.transfer == "is" and not pre:
                     g_rollouts[-1].logprobs = list(c.logprobs)
             ok = G.accept(g_rewards, rewards[i], cfg.acceptance, cfg.success_threshold)
             accepted_by_prompt[i] = ok
             for roll, good in zip(g_rollouts, ok):
                 if good:
-                    transferred.append(G.transfer_back(
-                        roll, plain_prompts[group], tok, cfg,
-                        hint_text=hint if cfg.hint_placement == "response" else None))
+                    transferred.append(
+                        G.transfer_back(
+                            roll,
+                            plain_prompts[group],
+                            tok,
+                            cfg,
+                            hint_text=hint if cfg.hint_placement == "response" else None,
+                        )
+                    )
     updates: dict[str, int] = {}
     for i, ex in enumerate(examples):
-        solved, failed = G.step_outcome(rewards[i], accepted_by_prompt.get(i),
-                                        cfg.success_threshold)
-        new = G.update_level(cur[i], solved=solved, guided_failed=failed,
-                             n_segments=cfg.n_segments, adaptive=cfg.adaptive_levels)
+        solved, failed = G.step_outcome(
+            rewards[i], accepted_by_prompt.get(i), cfg.success_threshold
+        )
+        new = G.update_level(
+            cur[i],
+            solved=solved,
+            guided_failed=failed,
+            n_segments=cfg.n_segments,
+            adaptive=cfg.adaptive_levels,
+        )
         if new != cur[i]:
             updates[ex.uid] = new
     stats = {
@@ -149,12 +194,19 @@ def rgpo_guidance(ctx: RolloutContext, examples: Sequence[Example], unguided: li
     return transferred, updates, stats, gen
 
 
-def ghpo_guidance(ctx: RolloutContext, examples: Sequence[Example], unguided: list[Rollout],
-                  rewards: list[list[float]], seed: int):
+def ghpo_guidance(
+    ctx: RolloutContext,
+    examples: Sequence[Example],
+    unguided: list[Rollout],
+    rewards: list[list[float]],
+    seed: int,
+):
     """GHPO: an all-failed group is regenerated with omega-hints (in the user message) and
     replaces the failed group; it is trained in the hinted context."""
     cfg, tok = ctx.algo, ctx.tokenizer
-    groups = {i: [r for r in unguided if r.group == unguided[0].group + i] for i in range(len(examples))}
+    groups = {
+        i: [r for r in unguided if r.group == unguided[0].group + i] for i in range(len(examples))
+    }
     cur_rewards = [list(r) for r in rewards]
     stages: list[int | None] = [None] * len(examples)
     has = [bool(ex.rationale.strip()) for ex in examples]
@@ -164,9 +216,16 @@ def ghpo_guidance(ctx: RolloutContext, examples: Sequence[Example], unguided: li
         todo = [i for i, s in enumerate(nxt) if s is not None]
         if not todo:
             break
-        prompts = [encode_prompt(tok, examples[i].problem, G.ghpo_hint(examples[i].rationale,
-                   cfg.ghpo_omegas[nxt[i]]), hint_template=cfg.hint_template,
-                   system=ctx.system_prompt) for i in todo]
+        prompts = [
+            encode_prompt(
+                tok,
+                examples[i].problem,
+                G.ghpo_hint(examples[i].rationale, cfg.ghpo_omegas[nxt[i]]),
+                hint_template=cfg.hint_template,
+                system=ctx.system_prompt,
+            )
+            for i in todo
+        ]
         outs = _sample(ctx, prompts, ctx.sampling.n, seed + 104729 * (rnd + 1))
         for i, out in zip(todo, outs):
             stages[i] = nxt[i]
@@ -177,9 +236,18 @@ def ghpo_guidance(ctx: RolloutContext, examples: Sequence[Example], unguided: li
                 text = _decode(tok, c.token_ids)
                 r = float(ctx.reward_fn(text, examples[i].answer))
                 row.append(r)
-                new.append(Rollout(prompt_ids=out.prompt_ids, response_ids=c.token_ids,
-                                   text=text, group=groups[i][0].group, kind="guided", reward=r,
-                                   uid=examples[i].uid, hint_level=nxt[i] + 1))
+                new.append(
+                    Rollout(
+                        prompt_ids=out.prompt_ids,
+                        response_ids=c.token_ids,
+                        text=text,
+                        group=groups[i][0].group,
+                        kind="guided",
+                        reward=r,
+                        uid=examples[i].uid,
+                        hint_level=nxt[i] + 1,
+                    )
+                )
             groups[i], cur_rewards[i] = new, row
     rollouts = [r for i in range(len(examples)) for r in groups[i]]
     return rollouts, {"guided/prompts": float(guided), "guided/accepted": 0.0}, gen
@@ -189,21 +257,30 @@ def luffy_groups(ctx: RolloutContext, examples: Sequence[Example], seed: int, gr
     """LUFFY: G - s on-policy samples plus the reference rationale in s off-policy slots."""
     cfg, tok = ctx.algo, ctx.tokenizer
     slots = min(cfg.luffy_offpolicy_slots, ctx.sampling.n - 1)
-    rollouts, rewards, gen = unguided_groups(ctx, examples, seed, group_offset,
-                                             n=ctx.sampling.n - slots)
+    rollouts, rewards, gen = unguided_groups(
+        ctx, examples, seed, group_offset, n=ctx.sampling.n - slots
+    )
     for i, ex in enumerate(examples):
         if not ex.rationale.strip() or slots < 1:
             continue
         prompt = next(r.prompt_ids for r in rollouts if r.group == group_offset + i)
         r = float(ctx.reward_fn(ex.rationale, ex.answer))
         for _ in range(slots):
-            rollouts.append(G.luffy_offpolicy_rollout(prompt, ex.rationale, tok,
-                                                      group=group_offset + i, reward=r, uid=ex.uid))
+            rollouts.append(
+                G.luffy_offpolicy_rollout(
+                    prompt, ex.rationale, tok, group=group_offset + i, reward=r, uid=ex.uid
+                )
+            )
     return rollouts, rewards, gen
 
 
-def collect(ctx: RolloutContext, examples: Sequence[Example], levels: G.HintLevels, seed: int,
-            refill: Callable[[], list[Example]] | None = None) -> StepRollouts:
+def collect(
+    ctx: RolloutContext,
+    examples: Sequence[Example],
+    levels: G.HintLevels,
+    seed: int,
+    refill: Callable[[], list[Example]] | None = None,
+) -> StepRollouts:
     """All training samples of one step for `ctx.algo` (see module docstring)."""
     cfg = ctx.algo
     if cfg.guidance == "luffy":
@@ -213,13 +290,15 @@ def collect(ctx: RolloutContext, examples: Sequence[Example], levels: G.HintLeve
     stats = {"guided/prompts": 0.0, "guided/accepted": 0.0}
     examples = list(examples)
     if cfg.dynamic_sampling:
-        rollouts, rewards, examples, gen, ds = _dynamic(ctx, examples, rollouts, rewards, seed,
-                                                        refill, gen)
+        rollouts, rewards, examples, gen, ds = _dynamic(
+            ctx, examples, rollouts, rewards, seed, refill, gen
+        )
         stats.update(ds)
     out = StepRollouts(rollouts=list(rollouts), unguided_rewards=rewards)
     if cfg.guidance == "rgpo":
-        transferred, updates, gstats, g_gen = rgpo_guidance(ctx, examples, rollouts, rewards,
-                                                            levels, seed)
+        transferred, updates, gstats, g_gen = rgpo_guidance(
+            ctx, examples, rollouts, rewards, levels, seed
+        )
         out.rollouts += transferred
         out.level_updates = updates
         stats.update(gstats)
@@ -236,8 +315,11 @@ def _dynamic(ctx, examples, rollouts, rewards, seed, refill, gen):
     """DAPO: keep informative groups, refill from new prompts for up to max_extra_rounds."""
     target = len(examples)
     keep = informative_groups(rewards)
-    kept = [(ex, [r for r in rollouts if r.group == i], rw)
-            for i, (ex, rw, k) in enumerate(zip(examples, rewards, keep)) if k]
+    kept = [
+        (ex, [r for r in rollouts if r.group == i], rw)
+        for i, (ex, rw, k) in enumerate(zip(examples, rewards, keep))
+        if k
+    ]
     dropped, rounds = sum(not k for k in keep), 0
     while len(kept) < target and refill is not None and rounds < ctx.algo.max_extra_rounds:
         rounds += 1
@@ -253,8 +335,13 @@ def _dynamic(ctx, examples, rollouts, rewards, seed, refill, gen):
                 dropped += 1
     kept = kept[:target]
     if not kept:  # nothing informative: train on the original batch (zero advantages)
-        return rollouts, rewards, examples, gen, {"dynamic/dropped": float(dropped),
-                                                  "dynamic/rounds": float(rounds)}
+        return (
+            rollouts,
+            rewards,
+            examples,
+            gen,
+            {"dynamic/dropped": float(dropped), "dynamic/rounds": float(rounds)},
+        )
     new_rollouts, new_rewards, new_examples = [], [], []
     for gi, (ex, rs, rw) in enumerate(kept):
         for r in rs:
@@ -262,5 +349,10 @@ def _dynamic(ctx, examples, rollouts, rewards, seed, refill, gen):
             new_rollouts.append(r)
         new_rewards.append(rw)
         new_examples.append(ex)
-    return new_rollouts, new_rewards, new_examples, gen, {
-        "dynamic/dropped": float(dropped), "dynamic/rounds": float(rounds)}
+    return (
+        new_rollouts,
+        new_rewards,
+        new_examples,
+        gen,
+        {"dynamic/dropped": float(dropped), "dynamic/rounds": float(rounds)},
+    )

@@ -53,8 +53,16 @@ class TinyModelSpec:
 
     def key(self) -> str:
         """Stable cache key: hash of the spec and of the tokenizer layout."""
-        blob = json.dumps({"spec": asdict(self), "chars": CHARS, "special": SPECIAL_TOKENS,
-                           "template": CHAT_TEMPLATE, "version": 1}, sort_keys=True)
+        blob = json.dumps(
+            {
+                "spec": asdict(self),
+                "chars": CHARS,
+                "special": SPECIAL_TOKENS,
+                "template": CHAT_TEMPLATE,
+                "version": 1,
+            },
+            sort_keys=True,
+        )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -117,7 +125,9 @@ def build_model(spec: TinyModelSpec, tokenizer):
     return model
 
 
-def ensure_tiny_model(spec: TinyModelSpec | None = None, cache_dir: str | Path | None = None) -> Path:
+def ensure_tiny_model(
+    spec: TinyModelSpec | None = None, cache_dir: str | Path | None = None
+) -> Path:
     """Build and save the tiny model + tokenizer once; return the directory to load from.
 
     The directory is written to a temporary sibling and renamed into place, so concurrent
