@@ -68,6 +68,7 @@ from rgpo_fast.trainer.evaluation import evaluate_all
 from rgpo_fast.trainer.loop import (
     backward_batch,
     compute_logprobs,
+    fill_behaviour_logprobs,
     make_optimizer,
     make_scheduler,
     optimizer_step,
@@ -318,6 +319,10 @@ def run(cfg: RunConfig) -> int:
         for upd in _all_gather_objects(sr.level_updates, info):
             for uid, lvl in upd.items():
                 levels.set(uid, lvl)
+        with timer("old_logprob"):
+            fill_behaviour_logprobs(
+                policy, sr.rollouts, tok.pad_token_id, cfg.train.micro_batch_size, info
+            )
         batch = assemble_batch(sr.rollouts, cfg.algo, pad_token_id=tok.pad_token_id)
         if batch.rollout_logprobs is not None:
             with timer("old_logprob"):

@@ -61,6 +61,43 @@ def compute_logprobs(policy: torch.nn.Module, batch: RolloutBatch, micro: int,
     return out
 
 
+@torch.no_grad()
+def fill_behaviour_logprobs(
+    policy: torch.nn.Module, rollouts: list, pad_token_id: int, micro: int, info: DistInfo
+) -> int:
+    """Fill `Rollout.logprobs` of `is`-transferred samples that lack them: log p(y | x + h)
+    under the current policy, i.e. the policy that sampled y (one update per rollout).
+
+    Needed when re-tokenising the response after the hint-free prompt changed its tokens,
+    or when the engine's log-probs were not kept (hf engine, hint in the response). Every
+    rank runs the same number of forwards (FSDP collectives). Returns how many were filled.
+    """
+    todo = [r for r in rollouts if r.logprobs is None and r.behaviour_prompt_ids is not None]
+    chunks = micro_batches(len(todo), micro)
+    n = all_reduce_max_int(len(chunks), info)
+    for i in range(n):
+        if i >= len(chunks):  # keep FSDP collectives in step with the other ranks
+            dummy = torch.full((1, 2), pad_token_id, dtype=torch.long, device=info.device)
+            policy(dummy, None, None, mode="logprobs")
+            continue
+        rows = [todo[j] for j in chunks[i]]
+        seqs = [list(r.behaviour_prompt_ids) + list(r.response_ids) for r in rows]
+        L = max(len(q) for q in seqs)
+        ids = torch.full((len(rows), L), pad_token_id, dtype=torch.long)
+        attn = torch.zeros((len(rows), L), dtype=torch.long)
+        for b, q in enumerate(seqs):
+            ids[b, : len(q)] = torch.tensor(q)
+            attn[b, : len(q)] = 1
+        pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        dev = info.device
+        lp = policy(ids.to(dev), attn.to(dev), pos.to(dev), mode="logprobs").float().cpu()
+        for b, r in enumerate(rows):
+            # Target index t scores token t + 1: the response starts at index len(prompt) - 1.
+            start = len(r.behaviour_prompt_ids) - 1
+            r.logprobs = lp[b, start : start + len(r.response_ids)].tolist()
+    return len(todo)
+
+
 def backward_batch(policy: torch.nn.Module, batch: RolloutBatch, loss_kwargs: dict[str, Any],
                    micro: int, info: DistInfo, *, max_response_len: int | None = None
                    ) -> dict[str, float]:
