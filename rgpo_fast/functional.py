@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from rgpo_fast.algos.aggregation import aggregation_weights, check_agg_mode
+from rgpo_fast.algos.aggregation import aggregation_weights, check_agg_mode, token_roles
 from rgpo_fast.algos.policy_loss import LossConfig, TokenTerms, metrics_from_stats
 from rgpo_fast.ops.linear_logprob import LinearLogprobFunction, LogprobOptions
 from rgpo_fast.ops.linear_policy_loss import LinearPolicyLossFunction, PolicyLossOptions
@@ -110,9 +110,7 @@ def build_token_terms(
     def tok(x):  # (B,) or (B, T) -> (B, T)
         return x[:, None].expand(B, T) if x.dim() == 1 else x
 
-    active = mask if hint is None else mask & ~hint
-    sft_tok = active & tok(sft) if sft is not None else torch.zeros_like(active)
-    policy = active & ~sft_tok
+    active, sft_tok, policy = token_roles(mask, hint, sft)
     pg_w = aggregation_weights(
         policy,
         cfg.loss_agg,

@@ -135,3 +135,16 @@ def test_loss_config_rejects_bad_values(bad):
     name = next(iter(bad))
     with pytest.raises(ValueError, match=name if name != "loss_agg" else "loss_agg"):
         LossConfig(**bad)
+
+
+def test_token_roles_hand_split():
+    from rgpo_fast.algos.aggregation import token_roles
+
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    hint = torch.tensor([[0, 1, 0, 0], [0, 0, 0, 0]], dtype=torch.bool)
+    active, sft, policy = token_roles(mask, hint, torch.tensor([False, True]))
+    assert active.tolist() == [[1, 0, 1, 0], [1, 1, 1, 1]]
+    assert sft.tolist() == [[0, 0, 0, 0], [1, 1, 1, 1]]
+    assert policy.tolist() == [[1, 0, 1, 0], [0, 0, 0, 0]]
+    _, sft_none, policy_all = token_roles(mask)
+    assert not sft_none.any() and torch.equal(policy_all, mask)

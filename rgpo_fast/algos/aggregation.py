@@ -52,6 +52,25 @@ def check_agg_mode(mode: str) -> None:
         raise ValueError(f"unknown loss_agg {mode!r}; valid modes: {', '.join(AGG_MODES)}")
 
 
+def token_roles(
+    mask: torch.Tensor,
+    hint_mask: torch.Tensor | None = None,
+    sft_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split response tokens (B, T) into (active, SFT, policy) bool masks, all (B, T).
+
+    active = mask & ~hint (rationale tokens get no loss at all); SFT tokens are the active
+    tokens of transferred samples (sft_mask (B,) or (B, T)); policy tokens are the rest.
+    The one definition the loss and the trainer's global normalisers share.
+    """
+    active = mask if hint_mask is None else mask & ~hint_mask
+    if sft_mask is None:
+        sft = torch.zeros_like(active)
+    else:
+        sft = active & (sft_mask[:, None] if sft_mask.dim() == 1 else sft_mask)
+    return active, sft, active & ~sft
+
+
 def local_counts(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(number of masked tokens, number of sequences with at least one) as fp32 scalars."""
     m = mask.float()

@@ -14,17 +14,17 @@ from typing import Any
 
 import torch
 
+from rgpo_fast.algos.aggregation import local_counts, token_roles
 from rgpo_fast.batch import RolloutBatch
 from rgpo_fast.trainer.distributed import DistInfo, all_reduce_max_int, all_reduce_sum
 
 
 def loss_counts(batch: RolloutBatch) -> torch.Tensor:
-    """Local (policy tokens, policy sequences, SFT tokens), fp32 (3,). Same split of
-    tokens as the fused loss: active = response & ~hint; SFT = active rows of sft_mask."""
-    active = batch.response_mask & ~batch.hint_mask  # (B, T)
-    sft_tok = active & batch.sft_mask[:, None]
-    policy = active & ~sft_tok
-    return torch.stack([policy.sum(), (policy.sum(-1) > 0).sum(), sft_tok.sum()]).float()
+    """Local (policy tokens, policy sequences, SFT tokens), fp32 (3,), with the fused loss's
+    own split of tokens (`token_roles`), so the global normalisers count what it weights."""
+    _, sft_tok, policy = token_roles(batch.response_mask, batch.hint_mask, batch.sft_mask)
+    tokens, seqs = local_counts(policy)
+    return torch.stack([tokens, seqs, sft_tok.sum().float()])
 
 
 def trim(batch: RolloutBatch) -> RolloutBatch:
