@@ -126,7 +126,10 @@ def test_two_processes_equal_one(tmp_path):
         ref0 = build(model_dir).state_dict()
         for name, p in single[agg]["params"].items():
             q = dist[agg]["params"][name]
-            torch.testing.assert_close(q, p, atol=2e-6, rtol=1e-5, msg=f"{agg}: {name}")
+            # Adam's first step is lr * g / (|g| + eps): for a gradient entry near eps
+            # (1e-8) the round-off of a different summation order (ranks, micro-batch
+            # grouping) moves the update by ~1e-6, so 1e-5 = 1e-3 of the lr 1e-2 step.
+            torch.testing.assert_close(q, p, atol=1e-5, rtol=1e-5, msg=f"{agg}: {name}")
             moved += not torch.equal(p, ref0[name])
         assert moved > 0.9 * len(ref0)  # the step really updated the weights
 

@@ -10,6 +10,7 @@ is independent of how the batch is split.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -40,8 +41,17 @@ def trim(batch: RolloutBatch) -> RolloutBatch:
     return RolloutBatch(**out)
 
 
-def micro_batches(n_rows: int, size: int) -> list[list[int]]:
-    return [list(range(s, min(s + size, n_rows))) for s in range(0, n_rows, size)]
+def micro_batches(lengths: Sequence[int], size: int) -> list[list[int]]:
+    """Row indices in micro-batches of at most `size` rows, rows of similar length together.
+
+    Rows are taken in order of length (stable), so `trim` cuts nearly all right padding of
+    a micro-batch: in the benchmark's SFT batches (short unhinted rows beside ~3x longer
+    hinted ones) padding to the longest row was ~half the compute. Gradients do not depend
+    on the grouping (global normalisers, summed micro-batch losses)."""
+    if size < 1:
+        raise ValueError(f"micro-batch size must be >= 1, got {size}")
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[s : s + size] for s in range(0, len(order), size)]
 
 
 @torch.no_grad()
@@ -49,7 +59,7 @@ def compute_logprobs(policy: torch.nn.Module, batch: RolloutBatch, micro: int,
                      info: DistInfo) -> torch.Tensor:
     """Trainer log-probs (B, T) of every target under the current weights (no grad)."""
     out = torch.zeros(batch.response_mask.shape, dtype=torch.float32)
-    chunks = micro_batches(batch.batch_size, micro)
+    chunks = micro_batches(batch.attention_mask.sum(-1).tolist(), micro)
     n = all_reduce_max_int(len(chunks), info)
     for i in range(n):
         if i >= len(chunks):  # keep FSDP collectives in step with the other ranks
@@ -73,7 +83,7 @@ def fill_behaviour_logprobs(
     rank runs the same number of forwards (FSDP collectives). Returns how many were filled.
     """
     todo = [r for r in rollouts if r.logprobs is None and r.behaviour_prompt_ids is not None]
-    chunks = micro_batches(len(todo), micro)
+    chunks = micro_batches([len(r.behaviour_prompt_ids) + len(r.response_ids) for r in todo], micro)
     n = all_reduce_max_int(len(chunks), info)
     for i in range(n):
         if i >= len(chunks):  # keep FSDP collectives in step with the other ranks
@@ -108,7 +118,7 @@ def backward_batch(policy: torch.nn.Module, batch: RolloutBatch, loss_kwargs: di
     counts = all_reduce_sum(loss_counts(batch), info)  # (3,) global
     kw = dict(loss_kwargs, num_global_tokens=counts[0], num_global_seqs=counts[1],
               num_global_sft_tokens=counts[2], max_response_len=max_response_len)
-    chunks = micro_batches(batch.batch_size, micro)
+    chunks = micro_batches(batch.attention_mask.sum(-1).tolist(), micro)
     n = all_reduce_max_int(len(chunks), info)
     total = torch.zeros((), dtype=torch.float64)
     sums: dict[str, float] = {}
