@@ -178,3 +178,9 @@ def test_no_speedup_claim_when_baseline_did_not_improve():
     first = L.target_checks(rows, total_steps=10)[0]
     assert first[1] is False and "not measurable" in first[2]
     assert "0 (warm start) / 10" in L.markdown_table(rows, target, 100.0, 10)
+
+
+def test_wall_time_text_says_whether_the_warm_start_was_made():
+    made = L.wall_time_text({"wall_s": 1674.0, "warm_start_s": 204.0, "runs": 24, "reused": 0})
+    assert made == "27.9 min (warm start made in this pass: 3.4 min; 24 runs, 0 reused)"
+    assert L.wall_time_text({"wall_s": 60.0, "warm_start_s": None}) == "1.0 min (warm start cached)"
