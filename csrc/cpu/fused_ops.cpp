@@ -164,6 +164,42 @@ std::tuple<Tensor, Tensor, Tensor> finish_grads(Tensor dh, Tensor dw, ThreadBuff
   return {dh, dw, db};
 }
 
+// The loop every op here shares. For each chunk of at most c tokens: Z = H_c W^T (+ b)
+// into one reused (c, V) block, then row_fn(i, r, x, db) for each row r (token i = s + r)
+// in parallel, with x the row as fp32 (the row itself for fp32, else a per-thread widened
+// copy with the bias added) and db this thread's bias-gradient accumulator (or null); when
+// `write_back`, x is narrowed back into the block afterwards (the gradient GEMMs read it).
+// Last, chunk_fn(s, rows, z, h) on the calling thread (per-chunk reductions and GEMMs).
+template <typename RowFn, typename ChunkFn>
+void for_each_logits_row(const Tensor& hidden, const Tensor& weight, const OptTensor& bias,
+                         int64_t c, ThreadBuffers& tb, bool write_back, const RowFn& row_fn,
+                         const ChunkFn& chunk_fn) {
+  const int64_t n = hidden.size(0), v = weight.size(0);
+  const Tensor bias_half = half_bias(bias);
+  const float* bias_f = bias_half.defined() ? bias_half.data_ptr<float>() : nullptr;
+  Tensor block = at::empty({c, v}, hidden.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, hidden.scalar_type(), "rgpo_fast_rows", [&] {
+    for (int64_t s = 0; s < n; s += c) {
+      const int64_t rows = std::min(c, n - s);
+      Tensor z = block.narrow(0, 0, rows);
+      Tensor h = hidden.narrow(0, s, rows);
+      logits_block(h, weight, bias, z);
+      scalar_t* zp = z.data_ptr<scalar_t>();
+      at::parallel_for(0, rows, row_grain(v), [&](int64_t r0, int64_t r1) {
+        const int tid = at::get_thread_num();
+        float* scratch = tb.row(tid, v);
+        float* db = tb.db(tid, v);
+        for (int64_t r = r0; r < r1; ++r) {
+          float* x = load_row<scalar_t>(zp + r * v, scratch, v, bias_f);
+          row_fn(s + r, r, x, db);
+          if (write_back) store_row<scalar_t>(zp + r * v, x, v);
+        }
+      });
+      chunk_fn(s, rows, z, h);
+    }
+  });
+}
+
 struct TokenPtrs {
   const float* adv;
   const float* pg_w;
@@ -234,39 +270,24 @@ std::tuple<Tensor, Tensor, Tensor> logprob_forward(const Tensor& hidden, const T
   if (n == 0) return {logp, lse, ent};
   const int64_t c = resolve_chunk(chunk_size, n, v);
   const float inv_t = static_cast<float>(1.0 / temperature);
-  Tensor block = at::empty({c, v}, hidden.options());
-  const bool half = hidden.scalar_type() != at::kFloat;
-  ThreadBuffers tb = make_thread_buffers(half, false, v);
-  const Tensor bias_half = half_bias(bias);
-  const float* bias_f = bias_half.defined() ? bias_half.data_ptr<float>() : nullptr;
+  ThreadBuffers tb = make_thread_buffers(hidden.scalar_type() != at::kFloat, false, v);
   const int64_t* tgt = targets.data_ptr<int64_t>();
   float* lp = logp.data_ptr<float>();
   float* ls = lse.data_ptr<float>();
   float* en = with_entropy ? ent.data_ptr<float>() : nullptr;
-
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, hidden.scalar_type(), "logprob_fwd", [&] {
-    for (int64_t s = 0; s < n; s += c) {
-      const int64_t rows = std::min(c, n - s);
-      Tensor z = block.narrow(0, 0, rows);
-      logits_block(hidden.narrow(0, s, rows), weight, bias, z);
-      scalar_t* zp = z.data_ptr<scalar_t>();
-      at::parallel_for(0, rows, row_grain(v), [&](int64_t r0, int64_t r1) {
-        float* scratch = tb.row(at::get_thread_num(), v);
-        for (int64_t r = r0; r < r1; ++r) {
-          const int64_t i = s + r;
-          const float* x = load_row<scalar_t>(zp + r * v, scratch, v, bias_f);
-          const float m = row_max(x, v);
-          double se = 0.0, sey = 0.0;
-          row_exp_sums(x, nullptr, v, m, inv_t, &se, en != nullptr ? &sey : nullptr);
-          const double log_se = std::log(se);
-          lp[i] = static_cast<float>((x[tgt[i]] - m) * inv_t - log_se);
-          ls[i] = static_cast<float>(m * inv_t + log_se);
-          // H = -sum_k p_k log p_k = log S - sum_k e_k y_k / S, y_k = (x_k - m) / T.
-          if (en != nullptr) en[i] = static_cast<float>(log_se - sey / se);
-        }
-      });
-    }
-  });
+  for_each_logits_row(
+      hidden, weight, bias, c, tb, /*write_back=*/false,
+      [&](int64_t i, int64_t, const float* x, float*) {
+        const float m = row_max(x, v);
+        double se = 0.0, sey = 0.0;
+        row_exp_sums(x, nullptr, v, m, inv_t, &se, en != nullptr ? &sey : nullptr);
+        const double log_se = std::log(se);
+        lp[i] = static_cast<float>((x[tgt[i]] - m) * inv_t - log_se);
+        ls[i] = static_cast<float>(m * inv_t + log_se);
+        // H = -sum_k p_k log p_k = log S - sum_k e_k y_k / S, y_k = (x_k - m) / T.
+        if (en != nullptr) en[i] = static_cast<float>(log_se - sey / se);
+      },
+      [](int64_t, int64_t, const Tensor&, const Tensor&) {});
   return {logp, lse, ent};
 }
 
@@ -279,46 +300,28 @@ std::tuple<Tensor, Tensor, Tensor> logprob_backward(
   need_bias = need_bias && bias.has_value();
   Tensor dh, dw, unused;
   std::tie(dh, dw, unused) = grad_buffers(hidden, weight, need_hidden, need_weight);
-  const bool half = hidden.scalar_type() != at::kFloat;
-  ThreadBuffers tb = make_thread_buffers(half, need_bias, v);
-  const Tensor bias_half = half_bias(bias);
-  const float* bias_f = bias_half.defined() ? bias_half.data_ptr<float>() : nullptr;
+  ThreadBuffers tb = make_thread_buffers(hidden.scalar_type() != at::kFloat, need_bias, v);
   if (n > 0 && (need_hidden || need_weight || need_bias)) {
     const int64_t c = resolve_chunk(chunk_size, n, v);
     const float inv_t = static_cast<float>(1.0 / temperature);
-    Tensor block = at::empty({c, v}, hidden.options());
     const int64_t* tgt = targets.data_ptr<int64_t>();
     const float* ls = lse.data_ptr<float>();
     const float* gl = g_logp.data_ptr<float>();
     const float* gh = g_ent.has_value() ? g_ent->data_ptr<float>() : nullptr;
     const float* en = gh != nullptr ? entropy->data_ptr<float>() : nullptr;
-
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, hidden.scalar_type(), "logprob_bwd", [&] {
-      for (int64_t s = 0; s < n; s += c) {
-        const int64_t rows = std::min(c, n - s);
-        Tensor z = block.narrow(0, 0, rows);
-        Tensor h = hidden.narrow(0, s, rows);
-        logits_block(h, weight, bias, z);
-        scalar_t* zp = z.data_ptr<scalar_t>();
-        at::parallel_for(0, rows, row_grain(v), [&](int64_t r0, int64_t r1) {
-          const int tid = at::get_thread_num();
-          float* scratch = tb.row(tid, v);
-          float* db = tb.db(tid, v);
-          for (int64_t r = r0; r < r1; ++r) {
-            const int64_t i = s + r;
-            float* x = load_row<scalar_t>(zp + r * v, scratch, v, bias_f);
-            // One pass: logits -> -p_k (g_l + g_h (log p_k + H)) / T, then + g_l / T at
-            // the target (d logp_t / dz_k = 1[k = t] - p_k; dH/dz_k = -p_k (log p_k + H)).
-            row_logprob_grad(x, v, inv_t, ls[i], gl[i], gh != nullptr ? gh[i] : 0.0f,
-                             en != nullptr ? en[i] : 0.0f);
-            x[tgt[i]] += gl[i] * inv_t;
-            if (db != nullptr) row_accumulate(db, x, v);
-            store_row<scalar_t>(zp + r * v, x, v);
-          }
+    for_each_logits_row(
+        hidden, weight, bias, c, tb, /*write_back=*/true,
+        [&](int64_t i, int64_t, float* x, float* db) {
+          // One pass: logits -> -p_k (g_l + g_h (log p_k + H)) / T, then + g_l / T at
+          // the target (d logp_t / dz_k = 1[k = t] - p_k; dH/dz_k = -p_k (log p_k + H)).
+          row_logprob_grad(x, v, inv_t, ls[i], gl[i], gh != nullptr ? gh[i] : 0.0f,
+                           en != nullptr ? en[i] : 0.0f);
+          x[tgt[i]] += gl[i] * inv_t;
+          if (db != nullptr) row_accumulate(db, x, v);
+        },
+        [&](int64_t s, int64_t, const Tensor& z, const Tensor& h) {
+          gradient_gemms(z, h, weight, dh, dw, s);
         });
-        gradient_gemms(z, h, weight, dh, dw, s);
-      }
-    });
   }
   return finish_grads(dh, dw, tb, hidden, weight, bias, need_bias);
 }
@@ -358,60 +361,42 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> policy_loss_forward_backward(
   const bool grad = need_hidden || need_weight || need_bias;
   Tensor dh, dw, unused;
   std::tie(dh, dw, unused) = grad_buffers(hidden, weight, need_hidden, need_weight);
-  const bool half = hidden.scalar_type() != at::kFloat;
-  ThreadBuffers tb = make_thread_buffers(half, need_bias, v);
-  const Tensor bias_half = half_bias(bias);
-  const float* bias_f = bias_half.defined() ? bias_half.data_ptr<float>() : nullptr;
+  ThreadBuffers tb = make_thread_buffers(hidden.scalar_type() != at::kFloat, need_bias, v);
   std::array<double, kNumStats> stats{};
   double loss = 0.0;
   if (n > 0) {
     const int64_t c = resolve_chunk(chunk_size, n, v);
     const float inv_t = static_cast<float>(1.0 / temperature);
-    Tensor block = at::empty({c, v}, hidden.options());
     const int64_t* tgt = targets.data_ptr<int64_t>();
     TokenPtrs tp(terms);
     std::vector<float> row_stats(static_cast<size_t>(c) * kNumStats), row_loss(c);
-
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, hidden.scalar_type(), "policy_loss", [&] {
-      for (int64_t s = 0; s < n; s += c) {
-        const int64_t rows = std::min(c, n - s);
-        Tensor z = block.narrow(0, 0, rows);
-        Tensor h = hidden.narrow(0, s, rows);
-        logits_block(h, weight, bias, z);
-        scalar_t* zp = z.data_ptr<scalar_t>();
-        at::parallel_for(0, rows, row_grain(v), [&](int64_t r0, int64_t r1) {
-          const int tid = at::get_thread_num();
-          float* scratch = tb.row(tid, v);
-          float* db = tb.db(tid, v);
-          for (int64_t r = r0; r < r1; ++r) {
-            const int64_t i = s + r;
-            float* x = load_row<scalar_t>(zp + r * v, scratch, v, bias_f);
-            const float m = row_max(x, v);
-            const float x_t = x[tgt[i]];  // read before the row is overwritten by exp
-            double se = 0.0, sey = 0.0;
-            // With gradients, keep e_k = exp((x_k - m) / T) in the row: the gradient pass
-            // then only scales it (no second exp).
-            row_exp_sums(x, grad ? x : nullptr, v, m, inv_t, &se, with_entropy ? &sey : nullptr);
-            const double log_se = std::log(se);
-            const float logp = static_cast<float>((x_t - m) * inv_t - log_se);
-            const float ent = with_entropy ? static_cast<float>(log_se - sey / se) : 0.0f;
-            TokenOut o;
-            token_loss_and_grad(p, tp.at(i, logp, ent), o);
-            row_loss[r] = o.loss;
-            std::copy(o.stats, o.stats + kNumStats, row_stats.begin() + r * kNumStats);
-            if (grad) {
-              // dz_k = g (1[k = t] - e_k / S) / T, the 1/T from z = logits / T.
-              row_scale(x, v, static_cast<float>(-o.grad / se) * inv_t);
-              x[tgt[i]] += o.grad * inv_t;
-              if (db != nullptr) row_accumulate(db, x, v);
-              store_row<scalar_t>(zp + r * v, x, v);
-            }
+    for_each_logits_row(
+        hidden, weight, bias, c, tb, /*write_back=*/grad,
+        [&](int64_t i, int64_t r, float* x, float* db) {
+          const float m = row_max(x, v);
+          const float x_t = x[tgt[i]];  // read before the row is overwritten by exp
+          double se = 0.0, sey = 0.0;
+          // With gradients, keep e_k = exp((x_k - m) / T) in the row: the gradient pass
+          // then only scales it (no second exp).
+          row_exp_sums(x, grad ? x : nullptr, v, m, inv_t, &se, with_entropy ? &sey : nullptr);
+          const double log_se = std::log(se);
+          const float logp = static_cast<float>((x_t - m) * inv_t - log_se);
+          const float ent = with_entropy ? static_cast<float>(log_se - sey / se) : 0.0f;
+          TokenOut o;
+          token_loss_and_grad(p, tp.at(i, logp, ent), o);
+          row_loss[r] = o.loss;
+          std::copy(o.stats, o.stats + kNumStats, row_stats.begin() + r * kNumStats);
+          if (grad) {
+            // dz_k = g (1[k = t] - e_k / S) / T, the 1/T from z = logits / T.
+            row_scale(x, v, static_cast<float>(-o.grad / se) * inv_t);
+            x[tgt[i]] += o.grad * inv_t;
+            if (db != nullptr) row_accumulate(db, x, v);
           }
+        },
+        [&](int64_t s, int64_t rows, const Tensor& z, const Tensor& h) {
+          reduce_stats(row_stats, row_loss, rows, stats, loss);
+          if (grad) gradient_gemms(z, h, weight, dh, dw, s);
         });
-        reduce_stats(row_stats, row_loss, rows, stats, loss);
-        if (grad) gradient_gemms(z, h, weight, dh, dw, s);
-      }
-    });
   }
   auto [dh_out, dw_out, db_out] = finish_grads(dh, dw, tb, hidden, weight, bias, need_bias);
   Tensor loss_t = at::empty({}, hidden.options().dtype(at::kFloat));
