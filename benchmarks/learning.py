@@ -77,8 +77,8 @@ class Settings:
     # problem lacking its solution (see docs/learning.md for why it is needed at this scale)
     sft_copy_share: float = 0.25
     # rows per forward/backward of the warm start: rows are grouped by length, so small
-    # micro-batches cut the padding of short rows to the long copy rows (0.24 -> 0.14 s per
-    # step on one thread); 2 threads because the warm start runs alone (0.10 s per step)
+    # micro-batches spare the short rows the padding to the ~3x longer copy rows; 2 threads
+    # because the warm start runs alone, before the training runs
     sft_micro_batch: int = 8
     warm_threads: int = 2
     warm_seed: int = 0
@@ -125,6 +125,18 @@ def variants(s: Settings) -> list[Variant]:
         Variant("rgpo: accept any success", "rgpo", (coef, ("algo.acceptance", "any_success")),
                 ablation=True, note="acceptance=any_success"),
     ]
+
+
+def sft_coef_variants(s: Settings, coefs: list[str]) -> list[Variant]:
+    """GRPO, RGPO as in the main table (reused when already run) and RGPO at each other
+    `sft_coef`: the weight of transferred samples, the knob between hard and easy accuracy."""
+    main = next(v for v in variants(s) if v.name == MAIN)
+    out = [variants(s)[0], main]
+    for c in coefs:
+        if float(c) != s.sft_coef:
+            out.append(Variant(f"rgpo sft_coef={c}", "rgpo", (("algo.sft_coef", c),),
+                               note=f"sft_coef={c}"))
+    return out
 
 
 def slug(name: str) -> str:
@@ -765,6 +777,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=str, help="comma-separated RL seeds (override)")
     p.add_argument("--steps", type=int, help="RL steps (override)")
     p.add_argument("--only", type=str, help="comma-separated variant names to run")
+    p.add_argument("--sft-coefs", type=str,
+                   help="instead of the comparison: RGPO at these comma-separated sft_coef "
+                        "values beside GRPO (-> results/learning_sft_coef.{md,png})")
     p.add_argument("--report", action="store_true", help="only rebuild table and figure")
     p.add_argument("--out", type=str, help="results file stem (default learning[_quick])")
     p.add_argument("--warm-start-worker", type=str, help=argparse.SUPPRESS)
@@ -785,10 +800,19 @@ def main(argv: list[str] | None = None) -> int:
     if a.steps:
         s = dataclasses.replace(s, steps=a.steps)
     vs = variants(s)
+    if a.sft_coefs:
+        coefs = [c.strip() for c in a.sft_coefs.split(",") if c.strip()]
+        try:
+            if not coefs or min(float(c) for c in coefs) < 0:
+                raise ValueError
+        except ValueError:
+            p.error(f"--sft-coefs needs non-negative numbers, got {a.sft_coefs!r}")
+        vs = sft_coef_variants(s, coefs)
     if a.only:
         keep = {x.strip() for x in a.only.split(",")} | {BASELINE}
         vs = [v for v in vs if v.name in keep]
-    stem = a.out or ("learning_quick" if a.quick else "learning")
+    stem = a.out or ("learning_quick" if a.quick else "learning") + (
+        "_sft_coef" if a.sft_coefs else "")
     mode = "quick" if a.quick else "full"
     command = "python benchmarks/learning.py" + "".join(f" {x}" for x in (argv or sys.argv[1:])
                                                         if x != "--report")
@@ -800,7 +824,7 @@ def main(argv: list[str] | None = None) -> int:
         for v in vs:
             out = runs / slug(v.name) / f"seed{seed}"
             jobs.append(Job(v, seed, out, train_args(v, seed, s, model, out)))
-    wall_file = runs / "wall_time.json"  # the last pass, kept for --report
+    wall_file = runs / f"wall_time_{stem}.json"  # the last pass, kept for --report
     if not a.report:
         warm_s = warm_start(s, RUNS)
         hint_probe(model, s)

@@ -184,3 +184,12 @@ def test_wall_time_text_says_whether_the_warm_start_was_made():
     made = L.wall_time_text({"wall_s": 1674.0, "warm_start_s": 204.0, "runs": 24, "reused": 0})
     assert made == "27.9 min (warm start made in this pass: 3.4 min; 24 runs, 0 reused)"
     assert L.wall_time_text({"wall_s": 60.0, "warm_start_s": None}) == "1.0 min (warm start cached)"
+
+
+def test_sft_coef_sweep_reuses_the_main_rgpo_runs_and_adds_the_others():
+    vs = L.sft_coef_variants(L.FULL, ["0.1", "1.0", "0.3"])
+    assert [v.name for v in vs] == ["grpo", "rgpo", "rgpo sft_coef=0.1", "rgpo sft_coef=0.3"]
+    main = next(v for v in L.variants(L.FULL) if v.name == "rgpo")
+    assert vs[1] == main  # same variant -> same run directory and arguments -> reused
+    assert ("algo.sft_coef", "0.3") in vs[3].overrides
+    assert len({L.slug(v.name) for v in vs}) == len(vs)  # no run directory shared
