@@ -134,8 +134,7 @@ def sft_coef_variants(s: Settings, coefs: list[str]) -> list[Variant]:
     out = [variants(s)[0], main]
     for c in coefs:
         if float(c) != s.sft_coef:
-            out.append(Variant(f"rgpo sft_coef={c}", "rgpo", (("algo.sft_coef", c),),
-                               note=f"sft_coef={c}"))
+            out.append(Variant(f"rgpo sft_coef={c}", "rgpo", (("algo.sft_coef", c),)))
     return out
 
 
