@@ -220,7 +220,10 @@ class TrainConfig:
     )
     micro_batch_size: int = field(
         default=64,
-        metadata=_help("Sequences per forward/backward (gradient accumulation inside a step)."),
+        metadata=_help(
+            "Sequences per forward/backward (gradient accumulation inside a step); rows of "
+            "similar length share a micro-batch, so each is padded only to its longest row."
+        ),
     )
     seed: int = field(default=0, metadata=_help("Seed of data order, sampling and init."))
     resume: bool = field(default=False, metadata=_help("Continue from the latest checkpoint."))
