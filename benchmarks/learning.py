@@ -424,6 +424,7 @@ def write_markdown(path: Path, rows: list[Row], target: float, base_tokens: floa
         text += ["Does the warm start use hints? Success on 128 hard training problems, 8 "
                  "samples each at temperature 1, with the first `level` rationale segments in "
                  "the prompt (RGPO's guided prompt; level 0 = no hint):", "", probe_table(probe),
+                 "", probe_summary(probe),
                  ""]
     text += [f"![learning curves]({path.stem}.png)", "",
              "Machine: " + ", ".join(f"{k} {v}" for k, v in meta.items()), ""]
@@ -635,6 +636,21 @@ def probe_table(probe: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def probe_summary(probe: list[dict]) -> str:
+    """RGPO's precondition in one sentence from the hint probe: how far a *partial* hint
+    (1..N-1 of N segments) raises sample success over no hint, next to the whole solution."""
+    by = {p["level"]: p["sample_success"] for p in probe}
+    top = max(by)
+    partial = {lv: v for lv, v in by.items() if 0 < lv < top}
+    if 0 not in by or not partial:
+        return ""
+    best = max(partial, key=partial.get)
+    return (f"Partial hints raise sample success from {100 * by[0]:.1f} % (no hint) to at most "
+            f"{100 * partial[best]:.1f} % (level {best}); the whole solution gives "
+            f"{100 * by[top]:.1f} %. RGPO needs the partial levels well above level 0: "
+            "otherwise its accepted samples are mostly copies of whole solutions.")
+
+
 # ----------------------------------------------------------------------------- runs
 
 
@@ -758,6 +774,8 @@ def report(jobs: list[Job], s: Settings, vs: list[Variant], md: Path, png: Path,
     meta = machine_meta()
     if wall.get("git"):
         meta["git"] = f"{wall['git']} (code of the runs)"
+    if wall.get("date"):
+        meta["date"] = f"{wall['date']} (end of the runs)"
     if wall.get("wall_s") is not None:
         meta["benchmark wall time"] = wall_time_text(wall)
     probe_file = RUNS / f"warmstart-{s.warm_key()}" / "hint_probe.json"
@@ -830,7 +848,7 @@ def main(argv: list[str] | None = None) -> int:
         reused = run_jobs(jobs, a.jobs, s.steps)
         wall_file.write_text(json.dumps({"wall_s": time.time() - t0, "git": sha_at_start,
                                          "warm_start_s": warm_s, "runs": len(jobs),
-                                         "reused": reused}))
+                                         "reused": reused, "date": machine_meta()["date"]}))
     wall = json.loads(wall_file.read_text()) if wall_file.exists() else {}
     text = report(jobs, s, vs, RESULTS / f"{stem}.md", RESULTS / f"{stem}.png", command, wall)
     print(text)

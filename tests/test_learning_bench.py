@@ -193,3 +193,13 @@ def test_sft_coef_sweep_reuses_the_main_rgpo_runs_and_adds_the_others():
     assert vs[1] == main  # same variant -> same run directory and arguments -> reused
     assert ("algo.sft_coef", "0.3") in vs[3].overrides
     assert len({L.slug(v.name) for v in vs}) == len(vs)  # no run directory shared
+
+
+def test_probe_summary_reports_the_best_partial_hint():
+    probe = [{"level": 0, "sample_success": 0.018}, {"level": 1, "sample_success": 0.031},
+             {"level": 2, "sample_success": 0.018}, {"level": 3, "sample_success": 0.091},
+             {"level": 4, "sample_success": 0.994}]
+    v = L.probe_summary(probe)
+    assert "from 1.8 % (no hint) to at most 9.1 % (level 3)" in v
+    assert "whole solution gives 99.4 %" in v
+    assert L.probe_summary(probe[:1]) == ""  # nothing to compare
