@@ -8,9 +8,12 @@ batch with that grouping and with the former one (consecutive rows in batch orde
 alternating the two in one process (median of --repeats), for two batch shapes of the
 learning benchmark (tiny Qwen2, 2 layers x 128, character tokenizer):
 
-- `sft`: the warm start's batch, 32 rows: 24 problems with their rationale as target
-  (half with a rationale prefix as hint) and 8 copy rows (a hard problem with its whole
-  solution in the prompt), micro-batches of 8 rows;
+- `sft`: the benchmark warm start's batch, 32 rows: 24 problems with their rationale as
+  target (half with a rationale prefix as hint) and 8 copy rows (a hard problem with its
+  whole solution in the prompt), micro-batches of 8 rows;
+- `sft_default`: the trainer's own SFT warm-start batch (`make train`), 32 rows, half
+  with a hint: micro-batches of 8 by length (`train.sft_micro_batch_size`) against the
+  former single micro-batch of all 32 rows in batch order;
 - `rl`: an RL step's batch, 16 prompts x 8 samples with responses of 6-48 tokens, one
   group in four guided (hint in the prompt), micro-batches of 64 rows (trainer default).
 
@@ -45,9 +48,9 @@ def make_rows(kind: str, vocab: int, rng: random.Random):
         return [rng.randrange(3, vocab) for _ in range(n)]
 
     rows = []
-    if kind == "sft":  # lengths measured on arith:easy / copy rows with the chat template
+    if kind.startswith("sft"):  # lengths measured on arith:easy / copy rows, chat template
         for i in range(32):
-            if i % 4 == 3:
+            if i % 4 == 3 and kind == "sft":
                 p, r = 90, 37  # copy row: prompt with the whole solution, ~127 tokens
             elif i % 2:
                 p, r = 50, 24  # easy problem with a rationale prefix as hint, ~74
@@ -88,17 +91,20 @@ def main(argv=None) -> int:
     policy = PolicyModule(lm, impl="auto")
     sorted_grouping = loop.micro_batches
     rows_out = []
-    for kind, micro, algo in (("sft", 8, get_preset("rgpo", transfer="sft", sft_coef=1.0)),
-                              ("rl", 64, get_preset("grpo"))):
+    sft = get_preset("rgpo", transfer="sft", sft_coef=1.0)
+    # (batch, micro-batch rows grouped by length, micro-batch rows of the batch-order baseline)
+    for kind, micro, base_micro, algo in (("sft", 8, 8, sft), ("sft_default", 8, 32, sft),
+                                          ("rl", 64, 64, get_preset("grpo"))):
         batch = assemble_batch(make_rows(kind, lm.config.vocab_size, random.Random(0)), algo,
                                pad_token_id=0)
         times = {"by_length": [], "batch_order": []}
         for rep in range(a.repeats + 1):  # round 0 warms up and is not counted
-            for name, fn in (("by_length", sorted_grouping), ("batch_order", contiguous)):
+            for name, fn, m in (("by_length", sorted_grouping, micro),
+                                ("batch_order", contiguous, base_micro)):
                 loop.micro_batches = fn
                 policy.zero_grad(set_to_none=True)
                 t0 = time.perf_counter()
-                loop.backward_batch(policy, batch, algo.loss_kwargs(), micro, DistInfo())
+                loop.backward_batch(policy, batch, algo.loss_kwargs(), m, DistInfo())
                 if rep:
                     times[name].append(time.perf_counter() - t0)
         loop.micro_batches = sorted_grouping
@@ -106,16 +112,18 @@ def main(argv=None) -> int:
         mask = batch.attention_mask
         real = int(mask.sum())
         padded = {name: sum(len(c) * int(mask[c].sum(-1).max())
-                            for c in fn(mask.sum(-1).tolist(), micro))
-                  for name, fn in (("by_length", sorted_grouping), ("batch_order", contiguous))}
+                            for c in fn(mask.sum(-1).tolist(), m))
+                  for name, fn, m in (("by_length", sorted_grouping, micro),
+                                      ("batch_order", contiguous, base_micro))}
         ratio = med["by_length"] / med["batch_order"]
-        print(f"{kind}: {batch.batch_size} rows, micro-batches of {micro}: by length "
-              f"{1e3 * med['by_length']:.0f} ms, batch order {1e3 * med['batch_order']:.0f} ms "
+        print(f"{kind}: {batch.batch_size} rows: by length in micro-batches of {micro} "
+              f"{1e3 * med['by_length']:.0f} ms, batch order in micro-batches of {base_micro} "
+              f"{1e3 * med['batch_order']:.0f} ms "
               f"-> {ratio:.2f}x; tokens computed {padded['by_length']} vs "
               f"{padded['batch_order']} ({real} real)")
         rows_out.append({"date": time.strftime("%Y-%m-%d %H:%M"), "git": common.git_sha(),
                          "machine": common.machine(), "threads": a.threads, "batch": kind,
-                         "rows": batch.batch_size, "micro": micro,
+                         "rows": batch.batch_size, "micro": micro, "base_micro": base_micro,
                          "by_length_ms": round(1e3 * med["by_length"], 1),
                          "batch_order_ms": round(1e3 * med["batch_order"], 1),
                          "ratio": round(ratio, 3), "tokens_by_length": padded["by_length"],

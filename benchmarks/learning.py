@@ -537,7 +537,8 @@ def _sft_with_copy_rows(policy, examples, hard, tok, cfg, info, share: float) ->
             rows.append(Rollout(prompt_ids=prompt, kind="transferred", reward=1.0,
                                 response_ids=encode_text(tok, ex.rationale) + [tok.eos_token_id]))
         batch = assemble_batch(rows, sft_algo, pad_token_id=tok.pad_token_id)
-        m = backward_batch(policy, batch, sft_algo.loss_kwargs(), cfg.train.micro_batch_size, info)
+        m = backward_batch(policy, batch, sft_algo.loss_kwargs(), cfg.train.sft_micro_batch_size,
+                           info)
         optimizer_step(policy, opt, sched, cfg.optim.grad_clip)
         loss = m["loss/total"]
     return loss
@@ -560,7 +561,7 @@ def _warm_start_worker(out: Path, s: Settings) -> None:
         "--model.tiny_intermediate", str(s.tiny_intermediate),
         "--data.sft", s.sft_data, "--train.sft_steps", str(s.sft_steps),
         "--train.sft_batch_size", str(s.sft_batch_size), "--train.sft_lr", str(s.sft_lr),
-        "--train.micro_batch_size", str(s.sft_micro_batch),
+        "--train.sft_micro_batch_size", str(s.sft_micro_batch),
         "--rollout.max_new_tokens", str(s.max_new_tokens)])
     torch.set_num_threads(s.warm_threads)
     torch.manual_seed(s.warm_seed)

@@ -130,7 +130,8 @@ def sft_warm_start(policy, examples, tok, cfg: RunConfig, info: DistInfo) -> flo
         batch_ex = [rng.choice(examples) for _ in range(cfg.train.sft_batch_size)]
         local = sft_rollouts(batch_ex, tok, cfg, rng)[info.rank :: info.world_size]
         batch = assemble_batch(local, sft_algo, pad_token_id=tok.pad_token_id)
-        m = backward_batch(policy, batch, sft_algo.loss_kwargs(), cfg.train.micro_batch_size, info)
+        m = backward_batch(policy, batch, sft_algo.loss_kwargs(), cfg.train.sft_micro_batch_size,
+                           info)
         optimizer_step(policy, opt, sched, cfg.optim.grad_clip)
         loss = m["loss/total"]
         if bar is not None:
