@@ -98,16 +98,18 @@ def main(argv=None) -> int:
         batch = assemble_batch(make_rows(kind, lm.config.vocab_size, random.Random(0)), algo,
                                pad_token_id=0)
         times = {"by_length": [], "batch_order": []}
-        for rep in range(a.repeats + 1):  # round 0 warms up and is not counted
-            for name, fn, m in (("by_length", sorted_grouping, micro),
-                                ("batch_order", contiguous, base_micro)):
-                loop.micro_batches = fn
-                policy.zero_grad(set_to_none=True)
-                t0 = time.perf_counter()
-                loop.backward_batch(policy, batch, algo.loss_kwargs(), m, DistInfo())
-                if rep:
-                    times[name].append(time.perf_counter() - t0)
-        loop.micro_batches = sorted_grouping
+        try:
+            for rep in range(a.repeats + 1):  # round 0 warms up and is not counted
+                for name, fn, m in (("by_length", sorted_grouping, micro),
+                                    ("batch_order", contiguous, base_micro)):
+                    loop.micro_batches = fn  # backward_batch looks it up at call time
+                    policy.zero_grad(set_to_none=True)
+                    t0 = time.perf_counter()
+                    loop.backward_batch(policy, batch, algo.loss_kwargs(), m, DistInfo())
+                    if rep:
+                        times[name].append(time.perf_counter() - t0)
+        finally:
+            loop.micro_batches = sorted_grouping
         med = {k: statistics.median(v) for k, v in times.items()}
         mask = batch.attention_mask
         real = int(mask.sum())
