@@ -504,44 +504,27 @@ def warm_start(s: Settings, runs: Path) -> float | None:
     return took
 
 
-def _sft_with_copy_rows(policy, examples, hard, tok, cfg, info, share: float) -> float:
-    """The trainer's SFT warm-start (same rows, optimiser and schedule as
-    `rgpo_fast.train.sft_warm_start`) with a `share` of each batch replaced by copy rows:
-    a hard problem with its whole rationale in the prompt as the hint, the rationale as
-    the target."""
-    import random
-
-    from rgpo_fast.algos.presets import get_preset
-    from rgpo_fast.batch import Rollout, assemble_batch
+def copy_rows_fn(examples, hard, tok, cfg, share: float):
+    """Rows of one SFT step for `rgpo_fast.train.sft_warm_start`: the trainer's rows with
+    a `share` of the batch replaced by copy rows (a hard problem with its whole rationale in
+    the prompt as the hint, the rationale as the target)."""
+    from rgpo_fast.batch import Rollout
     from rgpo_fast.data.prompts import encode_prompt, encode_text
     from rgpo_fast.train import sft_rollouts
-    from rgpo_fast.trainer.loop import (
-        backward_batch,
-        make_optimizer,
-        make_scheduler,
-        optimizer_step,
-    )
 
-    steps, bs = cfg.train.sft_steps, cfg.train.sft_batch_size
-    opt = make_optimizer(policy, cfg.train.sft_lr, cfg.optim)
-    sched = make_scheduler(opt, steps, max(steps // 20, 1), "cosine")
-    sft_algo = get_preset("rgpo", transfer="sft", sft_coef=1.0)
-    rng = random.Random(f"sft:{cfg.train.seed}")
-    loss = float("nan")
-    for _ in range(steps):
+    bs = cfg.train.sft_batch_size
+
+    def rows(rng) -> list:
         n_copy = sum(rng.random() < share for _ in range(bs))
-        rows = sft_rollouts([rng.choice(examples) for _ in range(bs - n_copy)], tok, cfg, rng)
+        out = sft_rollouts([rng.choice(examples) for _ in range(bs - n_copy)], tok, cfg, rng)
         for ex in (rng.choice(hard) for _ in range(n_copy)):
             prompt = encode_prompt(tok, ex.problem, ex.rationale,
                                    hint_template=cfg.algo.hint_template)
-            rows.append(Rollout(prompt_ids=prompt, kind="transferred", reward=1.0,
-                                response_ids=encode_text(tok, ex.rationale) + [tok.eos_token_id]))
-        batch = assemble_batch(rows, sft_algo, pad_token_id=tok.pad_token_id)
-        m = backward_batch(policy, batch, sft_algo.loss_kwargs(), cfg.train.sft_micro_batch_size,
-                           info)
-        optimizer_step(policy, opt, sched, cfg.optim.grad_clip)
-        loss = m["loss/total"]
-    return loss
+            out.append(Rollout(prompt_ids=prompt, kind="transferred", reward=1.0,
+                               response_ids=encode_text(tok, ex.rationale) + [tok.eos_token_id]))
+        return out
+
+    return rows
 
 
 def _warm_start_worker(out: Path, s: Settings) -> None:
@@ -562,7 +545,7 @@ def _warm_start_worker(out: Path, s: Settings) -> None:
         "--data.sft", s.sft_data, "--train.sft_steps", str(s.sft_steps),
         "--train.sft_batch_size", str(s.sft_batch_size), "--train.sft_lr", str(s.sft_lr),
         "--train.sft_micro_batch_size", str(s.sft_micro_batch),
-        "--rollout.max_new_tokens", str(s.max_new_tokens)])
+        "--rollout.max_new_tokens", str(s.max_new_tokens), "--logging.progress", "false"])
     torch.set_num_threads(s.warm_threads)
     torch.manual_seed(s.warm_seed)
     info = init_distributed("cpu")
@@ -570,11 +553,11 @@ def _warm_start_worker(out: Path, s: Settings) -> None:
     examples = load_source(cfg.data.sft, n=cfg.data.n_train, seed=cfg.train.seed + 1,
                            heldout=False, tokenizer=tok,
                            max_prompt_tokens=cfg.data.max_prompt_tokens)
+    rows_fn = None
     if s.sft_copy_share > 0:
         hard = make_arith(s.warm_seed + 2, cfg.data.n_train, "hard")
-        loss = _sft_with_copy_rows(policy, examples, hard, tok, cfg, info, s.sft_copy_share)
-    else:
-        loss = sft_warm_start(policy, examples, tok, cfg, info)
+        rows_fn = copy_rows_fn(examples, hard, tok, cfg, s.sft_copy_share)
+    loss = sft_warm_start(policy, examples, tok, cfg, info, rows_fn=rows_fn)
     print(f"warm start: {feats['params_M']} M params, final SFT loss {loss:.3f}", flush=True)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -34,6 +34,7 @@ import random
 import sys
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -113,8 +114,18 @@ def sft_rollouts(examples, tok, cfg: RunConfig, rng: random.Random) -> list[Roll
     return out
 
 
-def sft_warm_start(policy, examples, tok, cfg: RunConfig, info: DistInfo) -> float:
-    """Supervised steps on rationales through the same fused loss (sft_coef = 1)."""
+def sft_warm_start(policy, examples, tok, cfg: RunConfig, info: DistInfo,
+                   rows_fn: Callable[[random.Random], list[Rollout]] | None = None) -> float:
+    """Supervised steps on rationales through the same fused loss (sft_coef = 1).
+
+    Each step's global batch is `rows_fn(rng)` (default: `sft_batch_size` random examples
+    through `sft_rollouts`); the rng is seeded identically on every rank, each rank trains
+    its slice. Benchmarks pass their own rows (e.g. extra copy rows) to reuse this loop."""
+    if rows_fn is None:
+        def rows_fn(rng: random.Random) -> list[Rollout]:
+            batch_ex = [rng.choice(examples) for _ in range(cfg.train.sft_batch_size)]
+            return sft_rollouts(batch_ex, tok, cfg, rng)
+
     steps = cfg.train.sft_steps
     opt = make_optimizer(policy, cfg.train.sft_lr, cfg.optim)
     sched = make_scheduler(opt, steps, max(steps // 20, 1), "cosine")
@@ -127,8 +138,7 @@ def sft_warm_start(policy, examples, tok, cfg: RunConfig, info: DistInfo) -> flo
 
         bar = tqdm(total=steps, desc="SFT warm-start", dynamic_ncols=True)
     for _ in range(steps):
-        batch_ex = [rng.choice(examples) for _ in range(cfg.train.sft_batch_size)]
-        local = sft_rollouts(batch_ex, tok, cfg, rng)[info.rank :: info.world_size]
+        local = rows_fn(rng)[info.rank :: info.world_size]
         batch = assemble_batch(local, sft_algo, pad_token_id=tok.pad_token_id)
         m = backward_batch(policy, batch, sft_algo.loss_kwargs(), cfg.train.sft_micro_batch_size,
                            info)

@@ -122,27 +122,20 @@ def load_policy(cfg: RunConfig, info: DistInfo):
 def build_engine(cfg: RunConfig, lm, tok, model_dir: Path, info: DistInfo):
     """-> (engine, shares_weights). A single process shares the trainer's module with the hf
     engine (no copy, no sync); distributed ranks decode with a full replica."""
-    eos = [tok.eos_token_id]
     if cfg.rollout.engine == "vllm":
         from rgpo_fast.rollout.vllm_colocated import VLLMColocatedEngine
 
         return VLLMColocatedEngine.from_config(str(model_dir), cfg, info), False
     from rgpo_fast.rollout.hf import HFEngine
 
-    if not info.enabled:
-        return HFEngine(
-            lm,
-            eos_token_ids=eos,
-            pad_token_id=tok.pad_token_id,
-            max_batch_size=cfg.rollout.max_batch_size,
-        ), True
-    from transformers import AutoModelForCausalLM
+    shares_weights = not info.enabled
+    if shares_weights:
+        model = lm
+    else:
+        from transformers import AutoModelForCausalLM
 
-    replica = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=lm.dtype).to(info.device)
-    replica.requires_grad_(False)
-    return HFEngine(
-        replica,
-        eos_token_ids=eos,
-        pad_token_id=tok.pad_token_id,
-        max_batch_size=cfg.rollout.max_batch_size,
-    ), False
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=lm.dtype).to(info.device)
+        model.requires_grad_(False)
+    engine = HFEngine(model, eos_token_ids=[tok.eos_token_id], pad_token_id=tok.pad_token_id,
+                      max_batch_size=cfg.rollout.max_batch_size)
+    return engine, shares_weights

@@ -334,14 +334,9 @@ def _dynamic(ctx, examples, rollouts, rewards, seed, refill, gen):
             else:
                 dropped += 1
     kept = kept[:target]
+    stats = {"dynamic/dropped": float(dropped), "dynamic/rounds": float(rounds)}
     if not kept:  # nothing informative: train on the original batch (zero advantages)
-        return (
-            rollouts,
-            rewards,
-            examples,
-            gen,
-            {"dynamic/dropped": float(dropped), "dynamic/rounds": float(rounds)},
-        )
+        return rollouts, rewards, examples, gen, stats
     new_rollouts, new_rewards, new_examples = [], [], []
     for gi, (ex, rs, rw) in enumerate(kept):
         for r in rs:
@@ -349,10 +344,4 @@ def _dynamic(ctx, examples, rollouts, rewards, seed, refill, gen):
             new_rollouts.append(r)
         new_rewards.append(rw)
         new_examples.append(ex)
-    return (
-        new_rollouts,
-        new_rewards,
-        new_examples,
-        gen,
-        {"dynamic/dropped": float(dropped), "dynamic/rounds": float(rounds)},
-    )
+    return new_rollouts, new_rewards, new_examples, gen, stats
