@@ -130,8 +130,8 @@ def variants(s: Settings) -> list[Variant]:
 def sft_coef_variants(s: Settings, coefs: list[str]) -> list[Variant]:
     """GRPO, RGPO as in the main table (reused when already run) and RGPO at each other
     `sft_coef`: the weight of transferred samples, the knob between hard and easy accuracy."""
-    main = next(v for v in variants(s) if v.name == MAIN)
-    out = [variants(s)[0], main]
+    every = {v.name: v for v in variants(s)}
+    out = [every[BASELINE], every[MAIN]]
     for c in coefs:
         if float(c) != s.sft_coef:
             out.append(Variant(f"rgpo sft_coef={c}", "rgpo", (("algo.sft_coef", c),)))
