@@ -37,7 +37,9 @@ Design (docs/kernels.md has the long version):
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Sequence
 
 import torch
 import triton
@@ -288,41 +290,89 @@ def _logprob_bwd_kernel(
 
 
 # ---------------------------------------------------------------------------------------
-# Configurations. Ampere (A100: 164 KiB shared memory/SM, 108 SMs) and Hopper (H100: 228 KiB,
-# 132 SMs). A bf16 stage of a 128 x 64 hidden tile plus a 64 x 256 weight tile is 48 KiB, so
-# 3 stages fit both; 4 stages of the 128 x 128 tile pair (32 KiB/stage) fit both too. BLOCK_V
-# 256 halves the number of times a hidden block is re-read from L2 and suits H100's larger
-# register file (8 warps); A100 tends to prefer 128 x 128 with 4 warps. The autotuner picks
-# per (H, V, dtype); these could not be timed on this project's CPU-only machines.
+# Configurations. Ampere (A100: 163 KiB shared memory per block, 108 SMs) and Hopper (H100:
+# 227 KiB, 132 SMs). BLOCK_V 256 halves the number of times a hidden block is re-read from
+# L2 and suits H100's larger register file (8 warps); A100 tends to prefer 128 x 128 with
+# 4 warps. The autotuner picks per (H, V, dtype). Shared memory per config is what
+# `python -m rgpo_fast.kernels.compile_check` reports from the compiled kernels (no GPU
+# needed): the 16-bit backward needs 48-128 KiB, within both limits. fp32 tiles take twice
+# the bytes and the backward keeps dL/dz in shared memory for its transposed dot: with the
+# 16-bit list every fp32 backward config needed 168-336 KiB, over A100's limit, so fp32 has
+# its own list (56-112 KiB). None of these could be timed on this project's CPU machines.
 # ---------------------------------------------------------------------------------------
-def _gpu_configs(extra: dict | None = None) -> list[triton.Config]:
-    shapes = [  # (BLOCK_N, BLOCK_V, BLOCK_H, num_warps, num_stages)
-        (128, 128, 64, 4, 4),
-        (128, 128, 64, 8, 3),
-        (128, 256, 64, 8, 3),
-        (64, 256, 64, 4, 4),
-        (64, 128, 64, 4, 4),
-        (128, 128, 32, 4, 4),
-    ]
-    out = []
-    for bn, bv, bh, warps, stages in shapes:
-        kw = {"BLOCK_N": bn, "BLOCK_V": bv, "BLOCK_H": bh, "GROUP_N": 8, **(extra or {})}
-        out.append(triton.Config(kw, num_warps=warps, num_stages=stages))
-    return out
+def _configs(shapes) -> tuple[triton.Config, ...]:
+    """(BLOCK_N, BLOCK_V, BLOCK_H, num_warps, num_stages) -> triton.Config, GROUP_N 8."""
+    return tuple(
+        triton.Config({"BLOCK_N": bn, "BLOCK_V": bv, "BLOCK_H": bh, "GROUP_N": 8},
+                      num_warps=warps, num_stages=stages)
+        for bn, bv, bh, warps, stages in shapes
+    )  # fmt: skip
 
 
-_fwd_autotuned = triton.autotune(configs=_gpu_configs(), key=["H", "V"])(_logprob_fwd_kernel)
-_bwd_autotuned = triton.autotune(
-    configs=_gpu_configs(), key=["H", "V"], reset_to_zero=["dh_ptr", "dw_ptr", "db_ptr"]
-)(_logprob_bwd_kernel)
+GPU_CONFIGS = _configs([  # 16-bit inputs
+    (128, 128, 64, 4, 4),
+    (128, 128, 64, 8, 3),
+    (128, 256, 64, 8, 3),
+    (64, 256, 64, 4, 4),
+    (64, 128, 64, 4, 4),
+    (128, 128, 32, 4, 4),
+])
+GPU_CONFIGS_FP32 = _configs([
+    (128, 128, 32, 8, 2),
+    (64, 128, 32, 4, 3),
+    (64, 128, 32, 4, 2),
+    (64, 64, 32, 4, 3),
+])
+
+
+def gpu_configs(dtype: torch.dtype) -> tuple[triton.Config, ...]:
+    """The autotune list for inputs of `dtype` on a GPU."""
+    return GPU_CONFIGS_FP32 if dtype == torch.float32 else GPU_CONFIGS
+
+
+# Two small tiles for the autotuned path under the interpreter (tests): the autotuner's
+# timing runs, its `reset_to_zero` pre-hook and its final launch all execute on CPU.
+INTERPRET_CONFIGS = (
+    triton.Config({"BLOCK_N": 16, "BLOCK_V": 32, "BLOCK_H": 16, "GROUP_N": 2}),
+    triton.Config({"BLOCK_N": 32, "BLOCK_V": 64, "BLOCK_H": 32, "GROUP_N": 4}),
+)
+
+# Outputs of the backward accumulated with atomics: the autotuner zeroes them before every
+# timing run and before the real launch, so they must never alias anything the kernel reads
+# (launchers pass a fresh placeholder for an output that is not wanted, see _placeholder).
+BWD_RESET_TO_ZERO = ("dh_ptr", "dw_ptr", "db_ptr")
+
+
+def _interpreter_bench(kernel_call, quantiles):
+    """Wall time of one call: the autotuner's benchmarker under TRITON_INTERPRET=1, where
+    Triton has no active GPU driver to time with (its default benchmarker raises)."""
+    import time
+
+    t0 = time.perf_counter()
+    kernel_call()
+    ms = (time.perf_counter() - t0) * 1e3
+    return [ms] * len(quantiles)
+
+
+@functools.cache
+def _autotuned(direction: str, configs: tuple[triton.Config, ...]):
+    """The autotuned forward ("fwd") or backward ("bwd") kernel over `configs` (cached per
+    config list: one tuning cache per list)."""
+    kernel = {"fwd": _logprob_fwd_kernel, "bwd": _logprob_bwd_kernel}[direction]
+    reset = list(BWD_RESET_TO_ZERO) if direction == "bwd" else None
+    bench = _interpreter_bench if interpreting() else None
+    return triton.autotune(
+        configs=list(configs), key=["H", "V"], reset_to_zero=reset, do_bench=bench
+    )(kernel)
+
 
 # Interpreter blocks: each program instance costs Python + NumPy overhead per op, so use
 # blocks big enough to keep the instance count low but small enough that ragged test shapes
 # (N, V, H of a few dozen) still hit partial tiles in every dimension.
 INTERPRET_BLOCKS = {"BLOCK_N": 32, "BLOCK_V": 64, "BLOCK_H": 32, "GROUP_N": 4}
-# Largest BLOCK_V among the GPU configs: split boundaries are multiples of it, so no tile
-# straddles two splits whatever config the autotuner picks.
-_MAX_BLOCK_V = 256
+# Largest BLOCK_V among the GPU configs: the split-count heuristic keeps >= 4 such tiles
+# per split.
+_MAX_BLOCK_V = max(c.kwargs["BLOCK_V"] for c in GPU_CONFIGS + GPU_CONFIGS_FP32)
 
 
 def _check_inputs(hidden, weight, bias, targets):
@@ -357,11 +407,32 @@ def interpret_blocks() -> dict:
     return {**INTERPRET_BLOCKS, "BLOCK_N": bn, "BLOCK_V": bv, "BLOCK_H": bh}
 
 
-def _blocks(blocks: dict | None) -> dict | None:
-    """Explicit tile sizes (tests, interpreter) or None to let the autotuner choose."""
+def _launch_plan(blocks: dict | None, configs: Sequence[triton.Config] | None,
+                 dtype: torch.dtype = torch.bfloat16):
+    """-> (fixed tile sizes, None) or (None, autotune config list).
+
+    Default: autotuned over gpu_configs(dtype) on a GPU, fixed interpreter blocks under
+    TRITON_INTERPRET=1. `blocks` fixes the tiles; `configs` forces the autotuned path over
+    that list (on the interpreter too: how the tests reach the autotuner without a GPU)."""
+    if blocks is not None and configs is not None:
+        raise ValueError("pass either blocks= (fixed tiles) or configs= (autotuned), not both")
     if blocks is not None:
-        return {**INTERPRET_BLOCKS, **blocks}
-    return interpret_blocks() if interpreting() else None
+        return {**INTERPRET_BLOCKS, **blocks}, None
+    if configs is not None:
+        if not configs:
+            raise ValueError("configs= must list at least one triton.Config")
+        return None, tuple(configs)
+    if interpreting():
+        return interpret_blocks(), None
+    return None, gpu_configs(dtype)
+
+
+def _placeholder(device: torch.device) -> torch.Tensor:
+    """A fresh one-element buffer for a pointer argument whose flag is off. Never reuse an
+    input or output of the launch for it: the autotuner zeroes `reset_to_zero` arguments
+    and the kernel may write outputs, so an alias would corrupt what the kernel reads
+    (a zeroed lse turned the backward's p = exp(z - lse) into exp(z))."""
+    return torch.empty(1, dtype=torch.float32, device=device)
 
 
 def _num_splits(n_tokens: int, vocab: int, device: torch.device, num_splits: int | None) -> int:
@@ -385,12 +456,15 @@ def linear_logprob_forward(
     with_entropy: bool = False,
     *,
     blocks: dict | None = None,
+    configs: Sequence[triton.Config] | None = None,
     num_splits: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(N, H), (V, H), (V,)|None, (N,) -> logp, lse, entropy|None: fp32 (N,) each.
 
-    `blocks` fixes BLOCK_N/BLOCK_V/BLOCK_H/GROUP_N (default: autotuned on GPU, small fixed
-    blocks under the interpreter); `num_splits` fixes the number of vocab splits.
+    `blocks` fixes BLOCK_N/BLOCK_V/BLOCK_H/GROUP_N; `configs` autotunes over that list
+    (default: autotuned over gpu_configs(dtype) on GPU, small fixed blocks under the
+    interpreter);
+    `num_splits` fixes the number of vocab splits.
     """
     _check_inputs(hidden, weight, bias, targets)
     N, H = hidden.shape
@@ -401,14 +475,15 @@ def linear_logprob_forward(
     ent = torch.empty_like(logp) if with_entropy else None
     if N == 0:
         return logp, lse, ent
-    blk = _blocks(blocks)
+    blk, tune = _launch_plan(blocks, configs, hidden.dtype)
     S = _num_splits(N, V, dev, num_splits)
-    unit = blk["BLOCK_V"] if blk is not None else _MAX_BLOCK_V
+    # Split boundaries are multiples of every candidate BLOCK_V: no tile straddles two.
+    unit = blk["BLOCK_V"] if blk is not None else max(c.kwargs["BLOCK_V"] for c in tune)
     v_per_split = triton.cdiv(triton.cdiv(V, S), unit) * unit
     S = triton.cdiv(V, v_per_split)  # no empty split after rounding
     part = torch.empty((4, S, N), dtype=torch.float32, device=dev)
     args = (
-        hidden, weight, bias if bias is not None else logp, targets,
+        hidden, weight, bias if bias is not None else _placeholder(dev), targets,
         part[0], part[1], part[2], part[3],
         N, V, H, S, v_per_split,
         hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), part.stride(1),
@@ -421,10 +496,11 @@ def linear_logprob_forward(
         _logprob_fwd_kernel[grid](*args, **flags, **blk)
     else:
         grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]) * S,)
-        _fwd_autotuned[grid](*args, **flags)
+        _autotuned("fwd", tune)[grid](*args, **flags)
     block = 128
     _logprob_combine_kernel[(triton.cdiv(N, block),)](
-        part[0], part[1], part[2], part[3], logp, lse, ent if ent is not None else logp,
+        part[0], part[1], part[2], part[3], logp, lse,
+        ent if ent is not None else _placeholder(dev),
         N, S, part.stride(1), WITH_ENTROPY=with_entropy, BLOCK=block,
     )  # fmt: skip
     return logp, lse, ent
@@ -443,10 +519,12 @@ def linear_logprob_backward(
     needs: tuple[bool, bool, bool],
     *,
     blocks: dict | None = None,
+    configs: Sequence[triton.Config] | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Gradients (dh, dW, db) in the input dtypes (None where `needs` says so).
 
     g_ent (with the forward's entropy) adds the entropy term; without it only logp flows.
+    `blocks` / `configs` as in `linear_logprob_forward`.
     """
     _check_inputs(hidden, weight, bias, targets)
     need_h, need_w, need_b = needs
@@ -465,11 +543,13 @@ def linear_logprob_backward(
     dw = torch.zeros((V, H), dtype=f32, device=dev) if need_w else None
     db = torch.zeros(V, dtype=f32, device=dev) if need_b else None
     if N > 0 and (need_h or need_w or need_b):
-        dummy = lse
+        def given(t):  # the tensor, or a placeholder of its own (see _placeholder)
+            return t if t is not None else _placeholder(dev)
+
         args = (
-            hidden, weight, bias if bias is not None else dummy, targets, lse,
-            entropy if with_ent else dummy, g_logp, g_ent if with_ent else dummy,
-            dh if need_h else dummy, dw if need_w else dummy, db if need_b else dummy,
+            hidden, weight, given(bias), targets, lse,
+            given(entropy if with_ent else None), g_logp, given(g_ent),
+            given(dh), given(dw), given(db),
             N, V, H,
             hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1),
             H, H,
@@ -477,7 +557,7 @@ def linear_logprob_backward(
         )  # fmt: skip
         flags = {"HAS_BIAS": bias is not None, "WITH_ENTROPY": with_ent, "NEED_DH": need_h,
                  "NEED_DW": need_w, "NEED_DB": need_b, **_dot_flags(hidden.dtype)}  # fmt: skip
-        blk = _blocks(blocks)
+        blk, tune = _launch_plan(blocks, configs, hidden.dtype)
         if blk is not None:
             grid = (triton.cdiv(N, blk["BLOCK_N"]) * triton.cdiv(V, blk["BLOCK_V"]),)
             _logprob_bwd_kernel[grid](*args, **flags, **blk)
@@ -485,7 +565,7 @@ def linear_logprob_backward(
             grid = lambda meta: (
                 triton.cdiv(N, meta["BLOCK_N"]) * triton.cdiv(V, meta["BLOCK_V"]),
             )
-            _bwd_autotuned[grid](*args, **flags)
+            _autotuned("bwd", tune)[grid](*args, **flags)
     if dh is not None and dh.dtype != hidden.dtype:
         dh = dh.to(hidden.dtype)
     if dw is not None and dw.dtype != weight.dtype:
