@@ -23,14 +23,20 @@ import torch
 import triton
 import triton.language as tl
 
+from rgpo_fast.algos.policy_loss import K3_CLAMP as _K3_CLAMP
+from rgpo_fast.algos.policy_loss import LOG_RATIO_CLAMP as _LOG_RATIO_CLAMP
+
 # Column order of the statistics (must equal rgpo_fast.algos.policy_loss.STAT_NAMES).
 KERNEL_STAT_NAMES = (
     "pg_loss", "kl_loss", "sft_loss", "n_policy", "n_clip_low", "n_clip_high",
     "n_dual_clip", "ratio_sum", "kl_sum", "n_sft", "entropy_sum", "n_active",
 )  # fmt: skip
 KL_KINDS = {"k1": 1, "k2": 2, "k3": 3}
-LOG_RATIO_CLAMP = 20.0
-K3_CLAMP = 10.0
+# The clamps of algos/policy_loss.py, as constexpr globals: a jitted kernel may read a
+# module global only when it is a tl.constexpr (the interpreter accepts a plain float, the
+# GPU compiler raises NameError; kernels/compile_check.py is what catches that on a CPU).
+LOG_RATIO_CLAMP = tl.constexpr(_LOG_RATIO_CLAMP)
+K3_CLAMP = tl.constexpr(_K3_CLAMP)
 
 
 @triton.jit
