@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from rgpo_fast.algos.presets import get_preset
@@ -47,24 +48,24 @@ def global_rollouts(vocab: int) -> list[Rollout]:
     return rows
 
 
-def one_step(policy, rollouts, agg: str, micro: int, info):
+def one_step(policy, rollouts, agg: str, micro: int, info, lr: float = 1e-2):
     algo = get_preset("rgpo", loss_agg=agg, sft_coef=0.5)
     batch = assemble_batch(rollouts, algo, pad_token_id=0)
-    opt = make_optimizer(policy, 1e-2, OptimConfig())
+    opt = make_optimizer(policy, lr, OptimConfig())
     m = backward_batch(policy, batch, algo.loss_kwargs(), micro, info, max_response_len=8)
     optimizer_step(policy, opt, None, grad_clip=0.05)  # small: clipping is active
     return m["loss/total"]
 
 
-def build(model_dir):
+def build(model_dir, compute_dtype=None):
     from rgpo_fast.trainer.policy import PolicyModule
     from rgpo_fast.trainer.tiny_model import load_model_and_tokenizer
 
     lm, _ = load_model_and_tokenizer(model_dir)
-    return PolicyModule(lm, impl="torch")
+    return PolicyModule(lm, impl="torch", compute_dtype=compute_dtype)
 
 
-def worker(model_dir: str, out_file: str) -> None:
+def worker(model_dir: str, out_file: str, mode: str = "fp32") -> None:
     from rgpo_fast.trainer.distributed import (
         full_state_dict,
         init_distributed,
@@ -75,7 +76,12 @@ def worker(model_dir: str, out_file: str) -> None:
     torch.set_num_threads(1)
     info = init_distributed("cpu")
     results = {}
-    for agg in AGGS:
+    if mode == "bf16":
+        policy = shard_model(build(model_dir, torch.bfloat16), info, torch.bfloat16)
+        rollouts = global_rollouts(policy.lm.config.vocab_size)[info.rank :: info.world_size]
+        loss = one_step(policy, rollouts, AGGS[0], 1, info, lr=LOW_LR)
+        results = {"loss": loss, "params": full_state_dict(policy)}
+    for agg in AGGS if mode == "fp32" else ():
         policy = shard_model(build(model_dir), info)
         rollouts = global_rollouts(policy.lm.config.vocab_size)[info.rank :: info.world_size]
         loss = one_step(policy, rollouts, agg, 1, info)
@@ -85,8 +91,7 @@ def worker(model_dir: str, out_file: str) -> None:
     shutdown(info)
 
 
-def test_two_processes_equal_one(tmp_path):
-    from rgpo_fast.trainer.distributed import DistInfo
+def _tiny(tmp_path):
     from rgpo_fast.trainer.tiny_model import TinyModelSpec, ensure_tiny_model
 
     spec = TinyModelSpec(
@@ -96,21 +101,22 @@ def test_two_processes_equal_one(tmp_path):
         num_key_value_heads=1,
         intermediate_size=64,
     )
-    model_dir = ensure_tiny_model(spec, tmp_path / "cache")
-    out = tmp_path / "dist.pt"
+    return ensure_tiny_model(spec, tmp_path / "cache")
+
+
+def _launch(model_dir, out, mode: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(Path(__file__)),
-        str(model_dir),
-        str(out),
-    ]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           "2", str(Path(__file__)), str(model_dir), str(out), mode]  # fmt: skip
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def test_two_processes_equal_one(tmp_path):
+    from rgpo_fast.trainer.distributed import DistInfo
+
+    model_dir = _tiny(tmp_path)
+    out = tmp_path / "dist.pt"
+    proc = _launch(model_dir, out, "fp32")
     torch.set_num_threads(1)
     single = {}
     for agg in AGGS:  # the single-process reference, computed while the workers run
@@ -134,5 +140,73 @@ def test_two_processes_equal_one(tmp_path):
         assert moved > 0.9 * len(ref0)  # the step really updated the weights
 
 
+LOW_LR = 1e-6  # the lr of real RL runs: below half a bf16 ulp for most weights
+
+
+def test_bf16_compute_keeps_fp32_master_weights(tmp_path):
+    """FSDP2 with bf16 compute (2 ranks, gloo) and a single process under autocast: one
+    step at lr 1e-6 moves the fp32 master weights (in bf16 parameters it would round to
+    nothing for most weights), and both give the same loss up to bf16 round-off."""
+    from rgpo_fast.trainer.distributed import DistInfo
+
+    model_dir = _tiny(tmp_path)
+    out = tmp_path / "dist_bf16.pt"
+    proc = _launch(model_dir, out, "bf16")
+    torch.set_num_threads(1)
+    policy = build(model_dir, torch.bfloat16)
+    loss = one_step(policy, global_rollouts(policy.lm.config.vocab_size), AGGS[0], 3,
+                    DistInfo(), lr=LOW_LR)  # fmt: skip
+    single = policy.state_dict()
+    log = proc.communicate(timeout=240)[0].decode()
+    assert proc.returncode == 0, log[-3000:]
+    dist = torch.load(out, weights_only=False)
+    assert dist["loss"] == pytest.approx(loss, rel=2e-2)
+    ref0 = build(model_dir).state_dict()
+    for params in (single, dist["params"]):
+        changed = total = 0
+        for name, p in params.items():
+            assert p.dtype == torch.float32, f"{name} is {p.dtype}: no fp32 master weights"
+            changed += int((p != ref0[name]).sum())
+            total += p.numel()
+            # As bf16, this step would have rounded away: most entries move by < half an ulp.
+        assert changed > 0.9 * total, f"only {changed} of {total} weights moved at lr 1e-6"
+    for name, p in single.items():  # the same step: Adam's first update is ~ lr * sign(g)
+        torch.testing.assert_close(dist["params"][name], p, atol=2.5 * LOW_LR, rtol=0, msg=name)
+
+
 if __name__ == "__main__":
-    worker(sys.argv[1], sys.argv[2])
+    worker(*sys.argv[1:])
+
+
+@pytest.mark.gpu
+def test_fsdp2_nccl_one_rank_bf16_compute(tmp_path, monkeypatch):
+    """On a GPU: FSDP2 over NCCL (a world of one) with bf16 compute and fp32 masters takes
+    the same step as the unsharded policy under autocast."""
+    import torch.distributed as dist
+
+    from rgpo_fast.trainer.distributed import DistInfo, full_state_dict, shard_model
+
+    model_dir = _tiny(tmp_path)
+    dev = torch.device("cuda", 0)
+    rollouts = global_rollouts(build(model_dir).lm.config.vocab_size)
+    single = build(model_dir, torch.bfloat16).to(dev)
+    loss1 = one_step(single, rollouts, AGGS[0], 3, DistInfo(device=dev), lr=LOW_LR)
+    for k, v in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29533", "RANK": "0",
+                 "WORLD_SIZE": "1"}.items():  # fmt: skip
+        monkeypatch.setenv(k, v)
+    dist.init_process_group("nccl", rank=0, world_size=1)
+    try:
+        info = DistInfo(rank=0, world_size=1, device=dev, backend="nccl")
+        sharded = shard_model(build(model_dir, torch.bfloat16).to(dev), info, torch.bfloat16)
+        loss2 = one_step(sharded, rollouts, AGGS[0], 3, info, lr=LOW_LR)
+        params = full_state_dict(sharded)
+    finally:
+        dist.destroy_process_group()
+    assert loss2 == pytest.approx(loss1, rel=2e-2)
+    ref0 = build(model_dir).state_dict()
+    for name, p in params.items():
+        assert p.dtype == torch.float32, name
+        torch.testing.assert_close(p, single.state_dict()[name].cpu(), atol=2.5 * LOW_LR,
+                                   rtol=0, msg=name)  # fmt: skip
+    moved = sum(int((p != ref0[name]).sum()) for name, p in params.items())
+    assert moved > 0.9 * sum(p.numel() for p in params.values())

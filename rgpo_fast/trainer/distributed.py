@@ -109,17 +109,28 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return list(layers)
 
 
-def shard_model(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
+def shard_model(model: torch.nn.Module, info: DistInfo,
+                compute_dtype: torch.dtype | None = None) -> torch.nn.Module:
     """FSDP2: shard every decoder layer and the root; gradients summed over ranks.
 
     Each layer is its own FSDP unit, so only one layer's full parameters are gathered at a
     time. Tied embeddings stay in the root unit with lm_head (same parameter object).
-    """
-    from torch.distributed.fsdp import FSDPModule, fully_shard
 
+    Mixed precision: the sharded parameters stay in their dtype (fp32 master weights, what
+    the optimizer updates); with a narrower `compute_dtype` they are all-gathered in it for
+    forward and backward, and gradients are reduce-scattered in fp32 (a bf16 sum over ranks
+    loses the small contributions).
+    """
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+
+    kw = {}
+    master = next(model.parameters()).dtype
+    if compute_dtype is not None and compute_dtype != master:
+        kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=compute_dtype,
+                                               reduce_dtype=torch.float32)
     for layer in decoder_layers(model):
-        fully_shard(layer)
-    fully_shard(model)
+        fully_shard(layer, **kw)
+    fully_shard(model, **kw)
     # Sum, don't average (see module docstring). Both setters act on one FSDP unit only, so
     # every unit gets them. Forcing plain SUM collectives also keeps gloo working: a divide
     # factor otherwise becomes NCCL's PREMUL_SUM, which gloo does not implement.

@@ -6,6 +6,10 @@ Doing the loss *inside* forward matters under FSDP2: the lm_head weight is only 
 during the root module's forward, so it must be used there.
 
 Per-token tensors are aligned with targets: hidden[:, :-1] predicts input_ids[:, 1:].
+
+Mixed precision (rgpo_fast/precision.py): parameters are fp32 master weights and
+`compute_dtype` (bf16 on GPU) is what the matmuls see. The fused loss gets hidden states and
+lm_head weight in the compute dtype; gradients flow back to the fp32 parameters.
 """
 
 from __future__ import annotations
@@ -15,43 +19,60 @@ from typing import Any
 import torch
 
 from rgpo_fast.functional import fused_linear_logprobs, fused_linear_policy_loss
+from rgpo_fast.precision import autocast_to
 
 
 class PolicyModule(torch.nn.Module):
     """Wraps `lm` (e.g. Qwen2ForCausalLM). Parameter names are `lm.<HF name>`."""
 
     def __init__(self, lm: torch.nn.Module, *, impl: str = "auto", temperature: float = 1.0,
-                 chunk_size: int | None = None, packed: bool = False) -> None:
+                 chunk_size: int | None = None, packed: bool = False,
+                 compute_dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.lm = lm
         self.impl = impl
         self.temperature = temperature
         self.chunk_size = chunk_size
         self.packed = packed
+        self.compute_dtype = compute_dtype  # None: the parameters' dtype
 
     def _hidden(self, input_ids, attention_mask, position_ids):
         base = self.lm.get_decoder() if hasattr(self.lm, "get_decoder") else self.lm.model
         head = self.lm.get_output_embeddings()
-        if self.packed and attention_mask is not None:
-            hidden = self._packed_hidden(base, input_ids, attention_mask, position_ids)
-        else:
-            hidden = base(input_ids=input_ids, attention_mask=attention_mask,
-                          position_ids=position_ids, use_cache=False).last_hidden_state
-        return hidden[:, :-1], head.weight, getattr(head, "bias", None)
+        with autocast_to(input_ids.device, self.compute_dtype):
+            if self.packed and attention_mask is not None:
+                hidden = self._packed_hidden(base, input_ids, attention_mask, position_ids)
+            else:
+                hidden = base(input_ids=input_ids, attention_mask=attention_mask,
+                              position_ids=position_ids, use_cache=False).last_hidden_state
+        weight, bias = head.weight, getattr(head, "bias", None)
+        # The fused op takes one dtype for hidden and weight: the compute dtype. Under
+        # autocast the final RMSNorm returns fp32 (fp32 weight times bf16 input); the casts
+        # are differentiable, so the gradients reach the fp32 master weights.
+        cd = self.compute_dtype or weight.dtype
+        hidden, weight = hidden.to(cd), weight.to(cd)
+        bias = bias.to(cd) if bias is not None else None
+        return hidden[:, :-1], weight, bias
 
     @staticmethod
     def _packed_hidden(base, input_ids, attention_mask, position_ids):
         """Padding-free forward: the real tokens of all rows in one row, position ids
-        restarting at 0 per sequence. HF reads the restarts as sequence boundaries
-        (flash-attn varlen, or a block-diagonal mask), so no token sees another sequence.
-        Hidden states are scattered back to the padded (B, L, H) layout for the loss."""
+        restarting at 0 per sequence, so no token sees another sequence. Hidden states are
+        scattered back to the padded (B, L, H) layout for the loss.
+
+        The sequence boundaries go to attention as flash-attn varlen arguments
+        (`cu_seq_lens_*`, `max_length_*`), computed here once per forward; without them
+        transformers re-derives them from the position ids in every layer, a `nonzero()`
+        and a host sync per layer. sdpa / eager ignore them and build a block-diagonal mask
+        from the restarting position ids instead."""
         keep = attention_mask.bool()  # (B, L)
         if position_ids is None:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        varlen = varlen_kwargs(attention_mask)
         packed = base(input_ids=input_ids[keep][None], position_ids=position_ids[keep][None],
-                      attention_mask=None, use_cache=False).last_hidden_state[0]  # (n, H)
+                      attention_mask=None, use_cache=False, **varlen).last_hidden_state[0]
         hidden = packed.new_zeros(*input_ids.shape, packed.shape[-1])  # (B, L, H)
-        hidden[keep] = packed
+        hidden[keep] = packed  # (n, H) -> (B, L, H)
         return hidden
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
@@ -79,6 +100,18 @@ class PolicyModule(torch.nn.Module):
         """(HF name, parameter) pairs: the names a rollout engine's load_weights expects."""
         for name, p in self.named_parameters():
             yield name.removeprefix("lm."), p
+
+
+def varlen_kwargs(attention_mask: torch.Tensor) -> dict[str, Any]:
+    """flash-attn varlen arguments of the rows of a right-padded (B, L) mask packed into one
+    row: cumulative lengths (B + 1,) int32 and the longest length as a Python int (one host
+    sync per forward, where transformers would otherwise sync once per layer)."""
+    lengths = attention_mask.sum(-1, dtype=torch.int32)  # (B,)
+    lengths = lengths[lengths > 0]
+    cu = torch.nn.functional.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))  # (B + 1,)
+    longest = int(lengths.max()) if lengths.numel() else 0
+    return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest,
+            "max_length_k": longest}
 
 
 def enable_gradient_checkpointing(lm: torch.nn.Module) -> None:
