@@ -47,7 +47,7 @@ from rgpo_fast.rewards import get_reward_fn
 from rgpo_fast.rollout.base import SamplingParams
 from rgpo_fast.rollout.weight_sync import sync_weights
 from rgpo_fast.trainer import checkpoint as ckpt
-from rgpo_fast.trainer.build import build_engine, load_policy
+from rgpo_fast.trainer.build import build_engine, load_policy, resolve_model_dir
 from rgpo_fast.trainer.cli import parse_args
 from rgpo_fast.trainer.config import ConfigError, RunConfig
 from rgpo_fast.trainer.data_sources import (
@@ -76,6 +76,7 @@ from rgpo_fast.trainer.loop import (
 )
 from rgpo_fast.trainer.metrics import MetricsLog, PhaseTimer, peak_memory_mb, summary_table
 from rgpo_fast.trainer.plots import write_plots
+from rgpo_fast.trainer.preflight import check_engine, check_sequence_lengths
 from rgpo_fast.trainer.rollouts import RolloutContext, collect
 
 
@@ -167,9 +168,12 @@ def run(cfg: RunConfig) -> int:
         cfg.save(out_dir / "config.yaml")
     t_start = time.perf_counter()
     check_data_paths(cfg)  # fail fast, before minutes of model loading
+    check_engine(cfg, info)
+    model_dir = resolve_model_dir(cfg)
+    max_model_len = check_sequence_lengths(cfg, model_dir)  # before anything is on the GPU
 
     # --- model, tokenizer, rollout engine (setup.py reports the optional speed-ups)
-    policy, lm, tok, model_dir, features = load_policy(cfg, info)
+    policy, lm, tok, model_dir, features = load_policy(cfg, info, model_dir)
     log(info, "start-up: " + ", ".join(f"{k}={v}" for k, v in features.items()))
     reward_fn = get_reward_fn(cfg.data.reward, format_weight=cfg.data.format_weight)
 
@@ -204,13 +208,14 @@ def run(cfg: RunConfig) -> int:
     levels = G.HintLevels(cfg.algo.n_segments, cfg.algo.adaptive_levels)
 
     if info.enabled:
-        policy = shard_model(policy, info)
-    engine, shares = build_engine(cfg, lm, tok, model_dir, info)
+        policy = shard_model(policy, info, compute_dtype=policy.compute_dtype)
+    engine, shares = build_engine(cfg, lm, tok, model_dir, info, max_model_len)
 
     def sync() -> None:
         engine.wake_up(["weights"])
         if not shares:
-            sync_weights(policy, engine, cfg.rollout.sync_bucket_mb)
+            # The engine samples in the compute dtype: send that, not the fp32 masters.
+            sync_weights(policy, engine, cfg.rollout.sync_bucket_mb, policy.compute_dtype)
         engine.wake_up(["kv_cache"])
 
     eval_kw = dict(
@@ -303,6 +308,7 @@ def run(cfg: RunConfig) -> int:
         ),
         system_prompt=cfg.data.system_prompt,
         keep_engine_logprobs=engine.name == "vllm",
+        max_prompt_len=cfg.data.max_prompt_tokens + cfg.rollout.max_hint_tokens,
     )
     timer = PhaseTimer(info.device)
     bar = None
@@ -355,6 +361,8 @@ def run(cfg: RunConfig) -> int:
         row = _step_metrics(
             step, sr, batch, m, timer.pop(), time.perf_counter() - t0, scheduler, info
         )
+        if hasattr(engine, "memory_report"):  # colocated vLLM: memory after sleep / wakes
+            row.update(engine.memory_report())
         totals["guided_prompts"] += row["guided/prompts"]
         totals["accepted"] += row["guided/accepted"]
         totals["gen_tokens"] += row["tokens/generated"]

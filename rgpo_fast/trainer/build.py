@@ -44,6 +44,16 @@ def resolve_model_dir(cfg: RunConfig) -> Path:
     return p
 
 
+def compute_dtype(cfg: RunConfig, info: DistInfo) -> torch.dtype:
+    """The dtype of forward/backward matmuls (`model.dtype`); parameters stay fp32."""
+    return {
+        "auto": torch.bfloat16 if info.device.type == "cuda" else torch.float32,
+        "float32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "float16": torch.float16,
+    }[cfg.model.dtype]
+
+
 def resolve_packing(setting: str, attn: str) -> bool:
     """Pack sequences into one row? `auto`: only with flash-attn's varlen kernels. With
     sdpa / eager, HF turns a packed row into a block-diagonal mask over the whole packed
@@ -53,16 +63,11 @@ def resolve_packing(setting: str, attn: str) -> bool:
     return setting == "on"
 
 
-def load_policy(cfg: RunConfig, info: DistInfo):
+def load_policy(cfg: RunConfig, info: DistInfo, model_dir: Path | None = None):
     """-> (PolicyModule, the HF model inside it, tokenizer, model dir, features report)."""
-    model_dir = resolve_model_dir(cfg)
+    model_dir = model_dir or resolve_model_dir(cfg)
     on_gpu = info.device.type == "cuda"
-    dtype = {
-        "auto": torch.bfloat16 if on_gpu else torch.float32,
-        "float32": torch.float32,
-        "bfloat16": torch.bfloat16,
-        "float16": torch.float16,
-    }[cfg.model.dtype]
+    dtype = compute_dtype(cfg, info)
     attn = cfg.model.attn_implementation
     if attn == "auto":
         attn = "flash_attention_2" if on_gpu and _installed("flash_attn") else "sdpa"
@@ -71,7 +76,8 @@ def load_policy(cfg: RunConfig, info: DistInfo):
             "model.attn_implementation=flash_attention_2 but flash-attn is not installed"
         )
     try:
-        lm, tok = load_model_and_tokenizer(model_dir, dtype=dtype)
+        # fp32 master weights whatever the compute dtype (policy.py, distributed.shard_model).
+        lm, tok = load_model_and_tokenizer(model_dir, dtype=torch.float32)
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot load model {model_dir}: {e}") from None
     if tok.eos_token_id is None:
@@ -102,12 +108,14 @@ def load_policy(cfg: RunConfig, info: DistInfo):
     lm.to(info.device)
     packed = resolve_packing(cfg.model.pack_sequences, attn)
     policy = PolicyModule(
-        lm, impl=cfg.train.impl, temperature=cfg.rollout.temperature, packed=packed
+        lm, impl=cfg.train.impl, temperature=cfg.rollout.temperature, packed=packed,
+        compute_dtype=dtype,
     )
     features = {
         "device": str(info.device),
         "world_size": info.world_size,
         "dtype": str(dtype).split(".")[-1],
+        "master_weights": "float32",
         "attention": attn,
         "packed": packed,
         "liger": liger_used,
@@ -119,13 +127,21 @@ def load_policy(cfg: RunConfig, info: DistInfo):
     return policy, lm, tok, model_dir, features
 
 
-def build_engine(cfg: RunConfig, lm, tok, model_dir: Path, info: DistInfo):
+def build_engine(cfg: RunConfig, lm, tok, model_dir: Path, info: DistInfo,
+                 max_model_len: int | None = None):
     """-> (engine, shares_weights). A single process shares the trainer's module with the hf
-    engine (no copy, no sync); distributed ranks decode with a full replica."""
+    engine (no copy, no sync); distributed ranks decode with a full replica. `max_model_len`
+    (vllm) comes from preflight.check_sequence_lengths."""
     if cfg.rollout.engine == "vllm":
         from rgpo_fast.rollout.vllm_colocated import VLLMColocatedEngine
 
-        return VLLMColocatedEngine.from_config(str(model_dir), cfg, info), False
+        if max_model_len is None:
+            from rgpo_fast.trainer.preflight import check_sequence_lengths
+
+            max_model_len = check_sequence_lengths(cfg, model_dir)
+        engine = VLLMColocatedEngine.from_config(str(model_dir), cfg, info, max_model_len,
+                                                 eos_token_ids=[tok.eos_token_id])
+        return engine, False
     from rgpo_fast.rollout.hf import HFEngine
 
     shares_weights = not info.enabled
@@ -134,8 +150,12 @@ def build_engine(cfg: RunConfig, lm, tok, model_dir: Path, info: DistInfo):
     else:
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=lm.dtype).to(info.device)
+        # A sampling replica needs no master weights: keep it in the compute dtype (weight
+        # sync casts the trainer's fp32 tensors on copy).
+        cd = compute_dtype(cfg, info)
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=cd).to(info.device)
         model.requires_grad_(False)
     engine = HFEngine(model, eos_token_ids=[tok.eos_token_id], pad_token_id=tok.pad_token_id,
-                      max_batch_size=cfg.rollout.max_batch_size)
+                      max_batch_size=cfg.rollout.max_batch_size,
+                      compute_dtype=compute_dtype(cfg, info) if shares_weights else None)
     return engine, shares_weights

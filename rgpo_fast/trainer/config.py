@@ -165,13 +165,31 @@ class RolloutConfig:
     gpu_memory_utilization: float = field(
         default=0.4, metadata=_help("vllm: fraction of GPU memory for weights + KV cache.")
     )
-    tensor_parallel_size: int = field(default=1, metadata=_help("vllm: TP size per engine."))
+    tensor_parallel_size: int = field(
+        default=1,
+        metadata=_help(
+            "vllm: tensor-parallel size per engine. Only 1 is supported: the ranks of a TP "
+            "group would have to submit identical requests, and each rank samples its own "
+            "prompts."
+        ),
+    )
     sync_bucket_mb: int = field(
         default=512,
         metadata=_help("Weight sync: bytes per bucket of full tensors loaded at once (MB)."),
     )
+    max_hint_tokens: int = field(
+        default=512,
+        metadata=_help(
+            "Room for a hint (tokens) in a guided prompt: a hinted prompt longer than "
+            "data.max_prompt_tokens + this is not guided (counted in guided/too_long)."
+        ),
+    )
     vllm_max_model_len: int | None = field(
-        default=None, metadata=_help("vllm: max_model_len (default prompt limit + max_new_tokens).")
+        default=None,
+        metadata=_help(
+            "vllm: max_model_len (default data.max_prompt_tokens + rollout.max_hint_tokens "
+            "when the algorithm hints + rollout.max_new_tokens)."
+        ),
     )
 
     def __post_init__(self) -> None:
@@ -180,6 +198,16 @@ class RolloutConfig:
         _positive("rollout", "max_new_tokens", self.max_new_tokens)
         _positive("rollout", "max_batch_size", self.max_batch_size)
         _positive("rollout", "tensor_parallel_size", self.tensor_parallel_size)
+        if self.tensor_parallel_size != 1:
+            raise ConfigError(
+                f"rollout.tensor_parallel_size={self.tensor_parallel_size} is not supported: "
+                "every rank of a vLLM tensor-parallel group must submit identical requests, "
+                "and each trainer rank samples its own prompts; use 1 (one engine per GPU)"
+            )
+        if self.max_hint_tokens < 0:
+            raise ConfigError(f"rollout.max_hint_tokens={self.max_hint_tokens} must be >= 0")
+        if self.vllm_max_model_len is not None:
+            _positive("rollout", "vllm_max_model_len", self.vllm_max_model_len)
         _positive("rollout", "sync_bucket_mb", self.sync_bucket_mb)
         if self.temperature <= 0:
             raise ConfigError(f"rollout.temperature={self.temperature} must be > 0 for RL sampling")

@@ -39,6 +39,11 @@ class RolloutContext:
     sampling: SamplingParams
     system_prompt: str | None = None
     keep_engine_logprobs: bool = False  # True for vLLM (TIS); hf shares the trainer's weights
+    max_prompt_len: int | None = None  # longest hinted prompt sent to the engine (tokens)
+
+    def fits(self, prompt_ids: Sequence[int]) -> bool:
+        """Does a (hinted) prompt fit the room the engine was sized for?"""
+        return self.max_prompt_len is None or len(prompt_ids) <= self.max_prompt_len
 
 
 def _decode(tok, ids: Sequence[int]) -> str:
@@ -113,6 +118,7 @@ def rgpo_guidance(
     plain_prompts = {r.group: r.prompt_ids for r in unguided}
     guided_idx = [i for i, nd in enumerate(need) if nd]
     jobs = []  # (example index, prompt ids, response prefix ids, prefix mask, hint, level)
+    too_long = 0
     for i in guided_idx:
         ex = examples[i]
         segs = G.segment_rationale(ex.rationale, cfg.n_segments, cfg.segmentation, tok)
@@ -122,10 +128,14 @@ def rgpo_guidance(
             ids = encode_prompt(
                 tok, ex.problem, hint, hint_template=cfg.hint_template, system=ctx.system_prompt
             )
-            jobs.append((i, ids, [], [], hint, lvl))
+            pre, mask = [], []
         else:
             pre, mask = G.response_hint(tok, hint)
-            jobs.append((i, plain_prompts[unguided[0].group + i] + pre, pre, mask, hint, lvl))
+            ids = plain_prompts[unguided[0].group + i] + pre
+        if not ctx.fits(ids):
+            too_long += 1
+            continue
+        jobs.append((i, ids, pre, mask, hint, lvl))
     transferred: list[Rollout] = []
     accepted_by_prompt: dict[int, list[bool]] = {}
     gen = n_guided_ok = 0
@@ -190,6 +200,7 @@ def rgpo_guidance(
         "guided/accepted": float(len(transferred)),
         "guided/accepted_prompts": float(sum(any(v) for v in accepted_by_prompt.values())),
         "guided/mean_level": (sum(j[5] for j in jobs) / len(jobs)) if jobs else 0.0,
+        "guided/too_long": float(too_long),
     }
     return transferred, updates, stats, gen
 
@@ -210,22 +221,26 @@ def ghpo_guidance(
     cur_rewards = [list(r) for r in rewards]
     stages: list[int | None] = [None] * len(examples)
     has = [bool(ex.rationale.strip()) for ex in examples]
-    gen = guided = 0
+    gen = guided = too_long = 0
     for rnd in range(len(cfg.ghpo_omegas)):
         nxt = G.ghpo_escalate(cur_rewards, stages, cfg, has)
-        todo = [i for i, s in enumerate(nxt) if s is not None]
-        if not todo:
-            break
-        prompts = [
-            encode_prompt(
+        todo, prompts = [], []
+        for i in (i for i, s in enumerate(nxt) if s is not None):
+            ids = encode_prompt(
                 tok,
                 examples[i].problem,
                 G.ghpo_hint(examples[i].rationale, cfg.ghpo_omegas[nxt[i]]),
                 hint_template=cfg.hint_template,
                 system=ctx.system_prompt,
             )
-            for i in todo
-        ]
+            if ctx.fits(ids):
+                todo.append(i)
+                prompts.append(ids)
+            else:  # this and longer hints do not fit: the group stays as it is
+                too_long += 1
+                has[i] = False
+        if not todo:
+            break
         outs = _sample(ctx, prompts, ctx.sampling.n, seed + 104729 * (rnd + 1))
         for i, out in zip(todo, outs):
             stages[i] = nxt[i]
@@ -250,7 +265,9 @@ def ghpo_guidance(
                 )
             groups[i], cur_rewards[i] = new, row
     rollouts = [r for i in range(len(examples)) for r in groups[i]]
-    return rollouts, {"guided/prompts": float(guided), "guided/accepted": 0.0}, gen
+    stats = {"guided/prompts": float(guided), "guided/accepted": 0.0,
+             "guided/too_long": float(too_long)}
+    return rollouts, stats, gen
 
 
 def luffy_groups(ctx: RolloutContext, examples: Sequence[Example], seed: int, group_offset: int):

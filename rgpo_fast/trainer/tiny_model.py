@@ -47,7 +47,7 @@ class TinyModelSpec:
     num_attention_heads: int = 4
     num_key_value_heads: int = 2
     intermediate_size: int = 256
-    max_position_embeddings: int = 512
+    max_position_embeddings: int = 2048  # RoPE: no parameters, room for long hinted prompts
     tie_word_embeddings: bool = True
     seed: int = 0
 

@@ -1,0 +1,93 @@
+"""Checks that run before any model is loaded onto a GPU: each failure is one clear line.
+
+A run that would fail minutes in (vLLM refusing its max_model_len after the trainer's
+model is on the GPU, a torch / vLLM pair built for each other's neighbours) should fail in
+the first second with the numbers and the options to change.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rgpo_fast.trainer.config import ConfigError, RunConfig
+from rgpo_fast.trainer.distributed import DistInfo
+
+# Guidance modes that put a hint into the prompt sent to the rollout engine.
+HINTING_GUIDANCE = ("rgpo", "ghpo")
+
+
+def model_positions(model_dir: str | Path) -> int | None:
+    """max_position_embeddings of a HF model directory (its config.json; nested
+    text_config for multimodal configs), or None when the config does not say."""
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    for c in (cfg, cfg.get("text_config") or {}):
+        if isinstance(c.get("max_position_embeddings"), int):
+            return c["max_position_embeddings"]
+    return None
+
+
+def hint_room(cfg: RunConfig) -> int:
+    """Tokens a hint may add to a prompt (0 when the algorithm never hints)."""
+    return cfg.rollout.max_hint_tokens if cfg.algo.guidance in HINTING_GUIDANCE else 0
+
+
+def required_model_len(cfg: RunConfig) -> int:
+    """Longest sequence the engine must hold: a (hinted) rollout, or an evaluation answer."""
+    return max(_rollout_len(cfg)[0], _eval_len(cfg)[0])
+
+
+def _rollout_len(cfg: RunConfig) -> tuple[int, str]:
+    need = cfg.data.max_prompt_tokens + hint_room(cfg) + cfg.rollout.max_new_tokens
+    return need, (f"data.max_prompt_tokens {cfg.data.max_prompt_tokens} + rollout."
+                  f"max_hint_tokens {hint_room(cfg)} + rollout.max_new_tokens "
+                  f"{cfg.rollout.max_new_tokens}")
+
+
+def _eval_len(cfg: RunConfig) -> tuple[int, str]:
+    new = cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens
+    return cfg.data.max_prompt_tokens + new, (
+        f"data.max_prompt_tokens {cfg.data.max_prompt_tokens} + eval.max_new_tokens {new}")
+
+
+def check_sequence_lengths(cfg: RunConfig, model_dir: str | Path) -> int:
+    """-> the engine's max_model_len; ConfigError naming both numbers and the options when
+    the model cannot hold that many positions (vLLM raises at `LLM()` otherwise; the hf
+    engine would silently run past the trained positions)."""
+    need, parts = max(_rollout_len(cfg), _eval_len(cfg))
+    options = ("lower data.max_prompt_tokens, rollout.max_new_tokens, rollout.max_hint_tokens "
+               "or eval.max_new_tokens")
+    model_len = need
+    if cfg.rollout.engine == "vllm" and cfg.rollout.vllm_max_model_len is not None:
+        model_len = cfg.rollout.vllm_max_model_len
+        if model_len < need:
+            raise ConfigError(
+                f"rollout.vllm_max_model_len={model_len} is shorter than the longest rollout "
+                f"({parts} = {need}); raise it or {options}"
+            )
+    positions = model_positions(model_dir)
+    if positions is not None and model_len > positions:
+        if model_len != need:
+            raise ConfigError(
+                f"rollout.vllm_max_model_len={model_len} exceeds max_position_embeddings="
+                f"{positions} of the model {model_dir}; lower it (rollouts need {need})"
+            )
+        raise ConfigError(
+            f"rollouts need {need} positions ({parts}) but the model {model_dir} has "
+            f"max_position_embeddings={positions}; {options}"
+        )
+    return model_len
+
+
+def check_engine(cfg: RunConfig, info: DistInfo) -> None:
+    """The vllm engine needs a CUDA device and a torch / vLLM pair built for each other."""
+    if cfg.rollout.engine != "vllm":
+        return
+    if info.device.type != "cuda":
+        raise ConfigError("rollout.engine=vllm needs a CUDA GPU; use rollout.engine=hf on CPU")
+    from rgpo_fast.versions import VersionError, check_gpu_stack
+
+    try:
+        check_gpu_stack()
+    except VersionError as e:
+        raise ConfigError(str(e)) from None

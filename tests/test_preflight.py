@@ -1,0 +1,98 @@
+"""Start-up checks that run before any model reaches a GPU: sequence length against the
+model's positions, tensor parallelism, the torch / vLLM versions. Each failure is one
+`error:` line with the numbers and the options to change."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rgpo_fast.train import main
+from rgpo_fast.trainer.config import ConfigError, load_yaml, resolve
+from rgpo_fast.trainer.preflight import check_sequence_lengths, required_model_len
+from rgpo_fast.trainer.testing import tiny_args
+from rgpo_fast.versions import TESTED, VersionError, check_gpu_stack, torch_pin_of
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _model_dir(tmp_path, positions):
+    d = tmp_path / f"m{positions}"
+    d.mkdir(exist_ok=True)
+    (d / "config.json").write_text(json.dumps({"model_type": "qwen2",
+                                               "max_position_embeddings": positions}))
+    return d
+
+
+def _cfg(**sections):
+    return resolve({}, None, sections)
+
+
+def test_rollouts_must_fit_the_model_positions(tmp_path):
+    cfg = _cfg(data={"max_prompt_tokens": 1024}, rollout={"max_new_tokens": 3072})
+    assert required_model_len(cfg) == 1024 + 512 + 3072  # rgpo hints: hint room counts
+    with pytest.raises(ConfigError) as e:
+        check_sequence_lengths(cfg, _model_dir(tmp_path, 4096))
+    msg = str(e.value)
+    assert "4608" in msg and "4096" in msg and "rollout.max_new_tokens" in msg
+    grpo = resolve({}, "grpo", {"data": {"max_prompt_tokens": 1024},
+                                "rollout": {"max_new_tokens": 3072}})
+    assert check_sequence_lengths(grpo, _model_dir(tmp_path, 4100)) == 4096  # no hints
+
+
+def test_vllm_max_model_len_bounds(tmp_path):
+    base = {"engine": "vllm", "max_new_tokens": 100}
+    short = _cfg(data={"max_prompt_tokens": 100}, rollout={**base, "vllm_max_model_len": 300})
+    with pytest.raises(ConfigError, match="shorter than the longest rollout"):
+        check_sequence_lengths(short, _model_dir(tmp_path, 4096))
+    long = _cfg(data={"max_prompt_tokens": 100}, rollout={**base, "vllm_max_model_len": 5000})
+    with pytest.raises(ConfigError, match="5000 exceeds max_position_embeddings=4096"):
+        check_sequence_lengths(long, _model_dir(tmp_path, 4096))
+    ok = _cfg(data={"max_prompt_tokens": 100}, rollout={**base, "vllm_max_model_len": 1024})
+    assert check_sequence_lengths(ok, _model_dir(tmp_path, 2048)) == 1024
+
+
+def test_shipped_gpu_recipe_fits_its_model():
+    """configs/qwen2.5-math-1.5b_8gpu.yaml within Qwen2.5-Math-1.5B's 4096 positions."""
+    cfg = resolve(load_yaml(ROOT / "configs" / "qwen2.5-math-1.5b_8gpu.yaml"), None, {})
+    assert required_model_len(cfg) <= 4096
+
+
+def test_tensor_parallel_above_one_is_refused():
+    with pytest.raises(ConfigError, match="tensor_parallel_size=2 is not supported"):
+        _cfg(rollout={"tensor_parallel_size": 2})
+
+
+def test_cli_length_error_before_loading(tmp_path, capsys):
+    """The tiny model has 2048 positions: asking for more is one error line, exit 2."""
+    args = tiny_args(tmp_path / "run", tmp_path / "cache",
+                     extra=["--rollout.max_new_tokens", "1800"])  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: rollouts need")
+    assert "max_position_embeddings=2048" in err[0]
+
+
+VLLM_REQ = ["torch==2.14.0", "transformers<5.21,>=5.16.1",
+            'triton==3.6.0; platform_machine == "x86_64"']
+
+
+def test_version_checks():
+    assert torch_pin_of(VLLM_REQ) == "2.14.0"
+    check_gpu_stack("2.14.0+cu128", "0.33.0", VLLM_REQ)  # a local build tag is the same torch
+    with pytest.raises(VersionError, match="built for torch 2.14.0 but torch 2.15.0"):
+        check_gpu_stack("2.15.0", "0.33.0", VLLM_REQ)
+    with pytest.raises(VersionError, match="make install-gpu"):
+        check_gpu_stack("2.14.0", "0.9.2", VLLM_REQ)
+    with pytest.raises(VersionError, match="older than 2.8"):
+        check_gpu_stack("2.7.1", "0.33.0", VLLM_REQ)
+    makefile = (ROOT / "Makefile").read_text()  # install-gpu installs the tested pair
+    assert f"torch=={TESTED['torch']}" in makefile and f"vllm=={TESTED['vllm']}" in makefile
+
+
+def test_vllm_engine_without_vllm_is_one_error_line(tmp_path, capsys):
+    """Here (no GPU) rollout.engine=vllm fails at start-up with one line, nothing loaded."""
+    args = tiny_args(tmp_path / "run", tmp_path / "cache", extra=["--rollout.engine", "vllm"])
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "vllm" in err[0]
