@@ -49,3 +49,28 @@ def test_packed_forward_matches_padded_loss_and_grads():
 )
 def test_packing_resolution(setting, attn, expect):
     assert resolve_packing(setting, attn) is expect
+
+
+def test_packed_forward_passes_sequence_boundaries_to_attention(monkeypatch):
+    """Every layer's attention receives the varlen boundaries computed once from the mask,
+    so flash-attn never re-derives them from position ids (a host sync per layer)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    seen = []
+
+    def recording(module, q, k, v, mask, **kw):
+        seen.append({k_: kw.get(k_) for k_ in ("cu_seq_lens_q", "cu_seq_lens_k",
+                                                "max_length_q", "max_length_k")})  # fmt: skip
+        return sdpa(module, q, k, v, mask, **kw)
+
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._global_mapping, "sdpa", recording)
+    attn = torch.tensor([[1] * 9, [1] * 6 + [0] * 3, [1] * 4 + [0] * 5])
+    ids = torch.randint(0, 40, attn.shape)
+    _policy(packed=True)(ids, attn, None, mode="logprobs")
+    assert len(seen) == 2  # both layers
+    for kw in seen:
+        assert kw["cu_seq_lens_q"].tolist() == [0, 9, 15, 19]
+        assert kw["cu_seq_lens_k"] is kw["cu_seq_lens_q"]
+        assert kw["max_length_q"] == kw["max_length_k"] == 9
+        assert isinstance(kw["max_length_q"], int)

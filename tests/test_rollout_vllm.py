@@ -37,10 +37,12 @@ class FakeLLM:
         self.calls.append(("load_weights", [n for n, _ in weights]))
         self.loaded.update(dict(weights))
 
-    def generate(self, reqs, sp, use_tqdm=False):
-        self.calls.append(("generate", sp.n))
+    def generate(self, reqs, sps, use_tqdm=False):
+        assert len(sps) == len(reqs), "one SamplingParams per request"
+        self.calls.append(("generate", sps[0].n))
+        self.sampling = list(sps)
         outs = []
-        for _ in reqs:
+        for sp in sps:
             comps = [
                 SimpleNamespace(
                     token_ids=[5, 6],
@@ -112,12 +114,31 @@ def test_out_of_order_calls_fail(bad_sequence):
             st.advance(call)
 
 
+def test_each_prompt_has_its_own_seed_and_eos_stops():
+    """Sample i of every prompt must not share random draws: one seed per request, stable
+    for the same call seed; EOS ids become stop tokens (vLLM has no tokenizer here)."""
+    llm = FakeLLM()
+    eng = VLLMColocatedEngine(llm, sampling_cls=_vsp, eos_token_ids=[2])
+    prompts = [[1, 2, 3]] * 4  # identical prompts: still different seeds
+    eng.generate(prompts, SamplingParams(n=3, max_new_tokens=4, seed=7, stop_token_ids=(9,)))
+    seeds = [sp.seed for sp in llm.sampling]
+    assert len(set(seeds)) == 4
+    assert all(sp.stop_token_ids == [2, 9] and sp.detokenize is False for sp in llm.sampling)
+    eng.generate(prompts, SamplingParams(n=3, max_new_tokens=4, seed=7))
+    assert [sp.seed for sp in llm.sampling] == seeds  # reproducible
+    eng.generate(prompts, SamplingParams(n=3, max_new_tokens=4, seed=8))
+    assert not set(sp.seed for sp in llm.sampling) & set(seeds)
+    eng.generate(prompts, SamplingParams(n=3, max_new_tokens=4))
+    assert all(sp.seed is None for sp in llm.sampling)  # unseeded stays unseeded
+
+
 def test_seeds_shared_inside_tp_groups_and_engine_kwargs():
     assert [engine_seed(r, 2) for r in range(8)] == [0, 0, 1, 1, 2, 2, 3, 3]
     assert [engine_seed(r, 1, 10) for r in range(3)] == [10, 11, 12]
     kw = engine_kwargs("/m", rank=5, tp=2, gpu_memory_utilization=0.4, max_model_len=4096)
     assert kw["distributed_executor_backend"] == "external_launcher"
     assert kw["enable_sleep_mode"] and kw["seed"] == 2 and kw["tensor_parallel_size"] == 2
+    assert kw["skip_tokenizer_init"]  # token ids in and out: the trainer's tokenizer only
 
 
 def test_bucketing_bounds_size_and_keeps_order():
@@ -180,12 +201,19 @@ def test_real_vllm_engine_round_trip(tmp_path):
             str(path), rank=0, tp=1, gpu_memory_utilization=0.2, max_model_len=256, dtype="float32"
         )
     )
-    eng = VLLMColocatedEngine(llm, sampling_cls=VSP)
+    eng = VLLMColocatedEngine(llm, sampling_cls=VSP, eos_token_ids=[tok.eos_token_id])
     prompt = tok("12+3=?", add_special_tokens=False)["input_ids"]
     greedy = SamplingParams(n=1, max_new_tokens=8, temperature=0.0)
     before = eng.generate([prompt], greedy)[0].completions[0].token_ids
     eng.sleep(level=2)
     eng.wake_up(["weights"])
-    sync_weights(model, eng, bucket_mb=16)
+    sync_weights(model, eng, bucket_mb=16)  # the same weights: the same greedy tokens
     eng.wake_up(["kv_cache"])
     assert eng.generate([prompt], greedy)[0].completions[0].token_ids == before
+    with torch.no_grad():  # new weights: the engine must generate from them
+        model.lm_head.weight.copy_(torch.randn_like(model.lm_head.weight))
+    eng.sleep(level=2)
+    eng.wake_up(["weights"])
+    sync_weights(model, eng, bucket_mb=16)
+    eng.wake_up(["kv_cache"])
+    assert eng.generate([prompt], greedy)[0].completions[0].token_ids != before

@@ -14,6 +14,7 @@ the old weights would silently mix two policies.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -43,6 +44,13 @@ class SamplingParams:
             raise ValueError(f"SamplingParams.temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {self.top_p}")
+
+
+def prompt_seed(seed: int, index: int) -> int:
+    """Sampling seed of prompt `index` of a call seeded with `seed`. An engine that seeds
+    each request (vLLM) must not give every prompt the same seed: sample i of every prompt
+    would then share its random draws. A hash keeps the seeds distinct and reproducible."""
+    return zlib.crc32(f"{seed}:{index}".encode()) & 0x7FFFFFFF
 
 
 @dataclass

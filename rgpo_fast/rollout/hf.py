@@ -13,10 +13,12 @@ each rank, so each rank decodes with a full copy and `load_weights` refreshes it
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Sequence
 
 import torch
 
+from rgpo_fast.precision import autocast_to
 from rgpo_fast.rollout.base import Completion, RequestOutput, SamplingParams
 
 
@@ -68,8 +70,12 @@ class HFEngine:
         pad_token_id: int,
         max_batch_size: int = 256,
         device: torch.device | str | None = None,
+        compute_dtype: torch.dtype | None = None,
     ) -> None:
         self.model = model
+        # Autocast dtype when the module holds fp32 master weights shared with the trainer
+        # (single process): decode in bf16 on GPU like the trainer computes.
+        self.compute_dtype = compute_dtype
         self.eos_token_ids = tuple(int(t) for t in eos_token_ids)
         self.pad_token_id = int(pad_token_id)
         self.max_batch_size = int(max_batch_size)
@@ -78,6 +84,10 @@ class HFEngine:
         )
         self.asleep = False
         self.loads = 0  # number of weight loads, for tests and logs
+        # transformers 5 renamed the KV-cache argument of forward to `cache` and removes
+        # `past_key_values` in 5.40; older versions know only the old name.
+        params = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
 
     # -- generation ------------------------------------------------------------------
     @torch.no_grad()
@@ -122,28 +132,29 @@ class HFEngine:
         finished = torch.zeros(B, dtype=torch.bool, device=self.device)
         step_ids, step_pos = ids, pos
         try:
-            for t in range(params.max_new_tokens):
-                logits = self.model(
-                    input_ids=step_ids,
-                    attention_mask=attn,
-                    position_ids=step_pos,
-                    past_key_values=cache,
-                    use_cache=True,
-                    logits_to_keep=1,
-                ).logits
-                nxt, lp = sample_next(logits[:, -1], params.temperature, params.top_p, gen)
-                nxt = torch.where(finished, torch.full_like(nxt, self.pad_token_id), nxt)
-                out_ids[:, t], out_lp[:, t] = nxt, torch.where(finished, 0.0, lp)
-                hit = torch.isin(nxt, stops) & ~finished
-                lengths = torch.where(hit, t + 1, lengths)
-                finished |= hit
-                if bool(finished.all()):
-                    break
-                step_ids = nxt[:, None]
-                step_pos = step_pos[:, -1:] + 1
-                attn = torch.cat(
-                    [attn, torch.ones((B, 1), dtype=attn.dtype, device=self.device)], 1
-                )
+            with autocast_to(self.device, self.compute_dtype):
+                for t in range(params.max_new_tokens):
+                    logits = self.model(
+                        input_ids=step_ids,
+                        attention_mask=attn,
+                        position_ids=step_pos,
+                        use_cache=True,
+                        logits_to_keep=1,
+                        **{self._cache_arg: cache},
+                    ).logits
+                    nxt, lp = sample_next(logits[:, -1], params.temperature, params.top_p, gen)
+                    nxt = torch.where(finished, torch.full_like(nxt, self.pad_token_id), nxt)
+                    out_ids[:, t], out_lp[:, t] = nxt, torch.where(finished, 0.0, lp)
+                    hit = torch.isin(nxt, stops) & ~finished
+                    lengths = torch.where(hit, t + 1, lengths)
+                    finished |= hit
+                    if bool(finished.all()):
+                        break
+                    step_ids = nxt[:, None]
+                    step_pos = step_pos[:, -1:] + 1
+                    attn = torch.cat(
+                        [attn, torch.ones((B, 1), dtype=attn.dtype, device=self.device)], 1
+                    )
         finally:
             self.model.train(was_training)
         out_ids, out_lp, lengths = out_ids.tolist(), out_lp.tolist(), lengths.tolist()

@@ -15,10 +15,14 @@ Traps this order avoids: loading into sleeping memory; a stale prefix cache afte
 load; generating after a level-2 wake without a full weight load (garbage output).
 
 Engine construction: `distributed_executor_backend="external_launcher"` makes vLLM run
-inside the torchrun process (in-process V1, VLLM_ENABLE_V1_MULTIPROCESSING=0); ranks of
-one tensor-parallel group share the seed `rank // tp` (they must sample identically); the
-engine returns its own log-probs, which the trainer uses for truncated importance
-sampling against its recomputed ones (ALGORITHMS.md).
+inside the torchrun process (in-process V1, VLLM_ENABLE_V1_MULTIPROCESSING=0), one engine
+per GPU (tensor_parallel_size 1: the config refuses more, because the ranks of a TP group
+would have to submit identical requests). The trainer owns tokenisation: requests are
+token ids, outputs are read as token ids, so vLLM loads no tokenizer
+(`skip_tokenizer_init`) and stops at the trainer's EOS ids, given as stop tokens. Each
+prompt gets its own sampling seed (`prompt_seed`). The engine returns its own log-probs,
+which the trainer uses for truncated importance sampling against its recomputed ones
+(docs/rgpo.md).
 
 vLLM needs a CUDA GPU; it is imported lazily so this module (state machine, request
 building, output conversion) is importable and tested on CPU.
@@ -31,7 +35,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from rgpo_fast.rollout.base import Completion, RequestOutput, SamplingParams
+from rgpo_fast.rollout.base import Completion, RequestOutput, SamplingParams, prompt_seed
 
 # Allowed transitions: state -> {call: next state}
 _TRANSITIONS = {
@@ -91,22 +95,30 @@ def engine_kwargs(
         "dtype": dtype,
         "seed": engine_seed(rank, tp, seed),
         "enable_prefix_caching": True,
+        # Token ids in, token ids out: the trainer's tokenizer is the only one.
+        "skip_tokenizer_init": True,
         # Log-probs after temperature scaling: the same quantity the trainer recomputes
         # (fused_linear_logprobs at the rollout temperature) for truncated IS.
         "logprobs_mode": "processed_logprobs",
     }
 
 
-def to_vllm_sampling(params: SamplingParams, vllm_sampling_cls):
-    """Our SamplingParams -> vllm.SamplingParams (log-prob of the sampled token only)."""
+def to_vllm_sampling(params: SamplingParams, vllm_sampling_cls, *, seed: int | None = None,
+                     eos_token_ids: Sequence[int] = ()):
+    """Our SamplingParams -> vllm.SamplingParams (log-prob of the sampled token only).
+
+    `seed` is this request's own seed; `eos_token_ids` join the stop tokens (without a
+    tokenizer vLLM does not know the EOS id)."""
+    stops = list(dict.fromkeys([*eos_token_ids, *params.stop_token_ids]))
     return vllm_sampling_cls(
         n=params.n,
         max_tokens=params.max_new_tokens,
         temperature=params.temperature,
         top_p=params.top_p,
-        seed=params.seed,
+        seed=seed,
         logprobs=0,
-        stop_token_ids=list(params.stop_token_ids) or None,
+        stop_token_ids=stops or None,
+        detokenize=False,
     )
 
 
@@ -156,13 +168,29 @@ class VLLMColocatedEngine:
 
     name = "vllm"
 
-    def __init__(self, llm, *, sampling_cls, state: ColocationState | None = None) -> None:
+    def __init__(self, llm, *, sampling_cls, state: ColocationState | None = None,
+                 eos_token_ids: Sequence[int] = ()) -> None:
         self.llm = llm
         self._sampling_cls = sampling_cls
         self.state = state or ColocationState()
+        self.eos_token_ids = tuple(int(t) for t in eos_token_ids)
+        self.memory: dict[str, float] = {}  # GiB in use on the device after the last of each
+
+    def _record_memory(self, event: str) -> None:
+        """Device memory in use (all allocators: vLLM's sleep pool is not torch's cache),
+        after `event`: what colocation frees and takes back, per step."""
+        if torch.cuda.is_available():
+            free, total = torch.cuda.mem_get_info()
+            self.memory[f"memory/after_{event}_gb"] = round((total - free) / 2**30, 3)
+
+    def memory_report(self) -> dict[str, float]:
+        return dict(self.memory)
 
     @classmethod
-    def from_config(cls, model_dir: str, cfg, info) -> VLLMColocatedEngine:
+    def from_config(cls, model_dir: str, cfg, info, max_model_len: int,
+                    eos_token_ids: Sequence[int] = ()) -> VLLMColocatedEngine:
+        """`max_model_len` from trainer/preflight.check_sequence_lengths (checked against
+        the model's positions before anything is loaded)."""
         if info.device.type != "cuda":
             from rgpo_fast.trainer.config import ConfigError
 
@@ -176,31 +204,36 @@ class VLLMColocatedEngine:
             raise ConfigError(
                 "rollout.engine=vllm but vllm is not installed (pip install 'rgpo_fast[gpu]')"
             ) from None
+        from rgpo_fast.versions import check_gpu_stack
+
+        check_gpu_stack()
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        max_len = cfg.rollout.vllm_max_model_len or (
-            cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens + 512
-        )
         llm = LLM(
             **engine_kwargs(
                 model_dir,
                 rank=info.rank,
                 tp=cfg.rollout.tensor_parallel_size,
                 gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
-                max_model_len=max_len,
+                max_model_len=max_model_len,
                 seed=cfg.train.seed,
             )
         )
-        return cls(llm, sampling_cls=VSP)
+        return cls(llm, sampling_cls=VSP, eos_token_ids=eos_token_ids)
 
     def generate(self, prompts: Sequence[list[int]], params: SamplingParams) -> list[RequestOutput]:
         self.state.advance("generate")
-        sp = to_vllm_sampling(params, self._sampling_cls)
+        sps = [
+            to_vllm_sampling(params, self._sampling_cls, eos_token_ids=self.eos_token_ids,
+                             seed=None if params.seed is None else prompt_seed(params.seed, i))
+            for i in range(len(prompts))
+        ]  # fmt: skip
         reqs = [{"prompt_token_ids": list(p)} for p in prompts]
-        return convert_outputs(prompts, self.llm.generate(reqs, sp, use_tqdm=False))
+        return convert_outputs(prompts, self.llm.generate(reqs, sps, use_tqdm=False))
 
     def sleep(self, level: int = 2) -> None:
         self.state.advance("sleep")
         self.llm.sleep(level=level)
+        self._record_memory("sleep")
 
     def wake_up(self, tags: list[str] | None = None) -> None:
         if tags == ["weights"]:
@@ -212,6 +245,7 @@ class VLLMColocatedEngine:
         if tags == ["weights"] and torch.cuda.is_available():
             torch.cuda.empty_cache()  # give the trainer's freed blocks back before waking
         self.llm.wake_up(tags=tags)
+        self._record_memory("wake_" + ("_".join(tags) if tags else "all"))
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         self.state.advance("load")
