@@ -8,7 +8,9 @@
 Environment switches (value "1"):
   RGPO_FAST_SKIP_CPP_BUILD   skip both extensions (the package runs on the PyTorch path)
   RGPO_FAST_SKIP_CUDA_BUILD  skip the CUDA extension only
-  RGPO_FAST_CUDA_ARCH_LIST   forwarded as TORCH_CUDA_ARCH_LIST (default "8.0;9.0")
+  RGPO_FAST_CUDA_ARCH_LIST   forwarded as TORCH_CUDA_ARCH_LIST (default DEFAULT_CUDA_ARCHS:
+                             sm_80 and sm_90 machine code, plus compute_90 PTX that the
+                             driver JIT-compiles on newer GPUs, e.g. Blackwell)
 
 torch is imported only inside `native_extensions`, so importing this file (and setup.py)
 never needs torch.
@@ -19,6 +21,23 @@ from __future__ import annotations
 import glob
 import os
 import sys
+
+
+DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
+
+
+def gencode_flags(arch_list: str = DEFAULT_CUDA_ARCHS) -> list[str]:
+    """nvcc -gencode flags of a TORCH_CUDA_ARCH_LIST string, as torch's build expands it
+    ("9.0+PTX" = sm_90 machine code and compute_90 PTX); tests compile with these."""
+    flags = []
+    for arch in arch_list.replace(" ", ";").split(";"):
+        if not arch:
+            continue
+        num = arch.removesuffix("+PTX").replace(".", "")
+        flags += ["-gencode", f"arch=compute_{num},code=sm_{num}"]
+        if arch.endswith("+PTX"):
+            flags += ["-gencode", f"arch=compute_{num},code=compute_{num}"]
+    return flags
 
 
 def _notice(msg: str) -> None:
@@ -75,7 +94,7 @@ def native_extensions(root: str):
         want_cuda = False
     if want_cuda:
         os.environ.setdefault(
-            "TORCH_CUDA_ARCH_LIST", os.environ.get("RGPO_FAST_CUDA_ARCH_LIST", "8.0;9.0")
+            "TORCH_CUDA_ARCH_LIST", os.environ.get("RGPO_FAST_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
         )
         exts.append(
             CUDAExtension(

@@ -28,7 +28,8 @@ def _native_extensions():
 IS_LINUX_X86 = platform.system() == "Linux" and platform.machine() in ("x86_64", "AMD64")
 
 install_requires = [
-    "torch>=2.6",
+    "torch>=2.8",  # FSDP2's set_force_sum_reduction_for_comms (rgpo_fast/versions.py)
+    "packaging>=23",
     "transformers>=4.51",
     "tokenizers>=0.21",
     "safetensors>=0.4",
@@ -47,7 +48,10 @@ if IS_LINUX_X86:
 extras_require = {
     "test": ["pytest>=8", "pytest-benchmark>=4", "liger-kernel>=0.6", "trl>=0.20", "ruff"],
     "bench": ["pytest-benchmark>=4", "liger-kernel>=0.6", "trl>=0.20", "psutil"],
-    "gpu": ["vllm>=0.10", "flash-attn>=2.7", "liger-kernel>=0.6", "nvidia-ml-py>=12"],
+    # vLLM pins its torch exactly: install the tested pair with `make install-gpu`.
+    # flash-attn is a separate, optional step (`make install-flash-attn`): it builds from
+    # source against the installed torch and needs --no-build-isolation.
+    "gpu": ["vllm>=0.10.2", "liger-kernel>=0.6", "nvidia-ml-py>=12"],
 }
 
 ext_modules, cmdclass = _native_extensions()

@@ -1,5 +1,5 @@
-"""CI proof that the CUDA sources compile: every csrc/**/*.cu through `nvcc -c` for sm_80 and
-sm_90. The .cu files include only the CUDA runtime (no torch headers), so this runs on
+"""CI proof that the CUDA sources compile: every csrc/**/*.cu through `nvcc -c` with the
+build's default architectures (sm_80, sm_90 and compute_90 PTX for newer GPUs). The .cu files include only the CUDA runtime (no torch headers), so this runs on
 machines without a GPU or a CUDA build of torch; it skips with a message where nvcc is absent.
 """
 
@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from _build_native import DEFAULT_CUDA_ARCHS, gencode_flags
+
 ROOT = Path(__file__).resolve().parents[1]
 CU_FILES = sorted((ROOT / "csrc").rglob("*.cu"))
-GENCODE = ["-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90"]
+GENCODE = gencode_flags(DEFAULT_CUDA_ARCHS)
 
 
 def _nvcc() -> str | None:
@@ -28,6 +30,13 @@ def _nvcc() -> str | None:
 
 
 NVCC = _nvcc()
+
+
+def test_gencode_flags_expand_ptx():
+    assert gencode_flags("8.0;9.0+PTX") == [
+        "-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90",
+        "-gencode", "arch=compute_90,code=compute_90",
+    ]  # fmt: skip
 
 
 def test_there_are_cuda_sources():
@@ -49,3 +58,6 @@ def test_cu_compiles_for_sm80_sm90(source, tmp_path):
         listing = subprocess.run([str(cuobjdump), "--list-elf", str(obj)], capture_output=True,
                                  text=True)  # fmt: skip
         assert "sm_80" in listing.stdout and "sm_90" in listing.stdout, listing.stdout
+        ptx = subprocess.run([str(cuobjdump), "--list-ptx", str(obj)], capture_output=True,
+                             text=True)  # fmt: skip
+        assert "sm_90" in ptx.stdout, f"no compute_90 PTX for newer GPUs: {ptx.stdout}"
