@@ -6,7 +6,8 @@ GPU mode (needs CUDA; on a machine without it, prints one line and exits 0):
   python benchmarks/bench_linear_logprob.py --gpu --dtype float32 --shape 8192,4096,128256
   python benchmarks/bench_linear_logprob_gpu.py --gpu                # the same, standalone
 
-Providers: triton (impl="triton"), torch (the chunked PyTorch backend), naive (full logits
+Providers: triton (impl="triton"), cuda (impl="cuda", rgpo_fast._C_cuda), torch (the
+chunked PyTorch backend), naive (full logits
 + log_softmax + autograd), liger (LigerFusedLinearCrossEntropyLoss, reduction="none", whose
 per-token loss is -logp), floor (the three matmuls of the op alone on cuBLAS: logits,
 dHidden, dWeight). Modes: forward (no grad), backward (the backward pass alone, graph
@@ -46,7 +47,7 @@ GPU_SHAPES = {  # (N, H, V)
     "llama3-8b": (8192, 4096, 128256),
     "small-vocab": (16384, 2048, 32768),
 }
-PROVIDERS = ("triton", "torch", "naive", "liger", "floor")
+PROVIDERS = ("triton", "cuda", "torch", "naive", "liger", "floor")
 MODES = ("forward", "backward", "full")
 CHECK_SHAPE = (256, 256, 32768)
 CHECK_BLOCKS = "128,256,64"  # BLOCK_N, BLOCK_V, BLOCK_H of the interpreter check
@@ -75,7 +76,7 @@ def _make(n, h, v, dtype, device, grad):
 def _forward_fn(provider, hidden, weight, targets):
     """A closure returning per-token log-probs (or the floor's logits) for one provider."""
 
-    if provider in ("triton", "torch"):
+    if provider in ("triton", "cuda", "torch"):
         from rgpo_fast import fused_linear_logprobs
 
         return lambda: fused_linear_logprobs(hidden, weight, targets, impl=provider)[0]
@@ -140,7 +141,7 @@ def bench_one(provider, mode, n, h, v, dtype):
     peak = torch.cuda.max_memory_allocated() - base
     grad_to_none = params if grad else None
     ms, lo, hi = triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8], grad_to_none=grad_to_none)
-    recompute = provider in ("triton", "torch", "liger")
+    recompute = provider in ("triton", "cuda", "torch", "liger")
     useful, executed = flops(mode, n, h, v, recompute)
     return {
         "provider": provider, "mode": mode, "ms": round(ms, 4), "ms_p20": round(lo, 4),
