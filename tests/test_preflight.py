@@ -96,3 +96,31 @@ def test_vllm_engine_without_vllm_is_one_error_line(tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "vllm" in err[0]
+
+
+def test_flash_attn_built_for_another_torch_is_named(monkeypatch):
+    """An installed flash-attn whose extension does not load (built against another torch)
+    is reported as such, not as missing."""
+    import builtins
+
+    from rgpo_fast.trainer import build
+
+    real_import = builtins.__import__
+
+    def failing(name, *a, **kw):
+        if name.startswith("flash_attn"):
+            raise ImportError("flash_attn_2_cuda.so: undefined symbol: _ZN3c10...")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(build, "_installed", lambda mod: True)
+    monkeypatch.setattr(builtins, "__import__", failing)
+    msg = build.flash_attn_problem()
+    assert "does not load" in msg and "undefined symbol" in msg and "make install-flash-attn" in msg
+
+
+def test_flash_attention_requested_without_it_is_one_error_line(tmp_path, capsys):
+    args = tiny_args(tmp_path / "run", tmp_path / "cache",
+                     extra=["--model.attn_implementation", "flash_attention_2"])  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "flash_attention_2" in err[0] and "not installed" in err[0]

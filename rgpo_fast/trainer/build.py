@@ -21,6 +21,21 @@ def _installed(mod: str) -> bool:
     return importlib.util.find_spec(mod) is not None
 
 
+def flash_attn_problem() -> str | None:
+    """None when flash-attn imports; else why not. A flash-attn built against another torch
+    is installed but fails to load its extension (an undefined symbol), which is what a
+    torch upgrade after `pip install flash-attn` leaves behind."""
+    if not _installed("flash_attn"):
+        return "flash-attn is not installed (optional: make install-flash-attn)"
+    try:
+        import flash_attn  # noqa: F401, PLC0415
+        import flash_attn_2_cuda  # noqa: F401, PLC0415 (the compiled part)
+    except (ImportError, OSError) as e:
+        return (f"flash-attn is installed but does not load ({str(e)[:160]}); it was probably "
+                "built against another torch: reinstall it with make install-flash-attn")
+    return None
+
+
 def resolve_model_dir(cfg: RunConfig) -> Path:
     if cfg.model.path is None:
         m = cfg.model
@@ -69,12 +84,13 @@ def load_policy(cfg: RunConfig, info: DistInfo, model_dir: Path | None = None):
     on_gpu = info.device.type == "cuda"
     dtype = compute_dtype(cfg, info)
     attn = cfg.model.attn_implementation
+    flash_problem = flash_attn_problem() if on_gpu or attn == "flash_attention_2" else None
     if attn == "auto":
-        attn = "flash_attention_2" if on_gpu and _installed("flash_attn") else "sdpa"
-    if attn == "flash_attention_2" and not _installed("flash_attn"):
-        raise ConfigError(
-            "model.attn_implementation=flash_attention_2 but flash-attn is not installed"
-        )
+        attn = "flash_attention_2" if on_gpu and flash_problem is None else "sdpa"
+        if on_gpu and flash_problem is not None and _installed("flash_attn") and info.is_main:
+            print(f"notice: using sdpa attention: {flash_problem}", flush=True)
+    if attn == "flash_attention_2" and flash_problem is not None:
+        raise ConfigError(f"model.attn_implementation=flash_attention_2 but {flash_problem}")
     try:
         # fp32 master weights whatever the compute dtype (policy.py, distributed.shard_model).
         lm, tok = load_model_and_tokenizer(model_dir, dtype=torch.float32)
