@@ -137,8 +137,9 @@ def stage_extensions() -> tuple[str, dict]:
 def stage_tests() -> tuple[str, dict]:
     with tempfile.TemporaryDirectory() as tmp:
         xml = Path(tmp) / "gpu.xml"
-        status, out, _ = _run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p",
-                               "no:cacheprovider", f"--junitxml={xml}"], LIMITS["tests"])  # fmt: skip
+        cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
+               f"--junitxml={xml}"]  # fmt: skip
+        status, out, _ = _run(cmd, LIMITS["tests"])
         figures = junit_counts(xml) if xml.exists() else {}
     if status != "ok":
         figures["output"] = out[-1500:]

@@ -64,7 +64,6 @@ def jobs(archs: list[int], quick: bool) -> list[tuple[str, object, int, dict, di
     kernels in every flag combination. Quick: every bf16 config with flags on, the first
     fp32 config, the policy-loss kernel with every flag on."""
     import torch
-
     from rgpo_fast.kernels import linear_logprob as klp
     from rgpo_fast.kernels import policy_loss as kpl
 
@@ -96,8 +95,9 @@ def jobs(archs: list[int], quick: bool) -> list[tuple[str, object, int, dict, di
         for combo in combos:
             for kl in ((3,) if quick else (0, 1, 2, 3)):
                 flags = dict(zip(flag_names, combo), KL_KIND=kl, BLOCK=1024)
+                bools = {"policy_ptr": "*u8", "off_ptr": "*u8"}
                 out.append((f"policy_loss sm_{arch} {combo} kl {kl}", kpl._policy_loss_kernel,
-                            arch, {"policy_ptr": "*u8", "off_ptr": "*u8"}, flags, 4, 3))  # fmt: skip
+                            arch, bools, flags, 4, 3))  # fmt: skip
     return out
 
 

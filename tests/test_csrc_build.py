@@ -1,6 +1,7 @@
 """CI proof that the CUDA sources compile: every csrc/**/*.cu through `nvcc -c` with the
-build's default architectures (sm_80, sm_90 and compute_90 PTX for newer GPUs). The .cu files include only the CUDA runtime (no torch headers), so this runs on
-machines without a GPU or a CUDA build of torch; it skips with a message where nvcc is absent.
+build's default architectures (sm_80, sm_90 and compute_90 PTX for newer GPUs). The .cu
+files include only the CUDA runtime (no torch headers), so this runs on machines without a
+GPU or a CUDA build of torch; it skips with a message where nvcc is absent.
 """
 
 from __future__ import annotations
