@@ -1,16 +1,23 @@
 """rgpo_fast: fused-kernel RL trainer for LLM reasoning (RGPO and neighbours).
 
-Public API (stable names; see ARCHITECTURE.md):
-    fused_linear_logprobs, fused_linear_policy_loss, FusedLinearRGPOLoss
-and the RL building blocks: AlgoConfig / get_preset, Rollout, RolloutBatch, assemble_batch.
+Public API (stable names; `Rollout` and `RolloutBatch` are the names `Sample` and
+`TrainBatch` had before 0.2, kept as aliases):
+    fused_linear_logprobs, fused_linear_policy_loss, FusedLinearRGPOLoss, LossConfig
+and the RL building blocks: AlgoConfig / get_preset, Sample, TrainBatch, assemble_batch,
+guided_round.
 """
 
 from rgpo_fast.algos.policy_loss import LossConfig
 from rgpo_fast.algos.presets import AlgoConfig, get_preset
-from rgpo_fast.batch import Rollout, RolloutBatch, assemble_batch, pack, unpack
+from rgpo_fast.batch import TrainBatch, assemble_batch
+from rgpo_fast.data.types import Sample
 from rgpo_fast.functional import fused_linear_logprobs, fused_linear_policy_loss
+from rgpo_fast.guided_round import guided_round
 from rgpo_fast.losses import FusedLinearRGPOLoss
 from rgpo_fast.ops.backends import available_backends
+
+Rollout = Sample  # name before 0.2
+RolloutBatch = TrainBatch  # name before 0.2
 
 __version__ = "0.1.0"
 
@@ -20,11 +27,12 @@ __all__ = [
     "LossConfig",
     "Rollout",
     "RolloutBatch",
+    "Sample",
+    "TrainBatch",
     "assemble_batch",
     "available_backends",
     "get_preset",
-    "pack",
-    "unpack",
+    "guided_round",
     "fused_linear_logprobs",
     "fused_linear_policy_loss",
 ]

@@ -1,21 +1,22 @@
-"""RolloutBatch assembly: alignment with targets, masks, advantages per kind, packing."""
+"""TrainBatch assembly: alignment with targets, masks, advantages per kind."""
 
 import pytest
 import torch
 
 from rgpo_fast.algos.advantages import compute_advantages
 from rgpo_fast.algos.presets import get_preset
-from rgpo_fast.batch import KINDS, Rollout, assemble_batch, pack, unpack
+from rgpo_fast.batch import assemble_batch
+from rgpo_fast.data.types import SAMPLE_KINDS, Sample
 
 
 def _ro(p, r, **kw):
-    return Rollout(prompt_ids=p, response_ids=r, **kw)
+    return Sample(prompt_ids=p, response_ids=r, **kw)
 
 
 def test_alignment_with_targets_hand_worked():
     rolls = [
-        _ro([1, 2, 3], [4, 5], reward=1.0, logprobs=[-0.1, -0.2]),
-        _ro([1, 2], [6, 7, 8], reward=0.0, logprobs=[-1.0, -2.0, -3.0]),
+        _ro([1, 2, 3], [4, 5], reward=1.0, rollout_logprobs=[-0.1, -0.2]),
+        _ro([1, 2], [6, 7, 8], reward=0.0, rollout_logprobs=[-1.0, -2.0, -3.0]),
     ]
     b = assemble_batch(rolls, get_preset("grpo"), pad_token_id=0)
     assert b.input_ids.tolist() == [[1, 2, 3, 4, 5], [1, 2, 6, 7, 8]]
@@ -58,7 +59,7 @@ def test_kinds_sft_transfer_and_offpolicy():
     assert b.advantages[2] == 0.0  # sft rows learn by NLL only
     assert b.advantages[:2].tolist() == [0.0, 0.0]  # all-failed group: no signal
     assert b.advantages[3] > 0 > b.advantages[4]
-    kw = b.loss_kwargs()
+    kw = b.loss_inputs()
     assert set(kw) == {"targets", "mask", "advantages", "hint_mask", "sft_mask", "offpolicy_mask"}
 
     luffy = get_preset("luffy")
@@ -73,12 +74,12 @@ def test_kinds_sft_transfer_and_offpolicy():
     assert b.advantages.tolist() == pytest.approx([-1 / 3, -1 / 3, 2 / 3])
 
 
-def test_is_transfer_advantage_and_behaviour_logprobs():
+def test_is_transfer_advantage_and_rollout_logprobs():
     cfg = get_preset("guide")
     rolls = [
-        _ro([1], [2], reward=0.0, logprobs=[-0.5]),
-        _ro([1], [3], reward=0.25, logprobs=[-0.7]),
-        _ro([1], [4, 5], reward=1.0, kind="transferred", logprobs=[-0.1, -0.2]),
+        _ro([1], [2], reward=0.0, rollout_logprobs=[-0.5]),
+        _ro([1], [3], reward=0.25, rollout_logprobs=[-0.7]),
+        _ro([1], [4, 5], reward=1.0, kind="transferred", rollout_logprobs=[-0.1, -0.2]),
     ]
     b = assemble_batch(rolls, cfg)
     assert not b.sft_mask.any()
@@ -90,13 +91,13 @@ def test_is_transfer_advantage_and_behaviour_logprobs():
 
 
 def test_missing_rollout_logprobs_are_filled_by_old():
-    rolls = [_ro([1], [2, 3], reward=1.0, logprobs=[-0.1, -0.2]), _ro([1], [4], reward=0.0)]
+    rolls = [_ro([1], [2, 3], reward=1.0, rollout_logprobs=[-0.1, -0.2]), _ro([1], [4], reward=0.0)]
     b = assemble_batch(rolls, get_preset("grpo"))
     with pytest.raises(ValueError, match="set_old_logprobs"):
-        b.loss_kwargs()
+        b.loss_inputs()
     old = torch.full((2, 2), -3.0)
     b.set_old_logprobs(old)
-    kw = b.loss_kwargs()
+    kw = b.loss_inputs()
     assert torch.allclose(kw["rollout_logprobs"], torch.tensor([[-0.1, -0.2], [-3.0, -3.0]]))
     assert kw["old_logprobs"] is b.old_logprobs
 
@@ -105,38 +106,11 @@ def test_bad_inputs():
     cfg = get_preset("rgpo")
     with pytest.raises(ValueError, match="kind"):
         _ro([1], [2], kind="weird")
-    with pytest.raises(ValueError, match="logprobs"):
-        _ro([1], [2], logprobs=[0.1, 0.2])
+    with pytest.raises(ValueError, match="rollout_logprobs"):
+        _ro([1], [2], rollout_logprobs=[0.1, 0.2])
     with pytest.raises(ValueError, match="transfer_back"):
         assemble_batch([_ro([1], [2], reward=1.0, kind="guided")], cfg)
     with pytest.raises(ValueError, match="no reward"):
         assemble_batch([_ro([1], [2])], cfg)
     assert assemble_batch([_ro([1], [2])], cfg, rewards=[1.0]).rewards.tolist() == [1.0]
-    assert len(KINDS) == 4
-
-
-def test_pack_unpack_roundtrip():
-    rolls = [
-        _ro([1, 2, 3], [4, 5], reward=1.0, logprobs=[-0.1, -0.2], hint_mask=[True, False]),
-        _ro([6], [7, 8, 9], reward=0.0, logprobs=[-1.0, -2.0, -3.0]),
-    ]
-    b = assemble_batch(rolls, get_preset("grpo"))
-    p = pack(b)
-    assert p.input_ids.tolist() == [[1, 2, 3, 4, 5, 6, 7, 8, 9]]
-    assert p.position_ids.tolist() == [[0, 1, 2, 3, 4, 0, 1, 2, 3]]
-    assert p.cu_seqlens.tolist() == [0, 5, 9] and p.max_seqlen == 5
-    # targets never cross a sequence boundary
-    assert p.targets.tolist() == [[2, 3, 4, 5, 0, 7, 8, 9, 0]]
-    assert p.per_token["mask"].tolist() == [[0, 0, 1, 1, 0, 1, 1, 1, 0]]
-    assert p.per_token["hint_mask"].tolist() == [[0, 0, 1, 0, 0, 0, 0, 0, 0]]
-    assert p.per_token["advantages"][0, :5].unique().numel() == 1
-    T = b.response_mask.shape[1]
-    for name, packed in (
-        ("response_mask", p.per_token["mask"]),
-        ("rollout_logprobs", p.per_token["rollout_logprobs"]),
-    ):
-        back = unpack(packed, p.cu_seqlens, T)
-        assert torch.equal(back, getattr(b, name))
-    assert torch.equal(
-        unpack(p.targets, p.cu_seqlens, T)[b.response_mask], b.targets[b.response_mask]
-    )
+    assert len(SAMPLE_KINDS) == 4

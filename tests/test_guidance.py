@@ -1,5 +1,6 @@
-"""RGPO guidance rules, hand-worked: segmentation, trigger, hint, acceptance, transfer,
-levels; GHPO escalation; LUFFY's off-policy slot."""
+"""RGPO's pure decisions, hand-worked: segmentation, trigger, hint, acceptance, levels;
+GHPO's hint and escalation. (The guided round with records and a tokenizer:
+tests/test_guided_round.py.)"""
 
 import json
 import sys
@@ -16,19 +17,16 @@ from rgpo_fast.algos.guidance import (  # noqa: E402
     build_hint,
     ghpo_escalate,
     ghpo_hint,
-    guided_prompt_text,
     hint_level_used,
-    luffy_offpolicy_rollout,
     needs_guidance,
-    response_hint,
     segment_rationale,
     step_outcome,
-    transfer_back,
     update_level,
 )
 from rgpo_fast.algos.presets import get_preset  # noqa: E402
-from rgpo_fast.batch import Rollout, assemble_batch  # noqa: E402
-from rgpo_fast.data.prompts import encode_prompt  # noqa: E402
+from rgpo_fast.batch import assemble_batch  # noqa: E402
+from rgpo_fast.data.prompts import build_prompt, encode_prompt, token_starts  # noqa: E402
+from rgpo_fast.data.types import Sample  # noqa: E402
 
 RAT = "12+17=29\n29*3=87\n87-19=68\n68+5=73\nAnswer: 73"
 
@@ -69,7 +67,7 @@ def test_segment_steps_and_sentences():
 
 
 def test_segment_tokens_fallback_uses_token_offsets(tok):
-    segs = segment_rationale("abcdefgh", 4, "auto", tokenizer=tok)  # one unit: token chunks
+    segs = segment_rationale("abcdefgh", 4, "auto", token_starts(tok))  # one unit: token chunks
     assert segs == ["ab", "cd", "ef", "gh"]
     assert segment_rationale("aa bb cc", 3, "tokens") == ["aa ", "bb ", "cc"]  # words
     with pytest.raises(ValueError, match="mode"):
@@ -109,13 +107,14 @@ def test_hint_is_first_max_level_1_segments():
 
 
 def test_prompt_placement_goes_in_user_message(chat_tok, tok):
-    cfg = get_preset("rgpo")
-    text = guided_prompt_text("(12+17)*3-19+5=?", "12+17=29\n", cfg, chat_tok)
+    tmpl = get_preset("rgpo").hint_template
+    text = build_prompt(chat_tok, "(12+17)*3-19+5=?", "12+17=29\n", hint_template=tmpl)
     assert text == (
         "<|im_start|>user\n(12+17)*3-19+5=?\n\nPartial solution:\n12+17=29"
         "<|im_end|>\n<|im_start|>assistant\n"
     )
-    assert guided_prompt_text("1+2=?", "1+2=3", cfg, None) == "1+2=?\n\nPartial solution:\n1+2=3\n"
+    plain = build_prompt(None, "1+2=?", "1+2=3", hint_template=tmpl)
+    assert plain == "1+2=?\n\nPartial solution:\n1+2=3\n"
     assert tok.decode(encode_prompt(tok, "1+2=?")) == "1+2=?\n"
 
 
@@ -164,94 +163,7 @@ def test_hint_levels_table_survives_checkpoint(tmp_path):
         restored.load_state_dict({"n_segments": 2, "levels": {"x": 3}})
 
 
-# ---------------------------------------------------------------- transfer back
-
-
-def test_transfer_sft_retokenises_after_unguided_prompt(chat_tok):
-    cfg = get_preset("rgpo")
-    x = "(12+17)*3-19+5=?"
-    hinted_ids = chat_tok(
-        guided_prompt_text(x, "12+17=29\n", cfg, chat_tok), add_special_tokens=False
-    )["input_ids"]
-    plain_ids = encode_prompt(chat_tok, x)
-    resp_text = "29*3=87\n87-19=68\n68+5=73\nAnswer: 73"
-    resp_ids = chat_tok(resp_text, add_special_tokens=False)["input_ids"] + [chat_tok.eos_token_id]
-    guided = Rollout(
-        prompt_ids=hinted_ids,
-        response_ids=resp_ids,
-        text=resp_text,
-        logprobs=[-0.1] * len(resp_ids),
-        group=3,
-        kind="guided",
-        reward=1.0,
-        hint_level=1,
-    )
-    t = transfer_back(guided, plain_ids, chat_tok, cfg)
-    assert t.kind == "transferred" and t.group == 3 and t.reward == 1.0
-    assert t.prompt_ids == plain_ids
-    assert (
-        chat_tok.decode(t.prompt_ids + t.response_ids)
-        == chat_tok.decode(plain_ids) + resp_text + "</s>"
-    )
-    assert t.response_ids[-1] == chat_tok.eos_token_id
-    assert t.logprobs is None and t.hint_mask is None  # sft: no behaviour log-probs needed
-    b = assemble_batch([Rollout(plain_ids, [5], reward=0.0, group=3), t], cfg)
-    assert b.sft_mask.tolist() == [False, True]
-    assert b.targets[1][b.response_mask[1]].tolist() == t.response_ids
-
-
-def test_transfer_is_keeps_hinted_logprobs_and_response_hint_mask(tok):
-    cfg = get_preset("guide", hint_placement="response")
-    plain = encode_prompt(tok, "1+2*3=?")
-    hint = "1+2=3\n"
-    hint_ids, hint_mask = response_hint(tok, hint)
-    gen = "3*3=9\nAnswer: 9"
-    gen_ids = tok(gen, add_special_tokens=False)["input_ids"]
-    guided = Rollout(
-        prompt_ids=plain,
-        response_ids=hint_ids + gen_ids,
-        text=hint + gen,
-        logprobs=[0.0] * len(hint_ids) + [-0.3] * len(gen_ids),
-        hint_mask=hint_mask + [False] * len(gen_ids),
-        kind="guided",
-        reward=1.0,
-    )
-    t = transfer_back(guided, plain, tok, cfg, hint_text=hint)
-    assert t.response_ids == hint_ids + gen_ids
-    assert t.hint_mask == [True] * len(hint_ids) + [False] * len(gen_ids)
-    assert t.logprobs == guided.logprobs and t.behaviour_prompt_ids == plain
-    b = assemble_batch([Rollout(plain, [5], reward=0.0, logprobs=[-1.0]), t], cfg)
-    # masks cover exactly the hint tokens: the trainable targets are the generated ones
-    trainable = b.response_mask[1] & ~b.hint_mask[1]
-    assert tok.decode(b.targets[1][trainable].tolist()) == gen
-    assert b.hint_mask[1].sum().item() == len(hint)
-    assert b.advantages[1].item() == pytest.approx(1.0)
-    # engine text holding only the generated part is completed with the hint
-    guided.text = gen
-    assert transfer_back(guided, plain, tok, cfg, hint_text=hint).text == hint + gen
-    with pytest.raises(ValueError, match="hint_text"):
-        transfer_back(guided, plain, tok, cfg)
-    with pytest.raises(ValueError, match="guided"):
-        transfer_back(t, plain, tok, cfg, hint_text=hint)
-
-
-def test_transfer_is_drops_logprobs_when_tokens_change(tok):
-    cfg = get_preset("guide")
-    # the engine produced the unknown-char id path: re-tokenising the text gives other ids
-    guided = Rollout(
-        prompt_ids=[1],
-        response_ids=[50, 51],
-        text="7",
-        logprobs=[-0.2, -0.3],
-        kind="guided",
-        reward=1.0,
-    )
-    t = transfer_back(guided, [2], tok, cfg)
-    assert t.response_ids == tok("7", add_special_tokens=False)["input_ids"]
-    assert t.logprobs is None and t.behaviour_prompt_ids == [1]
-
-
-# ---------------------------------------------------------------- GHPO and LUFFY
+# ---------------------------------------------------------------- GHPO
 
 
 def test_ghpo_hint_and_escalation_only_for_all_failed():
@@ -273,30 +185,12 @@ def test_ghpo_hint_and_escalation_only_for_all_failed():
 def test_ghpo_guided_group_is_trained_in_hinted_context():
     cfg = get_preset("ghpo")
     rolls = [
-        Rollout([1, 9, 9], [2], reward=1.0, kind="guided", group=0),
-        Rollout([1, 9, 9], [3], reward=0.0, kind="guided", group=0),
+        Sample([1, 9, 9], [2], reward=1.0, kind="guided", group=0),
+        Sample([1, 9, 9], [3], reward=0.0, kind="guided", group=0),
     ]
     b = assemble_batch(rolls, cfg)
     assert b.input_ids[:, :3].tolist() == [[1, 9, 9]] * 2
     assert b.advantages[0] > 0 > b.advantages[1] and not b.sft_mask.any()
-
-
-def test_luffy_slot_gets_the_shaped_ratio_flag(tok):
-    cfg = get_preset("luffy")
-    plain = encode_prompt(tok, "1+2=?")
-    off = luffy_offpolicy_rollout(plain, "1+2=3\nAnswer: 3", tok, group=0, reward=1.0)
-    assert tok.decode(off.response_ids) == "1+2=3\nAnswer: 3</s>"
-    rolls = [
-        Rollout(plain, [5], reward=0.0, logprobs=[-1.0]),
-        Rollout(plain, [6], reward=0.0, logprobs=[-1.0]),
-        off,
-    ]
-    b = assemble_batch(rolls, cfg)
-    assert b.offpolicy_mask.tolist() == [False, False, True]
-    assert b.kind_names()[2] == "offpolicy"
-    assert b.advantages.tolist() == pytest.approx([-1 / 3, -1 / 3, 2 / 3])
-    with pytest.raises(ValueError, match="rationale"):
-        luffy_offpolicy_rollout(plain, "", tok, group=0)
 
 
 def test_hint_levels_set_stores_merged_levels_and_checks_range():

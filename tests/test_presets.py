@@ -44,11 +44,20 @@ def test_presets_hold_their_defining_choices():
     assert get_preset("dapo", clip_high=0.3).clip_high == 0.3
 
 
-def test_loss_kwargs_and_roundtrip():
+def test_loss_config_and_roundtrip():
     cfg = get_preset("dapo", tis_cap=None)
-    kw = cfg.loss_kwargs()
-    assert kw["clip_high"] == 0.28 and kw["tis_cap"] == float("inf")
+    loss = cfg.loss_config()
+    assert loss.clip_high == 0.28 and loss.tis_cap == float("inf")
+    assert cfg.loss_config(temperature=0.7).temperature == 0.7
     assert AlgoConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_loss_fields_are_checked_once_by_loss_config():
+    """AlgoConfig's loss fields go through LossConfig's bounds (one set of checks)."""
+    with pytest.raises(ValueError, match="AlgoConfig.clip_ratio_c must be > 1"):
+        get_preset("rgpo", clip_ratio_c=0.5)
+    with pytest.raises(ValueError, match="AlgoConfig.kl_estimator='k9' is unknown"):
+        get_preset("rgpo", kl_estimator="k9")
 
 
 @pytest.mark.parametrize(
@@ -107,5 +116,21 @@ def test_dynamic_sampling_drops_and_refills():
 
 
 def test_dynamic_sampling_bound_on_rounds():
-    kept, stats = dynamic_sampling(lambda r: [([0, 0])], lambda g: g, 2, max_extra_rounds=1)
-    assert kept == [] and stats["rounds"] == 2 and stats["dropped"] == 2
+    """No informative group in any round: the first round's groups come back (the step
+    still trains, with zero advantages) and the stats say nothing was kept."""
+    first = [[0, 0]]
+    kept, stats = dynamic_sampling(lambda r: first if r == 0 else [[1, 1]], lambda g: g, 2,
+                                   max_extra_rounds=1)  # fmt: skip
+    assert kept == first and stats["rounds"] == 2 and stats["dropped"] == 2
+    assert stats["kept"] == 0
+
+
+def test_dynamic_sampling_stops_when_refills_run_dry():
+    calls = []
+
+    def generate(r):
+        calls.append(r)
+        return [[0, 1]] if r == 0 else []
+
+    kept, stats = dynamic_sampling(generate, lambda g: g, 3, max_extra_rounds=5)
+    assert kept == [[0, 1]] and calls == [0, 1] and stats["rounds"] == 2

@@ -1,5 +1,6 @@
-"""Pure tensor functions of RL maths: advantages, aggregation, per-token policy losses,
-guidance (RGPO, GHPO, LUFFY), dynamic sampling, and the presets that combine them."""
+"""Pure functions of RL maths: advantages, aggregation, per-token policy losses, guidance
+decisions (RGPO, GHPO), dynamic sampling, and the presets that combine them. No record
+types and no tokenizers here (rgpo_fast/guided_round.py adds those)."""
 
 from rgpo_fast.algos.advantages import ADVANTAGES, compute_advantages
 from rgpo_fast.algos.aggregation import AGG_MODES, aggregation_weights, global_counts
@@ -9,7 +10,6 @@ from rgpo_fast.algos.guidance import (
     build_hint,
     needs_guidance,
     segment_rationale,
-    transfer_back,
     update_level,
 )
 from rgpo_fast.algos.policy_loss import LossConfig, token_loss_and_grad
@@ -31,6 +31,5 @@ __all__ = [
     "preset_names",
     "segment_rationale",
     "token_loss_and_grad",
-    "transfer_back",
     "update_level",
 ]

@@ -1,28 +1,17 @@
-"""RGPO guidance as pure building blocks (ALGORITHMS.md, "RGPO"), plus GHPO and LUFFY pieces.
+"""RGPO's decisions as pure functions (docs/algorithms.md, "RGPO"), plus GHPO's.
 
-Step order the trainer follows for `cfg.guidance == "rgpo"` (Guide is the same with
-trigger="all_fail", transfer="is"):
-
-    levels = hint_levels.get_many(uids)
-    need   = needs_guidance(levels, unguided_rewards, cfg, has_rationale)
-    for i in need:  seg = segment_rationale(z_i, cfg.n_segments, cfg.segmentation, tok)
-                    level = hint_level_used(levels[i], cfg); hint = build_hint(seg, level)
-                    prompt placement:   guided prompt = encode_prompt(tok, x_i, hint, ...)
-                    response placement: response prefix = response_hint(tok, hint)
-                    sample K = cfg.guided_samples(G) responses; rewards
-                    ok = accept(guided_rewards, unguided_rewards[i], cfg)
-                    transferred += [transfer_back(r, unguided_prompt_ids_i, tok, cfg) for ok]
-    hint_levels.update(uid, solved=..., guided_failed=...)   # update_level per prompt
+Segmentation, the hint-level table and its update rule, the trigger, the hint, acceptance
+and the per-prompt outcome: plain values in, plain values out, no tokenizer and no record
+types. `rgpo_fast/guided_round.py` runs them in order (one guided round, with the sampler
+and the scorer passed in) for the trainer and the TRL adapter alike.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
-
-from rgpo_fast.batch import Rollout
 
 # ----------------------------------------------------------------------------- segmentation
 
@@ -59,18 +48,16 @@ def _group(units: list[str], n: int) -> list[str]:
     return ["".join(units[a:b]) for a, b in zip(bounds, bounds[1:])]
 
 
-def _token_chunks(text: str, n: int, tokenizer: Any | None) -> list[str]:
+TokenStarts = Callable[[str], "list[int] | None"]
+
+
+def _token_chunks(text: str, n: int, token_starts: TokenStarts | None) -> list[str]:
     """n chunks of (about) equal token count, cut at token character offsets.
 
-    Without a tokenizer (or one without offsets) whitespace-separated words stand in for
-    tokens, then characters if there is a single word."""
-    offsets = None
-    if tokenizer is not None:
-        try:
-            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-            offsets = [int(a) for a, _ in enc["offset_mapping"]]
-        except (NotImplementedError, TypeError, KeyError, ValueError):
-            offsets = None  # slow tokenizers have no offsets
+    `token_starts(text)` gives the character offset where each token starts (None when the
+    tokenizer has no offsets). Without it, whitespace-separated words stand in for tokens,
+    then characters if there is a single word."""
+    offsets = token_starts(text) if token_starts is not None else None
     if offsets is None:
         offsets = [m.start() for m in re.finditer(r"\S+", text)]
         if len(offsets) < 2:
@@ -84,13 +71,14 @@ def _token_chunks(text: str, n: int, tokenizer: Any | None) -> list[str]:
 
 
 def segment_rationale(
-    text: str, n: int = 4, mode: str = "auto", tokenizer: Any | None = None
+    text: str, n: int = 4, mode: str = "auto", token_starts: TokenStarts | None = None
 ) -> list[str]:
     """Split a rationale into at most `n` contiguous segments; "".join(result) == text.
 
     mode: "lines", "sentences", "steps" (numbered steps), "tokens" (equal token chunks), or
     "auto": steps if there are >= 2 numbered steps, else lines if >= 2 non-empty lines,
-    else sentences if >= 2, else equal token chunks. A rationale with fewer units than `n`
+    else sentences if >= 2, else equal token chunks (cut at `token_starts(text)`, see
+    data.prompts.token_starts). A rationale with fewer units than `n`
     gives fewer segments (each unit one segment): hint levels above the count mean "all".
     An empty rationale gives [] (that prompt is never guided).
     """
@@ -105,9 +93,9 @@ def segment_rationale(
             units = _units(text, candidate)
             if len([u for u in units if u.strip()]) >= 2:
                 return _group(units, n)
-        return _token_chunks(text, n, tokenizer)
+        return _token_chunks(text, n, token_starts)
     if mode == "tokens":
-        return _token_chunks(text, n, tokenizer)
+        return _token_chunks(text, n, token_starts)
     if mode not in ("lines", "sentences", "steps"):
         raise ValueError(f"mode={mode!r} is invalid; valid: auto, lines, sentences, steps, tokens")
     return _group(_units(text, mode), n)
@@ -247,21 +235,6 @@ def build_hint(segments: Sequence[str], level: int) -> str:
     return "".join(segments[: max(level, 1)])
 
 
-def guided_prompt_text(problem: str, hint: str, cfg: Any, tokenizer: Any = None, **kw: Any) -> str:
-    """Prompt placement: the problem with the hint in the user message (chat-aware)."""
-    from rgpo_fast.data.prompts import build_prompt  # noqa: PLC0415 (avoid import cycle)
-
-    return build_prompt(tokenizer, problem, hint, hint_template=cfg.hint_template, **kw)
-
-
-def response_hint(tokenizer: Any, hint: str) -> tuple[list[int], list[bool]]:
-    """Response placement: token ids of the hint that prefix the response, and the hint
-    mask for them (all True). The engine generates after prompt + these ids; the guided
-    Rollout's response_ids = ids + generated and hint_mask = mask + [False] * generated."""
-    ids = list(tokenizer(hint, add_special_tokens=False)["input_ids"])
-    return ids, [True] * len(ids)
-
-
 # ----------------------------------------------------------------------------- acceptance
 
 
@@ -284,70 +257,7 @@ def accept(
     raise ValueError(f"mode={mode!r} is invalid; valid: beat_all, any_success")
 
 
-# ----------------------------------------------------------------------------- transfer
-
-
-def transfer_back(
-    guided: Rollout,
-    unguided_prompt_ids: Sequence[int],
-    tokenizer: Any,
-    cfg: Any,
-    *,
-    hint_text: str | None = None,
-) -> Rollout:
-    """Move an accepted guided response to the hint-free prompt.
-
-    The response TEXT is re-tokenised on its own and placed after `unguided_prompt_ids`
-    (token ids under the hinted prompt need not be what the tokenizer gives for the same
-    text elsewhere). With response placement the copied hint is part of the text
-    (`hint_text` must be given) and its tokens are marked in the hint mask, found through
-    character offsets. An EOS that ended the guided response is kept.
-
-    `sft` transfer: logprobs=None (trained by NLL). `is` transfer: the behaviour log-probs
-    are the guided (hinted-context) ones; they are kept when re-tokenisation reproduced the
-    same response tokens, else set to None with `behaviour_prompt_ids` so the trainer can
-    recompute log p(y | x + h) for the new tokens before `assemble_batch`.
-    """
-    if guided.kind != "guided":
-        raise ValueError(f"transfer_back expects a guided rollout, got kind={guided.kind!r}")
-    placement = cfg.hint_placement
-    text = guided.text
-    if not text and guided.response_ids:
-        text = tokenizer.decode(guided.response_ids, skip_special_tokens=True)
-    if placement == "response":
-        if hint_text is None:
-            raise ValueError("hint_text is required with hint_placement='response'")
-        if not text.startswith(hint_text):
-            text = hint_text + text  # engine text may hold only the generated part
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=placement == "response")
-    ids = list(enc["input_ids"])
-    hint_mask = None
-    if placement == "response":
-        # a token is a hint token if it starts inside the hint's characters
-        hint_mask = [int(a) < len(hint_text) for a, _ in enc["offset_mapping"]]
-    eos = getattr(tokenizer, "eos_token_id", None)
-    if eos is not None and guided.response_ids and guided.response_ids[-1] == eos:
-        ids.append(eos)
-        if hint_mask is not None:
-            hint_mask.append(False)
-    logprobs, behaviour = None, None
-    if cfg.transfer == "is":
-        behaviour = list(guided.prompt_ids)
-        if guided.logprobs is not None and ids == list(guided.response_ids):
-            logprobs = list(guided.logprobs)
-    return Rollout(
-        prompt_ids=list(unguided_prompt_ids),
-        response_ids=ids,
-        logprobs=logprobs,
-        text=text,
-        group=guided.group,
-        kind="transferred",
-        reward=guided.reward,
-        hint_mask=hint_mask,
-        hint_level=guided.hint_level,
-        uid=guided.uid,
-        behaviour_prompt_ids=behaviour,
-    )
+# ----------------------------------------------------------------------------- outcome
 
 
 def step_outcome(
@@ -400,36 +310,3 @@ def ghpo_escalate(
         ok = has_rationale is None or bool(has_rationale[i])
         out.append(nxt if all_failed and ok and nxt < len(cfg.ghpo_omegas) else None)
     return out
-
-
-# ----------------------------------------------------------------------------- LUFFY
-
-
-def luffy_offpolicy_rollout(
-    prompt_ids: Sequence[int],
-    rationale: str,
-    tokenizer: Any,
-    *,
-    group: int,
-    reward: float | None = None,
-    uid: str = "",
-    add_eos: bool = True,
-) -> Rollout:
-    """The reference rationale as an off-policy response in the slot of group `group`
-    (LUFFY). Its tokens get the shaped ratio f = p / (p + gamma) in the loss
-    (offpolicy_mask); no behaviour log-probs are needed."""
-    if not rationale:
-        raise ValueError("luffy_offpolicy_rollout needs a non-empty rationale")
-    ids = list(tokenizer(rationale, add_special_tokens=False)["input_ids"])
-    eos = getattr(tokenizer, "eos_token_id", None)
-    if add_eos and eos is not None:
-        ids.append(eos)
-    return Rollout(
-        prompt_ids=list(prompt_ids),
-        response_ids=ids,
-        text=rationale,
-        group=group,
-        kind="offpolicy",
-        reward=reward,
-        uid=uid,
-    )

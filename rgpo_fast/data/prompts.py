@@ -77,3 +77,19 @@ def encode_prompt(
     ):
         ids = [bos, *ids]
     return ids
+
+
+def token_starts(tokenizer: Any):
+    """A function text -> the character offset where each token starts (None when the
+    tokenizer gives no offsets, e.g. a slow one), for `segment_rationale`'s token chunks."""
+    if tokenizer is None:
+        return None
+
+    def starts(text: str) -> list[int] | None:
+        try:
+            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        except (NotImplementedError, TypeError, KeyError, ValueError):
+            return None
+        return [int(a) for a, _ in enc["offset_mapping"]]
+
+    return starts

@@ -42,11 +42,13 @@ from typing import Any
 
 import torch
 
-from rgpo_fast.algos import guidance as G
+from rgpo_fast.algos.guidance import HintLevels
 from rgpo_fast.algos.presets import AlgoConfig
-from rgpo_fast.batch import Rollout
 from rgpo_fast.data.prompts import user_message
+from rgpo_fast.data.types import Sample
 from rgpo_fast.functional import fused_linear_policy_loss
+from rgpo_fast.guided_round import GuidedJob, PromptGroup, guided_round
+from rgpo_fast.rollout.base import Completion
 
 try:  # TRL is optional: the mapping helpers below work without it.
     from trl import GRPOTrainer
@@ -212,7 +214,7 @@ class RGPOFusedGRPOTrainer(GRPOTrainer):
         if guidance is not None and guidance.guidance != "none":
             self._check_guidance(guidance, why)
             self.rgpo_guidance = guidance
-            self.rgpo_levels = G.HintLevels(guidance.n_segments, guidance.adaptive_levels)
+            self.rgpo_levels = HintLevels(guidance.n_segments, guidance.adaptive_levels)
             # sft_coef travels with the loss options
         self.rgpo_sft_coef = guidance.sft_coef if guidance is not None else 0.0
         self._rgpo_last_rewards: torch.Tensor | None = None
@@ -369,63 +371,53 @@ class RGPOFusedGRPOTrainer(GRPOTrainer):
         return [[{"role": "assistant", "content": t}] for t in texts]
 
     def _rgpo_guide(self, inputs: list[dict], out: dict, rewards: torch.Tensor) -> dict:
-        """Guided round for the groups that need it; accepted responses become SFT rows."""
-        cfg, tok, Gn = self.rgpo_guidance, self._tokenizer, self.num_generations
-        mode = "train"
+        """The guided round (rgpo_fast.guided_round) on TRL's batch: TRL's generation path
+        samples, TRL's reward functions score; accepted responses become SFT rows."""
+        cfg, tok, group_size = self.rgpo_guidance, self._tokenizer, self.num_generations
         B = len(inputs)
-        if B % Gn:
-            raise ValueError(f"generation batch of {B} rows is not made of groups of {Gn}")
-        heads = [inputs[g * Gn] for g in range(B // Gn)]  # one row per prompt (group)
-        rows = rewards.view(-1, Gn).tolist()
-        uids = [self._uid(h) for h in heads]
-        levels = self.rgpo_levels.get_many(uids)
+        if B % group_size:
+            raise ValueError(f"generation batch of {B} rows is not made of groups of "
+                             f"{group_size}")  # fmt: skip
+        heads = [inputs[g * group_size] for g in range(B // group_size)]  # a row per prompt
+        rows = rewards.view(-1, group_size).tolist()
+        pmask, pids = out["prompt_mask"].bool().cpu(), out["prompt_ids"].cpu()
         col = self.rgpo_rationale_column
-        has_rat = [bool(h.get(col)) for h in heads]
-        need = G.needs_guidance(levels, rows, cfg, has_rat)
-        idx = [g for g, n in enumerate(need) if n]
-        K = cfg.guided_samples(Gn)
-        accepted_per: dict[int, list[bool]] = {}
-        new_prompts: list[list[int]] = []
-        new_completions: list[list[int]] = []
-        if idx:
-            hinted = []
-            for g in idx:
-                segs = G.segment_rationale(heads[g][col], cfg.n_segments, cfg.segmentation, tok)
-                hint = G.build_hint(segs, G.hint_level_used(levels[g], cfg))
-                hinted.append(self._hinted_prompt(heads[g]["prompt"], hint))
-            g_prompts = [p for p in hinted for _ in range(K)]
-            g_ids, _, _ = self._tokenize_prompts(g_prompts)
-            g_completion_ids, _ = self._generate_single_turn(g_ids, None, {}, K)
-            g_inputs = [heads[g] for g in idx for _ in range(K)]
-            orig_prompts = [heads[g]["prompt"] for g in idx for _ in range(K)]
-            g_completions = self._decode(g_prompts, g_completion_ids)
-            # Scored against the unguided prompt: the reward judges the answer, not the hint.
-            g_rewards = self._combined_rewards(
-                super()._calculate_rewards(g_inputs, orig_prompts, g_completions, g_completion_ids)
-            ).float().cpu().view(len(idx), K).tolist()  # fmt: skip
-            pmask = out["prompt_mask"].bool().cpu()
-            pids = out["prompt_ids"].cpu()
-            for j, g in enumerate(idx):
-                ok = G.accept(g_rewards[j], rows[g], cfg.acceptance, cfg.success_threshold)
-                accepted_per[g] = ok
-                unguided_prompt = pids[g * Gn][pmask[g * Gn]].tolist()
-                for k, good in enumerate(ok):
-                    if not good:
-                        continue
-                    ids = list(g_completion_ids[j * K + k])
-                    guided = Rollout(prompt_ids=list(g_ids[j * K + k]), response_ids=ids,
-                                     text=tok.decode(ids, skip_special_tokens=True), group=g,
-                                     kind="guided", reward=g_rewards[j][k],
-                                     uid=uids[g])  # fmt: skip
-                    moved = G.transfer_back(guided, unguided_prompt, tok, cfg)
-                    new_prompts.append(moved.prompt_ids)
-                    new_completions.append(moved.response_ids[: self.max_completion_length])
-        for g, uid in enumerate(uids):
-            solved, failed = G.step_outcome(rows[g], accepted_per.get(g), cfg.success_threshold)
-            self.rgpo_levels.update(uid, solved=solved, guided_failed=failed)
-        n_acc = len(new_completions)
-        self._metrics[mode]["rgpo/guided_prompts"].append(float(len(idx)))
-        self._metrics[mode]["rgpo/accepted"].append(float(n_acc))
+        groups = [PromptGroup(uid=self._uid(h), rationale=str(h.get(col) or ""),
+                              prompt_ids=pids[g * group_size][pmask[g * group_size]].tolist(),
+                              rewards=rows[g], group=g)
+                  for g, h in enumerate(heads)]  # fmt: skip
+        hinted: dict[int, Any] = {}  # group index -> hinted prompt (text or messages)
+
+        def hinted_prompt(i: int, hint: str) -> list[int]:
+            hinted[i] = self._hinted_prompt(heads[i]["prompt"], hint)
+            ids, _, _ = self._tokenize_prompts([hinted[i]])
+            return list(ids[0])
+
+        def generate(prompts: list[list[int]], k: int) -> list[list[Completion]]:
+            flat = [p for p in prompts for _ in range(k)]
+            ids, _ = self._generate_single_turn(flat, None, {}, k)
+            return [[Completion(token_ids=list(ids[j * k + c]), logprobs=None)
+                     for c in range(k)] for j in range(len(prompts))]  # fmt: skip
+
+        def score(jobs: list[GuidedJob], samples: list[list[Sample]]) -> list[list[float]]:
+            # Against the unguided prompt: the reward judges the answer, not the hint.
+            g_inputs = [heads[j.index] for j, row in zip(jobs, samples) for _ in row]
+            g_prompts = [hinted[j.index] for j, row in zip(jobs, samples) for _ in row]
+            ids = [list(s.response_ids) for row in samples for s in row]
+            completions = self._decode(g_prompts, ids)
+            flat = self._combined_rewards(super(RGPOFusedGRPOTrainer, self)._calculate_rewards(
+                g_inputs, [h["prompt"] for h in g_inputs], completions, ids)).float().cpu()
+            k = len(samples[0])
+            return flat.view(len(jobs), k).tolist()
+
+        rnd = guided_round(groups, self.rgpo_levels, cfg, tok, group_size=group_size,
+                           hinted_prompt=hinted_prompt, generate=generate, score=score)
+        for uid, level in rnd.level_updates.items():
+            self.rgpo_levels.set(uid, level)
+        new_prompts = [t.prompt_ids for t in rnd.transferred]
+        new_completions = [t.response_ids[: self.max_completion_length] for t in rnd.transferred]
+        self._metrics["train"]["rgpo/guided_prompts"].append(rnd.stats["guided/prompts"])
+        self._metrics["train"]["rgpo/accepted"].append(float(len(new_completions)))
         return append_sft_rows(out, new_prompts, new_completions, tok.pad_token_id)
 
     def _prepare_inputs(self, generation_batch):

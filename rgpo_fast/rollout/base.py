@@ -2,7 +2,7 @@
 
 An engine generates `n` samples per prompt from token ids and returns the sampled token
 ids and the engine's own per-token log-probs (used for truncated importance sampling, see
-ALGORITHMS.md). Colocated engines share the devices with the trainer, so they also
+docs/algorithms.md). Colocated engines share the devices with the trainer, so they also
 release memory (`sleep`), take it back in stages (`wake_up(tags)`) and receive the
 trainer's new weights (`load_weights`). The trainer calls them in this order each step:
 
@@ -55,13 +55,14 @@ def prompt_seed(seed: int, index: int) -> int:
 
 @dataclass
 class Completion:
-    """One sample: generated token ids (stop token included if it was produced), the
-    engine's log-prob of each under the temperature-scaled distribution, and why it
-    ended ("stop" at an EOS/stop token, "length" at max_new_tokens)."""
+    """One generated response: token ids (stop token included if it was produced), the
+    engine's log-prob of each under the temperature-scaled distribution (None when the
+    generator does not report them, e.g. TRL's generation path), and why it ended ("stop"
+    at an EOS/stop token, "length" at max_new_tokens)."""
 
     token_ids: list[int]
-    logprobs: list[float]
-    finish_reason: str
+    logprobs: list[float] | None
+    finish_reason: str = "length"
 
 
 @dataclass

@@ -1,0 +1,248 @@
+"""RGPO's guided round, in one function used by the trainer and the TRL adapter alike.
+
+When on-policy samples fail on a prompt, the model is shown part of the prompt's reference
+rationale, writes its own solutions, and only those that beat every unguided sample are
+moved back to the hint-free prompt and trained there (docs/algorithms.md, "RGPO"):
+
+    round = guided_round(groups, levels, algo, tokenizer, group_size=G,
+                         hinted_prompt=..., generate=..., score=...)
+
+1. trigger    which prompts are guided this step (`guidance.needs_guidance`)
+2. hint       the first max(level, 1) rationale segments, in the user message (prompt
+              placement, `hinted_prompt`) or as the start of the response (response
+              placement: its tokens are hint-masked)
+3. generate   K guided responses per hinted prompt (`generate`, the caller's sampler)
+4. score      their rewards against the hint-free problem (`score`, the caller's verifier)
+5. accept     those whose reward beats every unguided reward (`guidance.accept`)
+6. transfer   accepted responses re-tokenised after the hint-free prompt (`transfer_back`)
+7. levels     each prompt's hint level moves by one (`guidance.step_outcome`,
+              `guidance.update_level`); returned as updates, applied by the caller
+
+The pure decisions live in algos/guidance.py; this module adds the tokenizer and the
+records. The caller owns sampling and scoring, so the same round runs on the trainer's
+rollout engine and on TRL's generation path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from rgpo_fast.algos import guidance
+from rgpo_fast.data.prompts import token_starts
+from rgpo_fast.data.types import Sample
+from rgpo_fast.rollout.base import Completion
+
+
+@dataclass
+class PromptGroup:
+    """One prompt of the step with its unguided group: what the guided round starts from."""
+
+    uid: str  # key of the prompt's hint level
+    rationale: str  # reference rationale ("" = never guided)
+    prompt_ids: list[int]  # the hint-free prompt
+    rewards: list[float]  # rewards of its G unguided samples
+    group: int  # group index its samples share in the step's batch
+
+
+@dataclass
+class GuidedJob:
+    """One hinted prompt to sample from."""
+
+    index: int  # position of the prompt in the round's `groups`
+    prompt_ids: list[int]  # what the sampler continues: hinted prompt, or prompt + hint ids
+    hint: str  # the rationale prefix shown
+    level: int  # number of segments shown
+    prefix_ids: list[int] = field(default_factory=list)  # response placement: the hint ids
+
+
+@dataclass
+class GuidedRound:
+    """What one guided round produced."""
+
+    transferred: list[Sample]  # accepted responses under their hint-free prompts
+    level_updates: dict[str, int]  # uid -> new hint level (only the ones that changed)
+    stats: dict[str, float]  # guided/* metrics of the step
+    generated_tokens: int = 0
+
+
+HintedPrompt = Callable[[int, str], list[int]]  # (group index, hint) -> hinted prompt ids
+Generate = Callable[[list[list[int]], int], list[list[Completion]]]  # prompts, K -> K each
+Score = Callable[[list[GuidedJob], list[list[Sample]]], list[list[float]]]  # rewards per job
+
+
+def guided_round(
+    groups: Sequence[PromptGroup],
+    levels: guidance.HintLevels,
+    cfg: Any,
+    tokenizer: Any,
+    *,
+    group_size: int,
+    hinted_prompt: HintedPrompt,
+    generate: Generate,
+    score: Score,
+    max_prompt_len: int | None = None,
+) -> GuidedRound:
+    """Run steps 1-7 of the module docstring for `cfg` (an AlgoConfig with guidance "rgpo").
+
+    A hinted prompt longer than `max_prompt_len` tokens is not guided (counted in
+    `guided/too_long`): the engine was sized for prompts up to that length.
+    """
+    uids = [g.uid for g in groups]
+    current = levels.get_many(uids)
+    need = guidance.needs_guidance(current, [g.rewards for g in groups], cfg,
+                                   [bool(g.rationale.strip()) for g in groups])  # fmt: skip
+    jobs, too_long = [], 0
+    for i in (i for i, n in enumerate(need) if n):
+        job = _hint_job(i, groups[i], current[i], cfg, tokenizer, hinted_prompt)
+        if max_prompt_len is not None and len(job.prompt_ids) > max_prompt_len:
+            too_long += 1
+            continue
+        jobs.append(job)
+
+    k = cfg.guided_samples(group_size)
+    completions = generate([j.prompt_ids for j in jobs], k) if jobs else []
+    guided = [[_guided_sample(j, groups[j.index], c, cfg, tokenizer) for c in comps]
+              for j, comps in zip(jobs, completions)]  # fmt: skip
+    rewards = score(jobs, guided) if jobs else []
+
+    transferred: list[Sample] = []
+    accepted: dict[int, list[bool]] = {}
+    successes = 0
+    for job, samples, rws in zip(jobs, guided, rewards):
+        group = groups[job.index]
+        ok = guidance.accept(rws, group.rewards, cfg.acceptance, cfg.success_threshold)
+        accepted[job.index] = ok
+        successes += sum(r >= cfg.success_threshold for r in rws)
+        for s, r, good in zip(samples, rws, ok):
+            s.reward = float(r)
+            if good:
+                hint_text = job.hint if cfg.hint_placement == "response" else None
+                transferred.append(
+                    transfer_back(s, group.prompt_ids, tokenizer, cfg, hint_text=hint_text)
+                )
+
+    updates: dict[str, int] = {}
+    for i, group in enumerate(groups):
+        solved, failed = guidance.step_outcome(group.rewards, accepted.get(i),
+                                               cfg.success_threshold)  # fmt: skip
+        new = guidance.update_level(current[i], solved=solved, guided_failed=failed,
+                                    n_segments=cfg.n_segments, adaptive=cfg.adaptive_levels)
+        if new != current[i]:
+            updates[group.uid] = new
+
+    stats = {
+        "guided/prompts": float(len(jobs)),
+        "guided/samples": float(len(jobs) * k),
+        "guided/successes": float(successes),
+        "guided/accepted": float(len(transferred)),
+        "guided/accepted_prompts": float(sum(any(v) for v in accepted.values())),
+        "guided/mean_level": sum(j.level for j in jobs) / len(jobs) if jobs else 0.0,
+        "guided/too_long": float(too_long),
+    }
+    generated = sum(len(c.token_ids) for comps in completions for c in comps)
+    return GuidedRound(transferred, updates, stats, generated)
+
+
+def _hint_job(index: int, group: PromptGroup, level: int, cfg: Any, tokenizer: Any,
+              hinted_prompt: HintedPrompt) -> GuidedJob:  # fmt: skip
+    segments = guidance.segment_rationale(group.rationale, cfg.n_segments, cfg.segmentation,
+                                          token_starts(tokenizer))  # fmt: skip
+    shown = guidance.hint_level_used(level, cfg)
+    hint = guidance.build_hint(segments, shown)
+    if cfg.hint_placement == "prompt":
+        return GuidedJob(index, hinted_prompt(index, hint), hint, shown)
+    prefix = response_hint(tokenizer, hint)
+    return GuidedJob(index, list(group.prompt_ids) + prefix, hint, shown, prefix)
+
+
+def _guided_sample(job: GuidedJob, group: PromptGroup, completion: Completion, cfg: Any,
+                   tokenizer: Any) -> Sample:  # fmt: skip
+    """A guided completion as a Sample: response placement keeps the hint ids at the start
+    of the response (hint-masked) and the plain prompt; prompt placement keeps the hinted
+    prompt. Rollout log-probs are kept for an `is` transfer (prompt placement only: the
+    hint ids of a response prefix were not sampled)."""
+    pre = job.prefix_ids
+    ids = list(completion.token_ids)
+    keep_lp = cfg.transfer == "is" and not pre and completion.logprobs is not None
+    return Sample(
+        prompt_ids=list(group.prompt_ids) if pre else list(job.prompt_ids),
+        response_ids=pre + ids,
+        rollout_logprobs=list(completion.logprobs) if keep_lp else None,
+        text=tokenizer.decode(pre + ids, skip_special_tokens=True),
+        group=group.group,
+        kind="guided",
+        hint_level=job.level,
+        uid=group.uid,
+        hint_mask=[True] * len(pre) + [False] * len(ids) if pre else None,
+    )
+
+
+def response_hint(tokenizer: Any, hint: str) -> list[int]:
+    """Response placement: the token ids of the hint that start the response. The engine
+    continues after prompt + these ids; they are hint-masked in training (no loss)."""
+    return list(tokenizer(hint, add_special_tokens=False)["input_ids"])
+
+
+def transfer_back(
+    guided: Sample,
+    unguided_prompt_ids: Sequence[int],
+    tokenizer: Any,
+    cfg: Any,
+    *,
+    hint_text: str | None = None,
+) -> Sample:
+    """Move an accepted guided response to the hint-free prompt.
+
+    The response TEXT is re-tokenised on its own and placed after `unguided_prompt_ids`
+    (token ids under the hinted prompt need not be what the tokenizer gives for the same
+    text elsewhere). With response placement the copied hint is part of the text
+    (`hint_text` must be given) and its tokens are marked in the hint mask, found through
+    character offsets. An EOS that ended the guided response is kept.
+
+    `sft` transfer: no rollout log-probs (trained by NLL). `is` transfer: the rollout
+    log-probs are the guided (hinted-context) ones; they are kept when re-tokenisation
+    reproduced the same response tokens, else set to None with `rollout_prompt_ids` so the
+    trainer can recompute log p(y | x + h) for the new tokens before `assemble_batch`.
+    """
+    if guided.kind != "guided":
+        raise ValueError(f"transfer_back expects a guided sample, got kind={guided.kind!r}")
+    placement = cfg.hint_placement
+    text = guided.text
+    if not text and guided.response_ids:
+        text = tokenizer.decode(guided.response_ids, skip_special_tokens=True)
+    if placement == "response":
+        if hint_text is None:
+            raise ValueError("hint_text is required with hint_placement='response'")
+        if not text.startswith(hint_text):
+            text = hint_text + text  # engine text may hold only the generated part
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=placement == "response")
+    ids = list(enc["input_ids"])
+    hint_mask = None
+    if placement == "response":
+        # a token is a hint token if it starts inside the hint's characters
+        hint_mask = [int(a) < len(hint_text) for a, _ in enc["offset_mapping"]]
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is not None and guided.response_ids and guided.response_ids[-1] == eos:
+        ids.append(eos)
+        if hint_mask is not None:
+            hint_mask.append(False)
+    logprobs, rollout_prompt = None, None
+    if cfg.transfer == "is":
+        rollout_prompt = list(guided.prompt_ids)
+        if guided.rollout_logprobs is not None and ids == list(guided.response_ids):
+            logprobs = list(guided.rollout_logprobs)
+    return Sample(
+        prompt_ids=list(unguided_prompt_ids),
+        response_ids=ids,
+        rollout_logprobs=logprobs,
+        text=text,
+        group=guided.group,
+        kind="transferred",
+        reward=guided.reward,
+        hint_mask=hint_mask,
+        hint_level=guided.hint_level,
+        uid=guided.uid,
+        rollout_prompt_ids=rollout_prompt,
+    )

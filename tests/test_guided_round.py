@@ -1,0 +1,228 @@
+"""RGPO's guided round with its records and a tokenizer: transfer back, the response-placed
+hint, the reference sample of LUFFY's slot, and `guided_round` end to end with a scripted
+sampler and scorer (trigger, acceptance, transfer, level updates, the length limit)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from helpers_tokenizer import build_char_tokenizer  # noqa: E402
+
+from rgpo_fast.algos.guidance import HintLevels  # noqa: E402
+from rgpo_fast.algos.presets import get_preset  # noqa: E402
+from rgpo_fast.batch import assemble_batch  # noqa: E402
+from rgpo_fast.data.prompts import build_prompt, encode_prompt  # noqa: E402
+from rgpo_fast.data.types import Sample  # noqa: E402
+from rgpo_fast.guided_round import (  # noqa: E402
+    PromptGroup,
+    guided_round,
+    response_hint,
+    transfer_back,
+)
+from rgpo_fast.rollout.base import Completion  # noqa: E402
+from rgpo_fast.trainer.collect import reference_sample  # noqa: E402
+
+RAT = "12+17=29\n29*3=87\n87-19=68\n68+5=73\nAnswer: 73"
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return build_char_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
+@pytest.fixture(scope="module")
+def chat_tok(tmp_path_factory):
+    return build_char_tokenizer(tmp_path_factory.mktemp("chat_tok"), chat=True)
+
+
+# ---------------------------------------------------------------- transfer back
+
+
+def test_transfer_sft_retokenises_after_unguided_prompt(chat_tok):
+    cfg = get_preset("rgpo")
+    x = "(12+17)*3-19+5=?"
+    hinted_ids = chat_tok(
+        build_prompt(chat_tok, x, "12+17=29\n", hint_template=cfg.hint_template),
+        add_special_tokens=False,
+    )["input_ids"]
+    plain_ids = encode_prompt(chat_tok, x)
+    resp_text = "29*3=87\n87-19=68\n68+5=73\nAnswer: 73"
+    resp_ids = chat_tok(resp_text, add_special_tokens=False)["input_ids"] + [chat_tok.eos_token_id]
+    guided = Sample(
+        prompt_ids=hinted_ids,
+        response_ids=resp_ids,
+        text=resp_text,
+        rollout_logprobs=[-0.1] * len(resp_ids),
+        group=3,
+        kind="guided",
+        reward=1.0,
+        hint_level=1,
+    )
+    t = transfer_back(guided, plain_ids, chat_tok, cfg)
+    assert t.kind == "transferred" and t.group == 3 and t.reward == 1.0
+    assert t.prompt_ids == plain_ids
+    assert (
+        chat_tok.decode(t.prompt_ids + t.response_ids)
+        == chat_tok.decode(plain_ids) + resp_text + "</s>"
+    )
+    assert t.response_ids[-1] == chat_tok.eos_token_id
+    assert t.rollout_logprobs is None and t.hint_mask is None  # sft: no rollout log-probs
+    b = assemble_batch([Sample(plain_ids, [5], reward=0.0, group=3), t], cfg)
+    assert b.sft_mask.tolist() == [False, True]
+    assert b.targets[1][b.response_mask[1]].tolist() == t.response_ids
+
+
+def test_transfer_is_keeps_hinted_logprobs_and_response_hint_mask(tok):
+    cfg = get_preset("guide", hint_placement="response")
+    plain = encode_prompt(tok, "1+2*3=?")
+    hint = "1+2=3\n"
+    hint_ids = response_hint(tok, hint)
+    gen = "3*3=9\nAnswer: 9"
+    gen_ids = tok(gen, add_special_tokens=False)["input_ids"]
+    guided = Sample(
+        prompt_ids=plain,
+        response_ids=hint_ids + gen_ids,
+        text=hint + gen,
+        rollout_logprobs=[0.0] * len(hint_ids) + [-0.3] * len(gen_ids),
+        hint_mask=[True] * len(hint_ids) + [False] * len(gen_ids),
+        kind="guided",
+        reward=1.0,
+    )
+    t = transfer_back(guided, plain, tok, cfg, hint_text=hint)
+    assert t.response_ids == hint_ids + gen_ids
+    assert t.hint_mask == [True] * len(hint_ids) + [False] * len(gen_ids)
+    assert t.rollout_logprobs == guided.rollout_logprobs and t.rollout_prompt_ids == plain
+    b = assemble_batch([Sample(plain, [5], reward=0.0, rollout_logprobs=[-1.0]), t], cfg)
+    # masks cover exactly the hint tokens: the trainable targets are the generated ones
+    trainable = b.response_mask[1] & ~b.hint_mask[1]
+    assert tok.decode(b.targets[1][trainable].tolist()) == gen
+    assert b.hint_mask[1].sum().item() == len(hint)
+    assert b.advantages[1].item() == pytest.approx(1.0)
+    # engine text holding only the generated part is completed with the hint
+    guided.text = gen
+    assert transfer_back(guided, plain, tok, cfg, hint_text=hint).text == hint + gen
+    with pytest.raises(ValueError, match="hint_text"):
+        transfer_back(guided, plain, tok, cfg)
+    with pytest.raises(ValueError, match="guided"):
+        transfer_back(t, plain, tok, cfg, hint_text=hint)
+
+
+def test_transfer_is_drops_logprobs_when_tokens_change(tok):
+    cfg = get_preset("guide")
+    # the engine produced the unknown-char id path: re-tokenising the text gives other ids
+    guided = Sample(prompt_ids=[1], response_ids=[50, 51], text="7",
+                    rollout_logprobs=[-0.2, -0.3], kind="guided", reward=1.0)  # fmt: skip
+    t = transfer_back(guided, [2], tok, cfg)
+    assert t.response_ids == tok("7", add_special_tokens=False)["input_ids"]
+    assert t.rollout_logprobs is None and t.rollout_prompt_ids == [1]
+
+
+def test_luffy_slot_gets_the_shaped_ratio_flag(tok):
+    cfg = get_preset("luffy")
+    plain = encode_prompt(tok, "1+2=?")
+    off = reference_sample(plain, "1+2=3\nAnswer: 3", tok, reward=1.0)
+    assert tok.decode(off.response_ids) == "1+2=3\nAnswer: 3</s>"
+    rolls = [
+        Sample(plain, [5], reward=0.0, rollout_logprobs=[-1.0]),
+        Sample(plain, [6], reward=0.0, rollout_logprobs=[-1.0]),
+        off,
+    ]
+    b = assemble_batch(rolls, cfg)
+    assert b.offpolicy_mask.tolist() == [False, False, True]
+    assert b.kind_names()[2] == "offpolicy"
+    assert b.advantages.tolist() == pytest.approx([-1 / 3, -1 / 3, 2 / 3])
+    with pytest.raises(ValueError, match="rationale"):
+        reference_sample(plain, "", tok)
+
+
+# ---------------------------------------------------------------- the round
+
+
+class Scripted:
+    """A sampler that answers from a script and records what it was asked."""
+
+    def __init__(self, tok, answers):
+        self.tok, self.answers, self.prompts = tok, answers, []
+
+    def __call__(self, prompts, k):
+        self.prompts.append([list(p) for p in prompts])
+        out = []
+        for p in prompts:
+            text = self.tok.decode(p)
+            texts = next(v for key, v in self.answers.items() if key in text)
+            assert len(texts) == k
+            out.append([Completion(self.tok(t, add_special_tokens=False)["input_ids"],
+                                   [-0.5] * len(t)) for t in texts])  # fmt: skip
+        return out
+
+
+def _groups(tok):
+    problems = ["1+2=?", "3+4=?", "5+6=?"]
+    rewards = [[0.0, 0.0], [1.0, 0.0], [0.0, 0.0]]  # prompt 1 has an unguided success
+    rationales = ["1+2=3\nAnswer: 3", "3+4=7\nAnswer: 7", ""]  # prompt 2: no rationale
+    return problems, [PromptGroup(uid=f"u{i}", rationale=r, prompt_ids=encode_prompt(tok, p),
+                                  rewards=rw, group=i)
+                      for i, (p, r, rw) in enumerate(zip(problems, rationales, rewards))]
+
+
+def _score(answers):
+    def score(jobs, samples):
+        return [[1.0 if s.text.strip().endswith(answers[j.index]) else 0.0 for s in row]
+                for j, row in zip(jobs, samples)]  # fmt: skip
+
+    return score
+
+
+def test_guided_round_hints_accepts_transfers_and_moves_levels(tok):
+    cfg = get_preset("rgpo")
+    problems, groups = _groups(tok)
+    levels = HintLevels(cfg.n_segments)
+    sampler = Scripted(tok, {"1+2": ["Answer: 3", "Answer: 4"]})
+
+    def hinted(i, hint):
+        return encode_prompt(tok, problems[i], hint, hint_template=cfg.hint_template)
+
+    rnd = guided_round(groups, levels, cfg, tok, group_size=4, hinted_prompt=hinted,
+                       generate=sampler, score=_score(["3", "7", "11"]))  # fmt: skip
+    # only prompt 0 is guided: prompt 1 succeeded unguided, prompt 2 has no rationale
+    assert len(sampler.prompts) == 1 and len(sampler.prompts[0]) == 1
+    assert "Partial solution:\n1+2=3" in tok.decode(sampler.prompts[0][0])
+    assert [t.text for t in rnd.transferred] == ["Answer: 3"]  # the failed one is dropped
+    t = rnd.transferred[0]
+    assert t.kind == "transferred" and t.prompt_ids == groups[0].prompt_ids and t.group == 0
+    assert t.reward == 1.0 and t.uid == "u0" and t.hint_level == 1
+    # solved by an accepted guided answer: level 0 stays 0 (nothing changes)
+    assert rnd.level_updates == {}
+    assert rnd.stats["guided/prompts"] == 1 and rnd.stats["guided/accepted"] == 1
+    assert rnd.stats["guided/successes"] == 1 and rnd.stats["guided/mean_level"] == 1
+    assert rnd.generated_tokens == len("Answer: 3") + len("Answer: 4")
+
+
+def test_guided_round_failure_raises_the_level_and_response_placement(tok):
+    cfg = get_preset("rgpo", hint_placement="response")
+    problems, groups = _groups(tok)
+    levels = HintLevels(cfg.n_segments)
+    levels.set("u1", 2)  # level > 0 triggers guidance even after an unguided success
+    sampler = Scripted(tok, {"1+2": ["Answer: 5", "Answer: 6"], "3+4": ["Answer: 7", "no"]})
+    rnd = guided_round(groups, levels, cfg, tok, group_size=4, hinted_prompt=None,
+                       generate=sampler, score=_score(["3", "7", "11"]))  # fmt: skip
+    prompts = [tok.decode(p) for p in sampler.prompts[0]]
+    # the hint starts the response: plain prompt + hint text (2 segments for prompt 1)
+    assert prompts[0] == tok.decode(groups[0].prompt_ids) + "1+2=3\n"
+    assert prompts[1] == tok.decode(groups[1].prompt_ids) + "3+4=7\nAnswer: 7"
+    # prompt 0: every guided answer wrong -> level 0 -> 1; prompt 1: a guided 1.0 does not
+    # beat the unguided 1.0 (strict), but the unguided success lowers its level 2 -> 1
+    assert rnd.transferred == [] and rnd.level_updates == {"u0": 1, "u1": 1}
+
+
+def test_guided_round_skips_hinted_prompts_over_the_limit(tok):
+    cfg = get_preset("rgpo")
+    problems, groups = _groups(tok)
+    sampler = Scripted(tok, {})
+    rnd = guided_round(groups, HintLevels(4), cfg, tok, group_size=4,
+                       hinted_prompt=lambda i, h: [1] * 50, generate=sampler,
+                       score=_score(["3", "7", "11"]), max_prompt_len=10)  # fmt: skip
+    assert sampler.prompts == [] and rnd.stats["guided/too_long"] == 1
+    assert rnd.stats["guided/prompts"] == 0 and rnd.transferred == []
