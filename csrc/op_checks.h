@@ -99,7 +99,7 @@ inline LossParams make_loss_params(double clip_low, double clip_high,
                                    bool has_old, bool has_ref, bool has_rollout,
                                    bool has_entropy) {
   TORCH_CHECK(kl_estimator >= kKlK1 && kl_estimator <= kKlK3,
-              "rgpo_fast: kl_estimator must be 0 (k1), 1 (k2) or 2 (k3), got ", kl_estimator);
+              "rgpo_fast: kl_estimator must be 1 (k1), 2 (k2) or 3 (k3), got ", kl_estimator);
   TORCH_CHECK(clip_low >= 0.0 && clip_low < 1.0, "rgpo_fast: clip_low must be in [0, 1), got ",
               clip_low);
   TORCH_CHECK(clip_high >= 0.0, "rgpo_fast: clip_high must be >= 0, got ", clip_high);

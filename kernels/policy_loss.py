@@ -1,7 +1,7 @@
 """Triton kernel: the per-token clipped / hint-masked policy loss, its gradient and metrics.
 
 One elementwise pass over the active tokens computes exactly
-`rgpo_fast.algos.policy_loss.token_loss_and_grad` (ALGORITHMS.md):
+`rgpo_fast.algos.policy_loss.token_loss_and_grad` (docs/algorithms.md):
 
     rho   = exp(clamp(l - o, -20, 20))                (rho = 1, drho/dl = 1 without o)
     pg    = max(-A rho, -A clip(rho, 1 - eps_lo, 1 + eps_hi));  dual clip: A < 0 and rho > c
@@ -25,13 +25,13 @@ import triton.language as tl
 
 from rgpo_fast.algos.policy_loss import K3_CLAMP as _K3_CLAMP
 from rgpo_fast.algos.policy_loss import LOG_RATIO_CLAMP as _LOG_RATIO_CLAMP
+from rgpo_fast.algos.policy_loss import LossConfig, TokenTerms
 
 # Column order of the statistics (must equal rgpo_fast.algos.policy_loss.STAT_NAMES).
 KERNEL_STAT_NAMES = (
     "pg_loss", "kl_loss", "sft_loss", "n_policy", "n_clip_low", "n_clip_high",
     "n_dual_clip", "ratio_sum", "kl_sum", "n_sft", "entropy_sum", "n_active",
 )  # fmt: skip
-KL_KINDS = {"k1": 1, "k2": 2, "k3": 3}
 # The clamps of algos/policy_loss.py, as constexpr globals: a jitted kernel may read a
 # module global only when it is a tl.constexpr (the interpreter accepts a plain float, the
 # GPU compiler raises NameError; kernels/compile_check.py is what catches that on a CPU).
@@ -59,9 +59,9 @@ def _policy_loss_kernel(
     HAS_ROLLOUT: tl.constexpr, HAS_ENTROPY: tl.constexpr, DUAL_CLIP: tl.constexpr,
     KL_KIND: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    """Per-token loss and dL/dl of the module docstring; KL_KIND 0 = no KL term (beta = 0
-    or no reference), 1/2/3 = k1 (l - ref), k2 ((ref - l)^2 / 2), k3 (e^d - d - 1, d = ref - l,
-    clamped to [-10, 10], zero gradient outside)."""
+    """Per-token loss and dL/dl of the module docstring; KL_KIND is algos.policy_loss.KL_CODES:
+    0 = no KL term (beta = 0 or no reference), 1/2/3 = k1 (l - ref), k2 ((ref - l)^2 / 2),
+    k3 (e^d - d - 1, d = ref - l, clamped to [-10, 10], zero gradient outside)."""
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
@@ -183,60 +183,46 @@ def _u8(name: str, t: torch.Tensor | None, n: int) -> torch.Tensor | None:
 
 def policy_loss_forward_backward(
     logp: torch.Tensor,
-    advantages: torch.Tensor,
-    pg_weight: torch.Tensor,
-    sft_weight: torch.Tensor,
-    policy: torch.Tensor,
-    *,
-    offpolicy: torch.Tensor | None = None,
-    old_logprobs: torch.Tensor | None = None,
-    ref_logprobs: torch.Tensor | None = None,
-    rollout_logprobs: torch.Tensor | None = None,
+    terms: TokenTerms,
+    cfg: LossConfig,
     entropy: torch.Tensor | None = None,
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
-    clip_ratio_c: float | None = None,
-    beta: float = 0.0,
-    kl_estimator: str = "k3",
-    luffy_gamma: float = 0.1,
-    tis_cap: float = 2.0,
+    *,
     block: int = 1024,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(N,) per-token inputs -> loss () fp32, stats (NUM_STATS,) fp32, dloss/dlogp (N,) fp32."""
+    """(N,) log-probs, the per-token terms and the loss options -> loss () fp32,
+    stats (NUM_STATS,) fp32, dloss/dlogp (N,) fp32."""
     n = logp.shape[0]
     _f32("logp", logp, n)
-    _f32("advantages", advantages, n)
-    _f32("pg_weight", pg_weight, n)
-    _f32("sft_weight", sft_weight, n)
-    for name, t in (("old_logprobs", old_logprobs), ("ref_logprobs", ref_logprobs),
-                    ("rollout_logprobs", rollout_logprobs), ("entropy", entropy)):  # fmt: skip
-        _f32(name, t, n)
-    if kl_estimator not in KL_KINDS:
-        raise ValueError(f"unknown kl_estimator {kl_estimator!r}; valid: {', '.join(KL_KINDS)}")
-    pol = _u8("policy", policy, n)
-    off = _u8("offpolicy", offpolicy, n)
-    kl_kind = KL_KINDS[kl_estimator] if (beta > 0.0 and ref_logprobs is not None) else 0
+    for name in ("advantages", "pg_weight", "sft_weight", "old_logprobs", "ref_logprobs",
+                 "rollout_logprobs"):  # fmt: skip
+        _f32(name, getattr(terms, name), n)
+    _f32("entropy", entropy, n)
+    pol = _u8("policy", terms.policy, n)
+    off = _u8("offpolicy", terms.offpolicy, n)
+    kl_code = cfg.kl_code if terms.ref_logprobs is not None else 0
     grad = torch.empty_like(logp)
     programs = max(1, triton.cdiv(n, block))
     part = torch.zeros((programs, 1 + len(KERNEL_STAT_NAMES)), dtype=torch.float32,
                        device=logp.device)  # fmt: skip
     if n > 0:
-        dummy = logp
+        # Unused inputs (flag off) are never read; logp stands in for them. Written
+        # pointers (grad, part) are always tensors of their own.
+        def given(t):
+            return t if t is not None else logp
+
         _policy_loss_kernel[(programs,)](
-            logp, advantages, pg_weight, sft_weight, pol,
+            logp, terms.advantages, terms.pg_weight, terms.sft_weight, pol,
             off if off is not None else pol,
-            old_logprobs if old_logprobs is not None else dummy,
-            ref_logprobs if ref_logprobs is not None else dummy,
-            rollout_logprobs if rollout_logprobs is not None else dummy,
-            entropy if entropy is not None else dummy,
+            given(terms.old_logprobs), given(terms.ref_logprobs),
+            given(terms.rollout_logprobs), given(entropy),
             grad, part, n, part.stride(0),
-            float(clip_low), float(clip_high),
-            float(clip_ratio_c) if clip_ratio_c is not None else 0.0,
-            float(beta), float(luffy_gamma), float(tis_cap),
-            HAS_OLD=old_logprobs is not None,
-            HAS_OFFPOLICY=off is not None, HAS_ROLLOUT=rollout_logprobs is not None,
-            HAS_ENTROPY=entropy is not None, DUAL_CLIP=clip_ratio_c is not None,
-            KL_KIND=kl_kind, BLOCK=block,
+            float(cfg.clip_low), float(cfg.clip_high),
+            float(cfg.clip_ratio_c) if cfg.clip_ratio_c is not None else 0.0,
+            float(cfg.beta), float(cfg.luffy_gamma), float(cfg.tis_cap),
+            HAS_OLD=terms.old_logprobs is not None,
+            HAS_OFFPOLICY=off is not None, HAS_ROLLOUT=terms.rollout_logprobs is not None,
+            HAS_ENTROPY=entropy is not None, DUAL_CLIP=cfg.clip_ratio_c is not None,
+            KL_KIND=kl_code, BLOCK=block,
         )  # fmt: skip
     sums = part.sum(0)  # fixed-order reduction of the per-program partials
     return sums[0], sums[1:], grad

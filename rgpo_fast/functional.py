@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from rgpo_fast.algos.aggregation import aggregation_weights, check_agg_mode, token_roles
+from rgpo_fast.algos.aggregation import aggregation_weights, token_roles
 from rgpo_fast.algos.policy_loss import LossConfig, TokenTerms, metrics_from_stats
 from rgpo_fast.ops.linear_logprob import LinearLogprobFunction, LogprobOptions
 from rgpo_fast.ops.linear_policy_loss import LinearPolicyLossFunction, PolicyLossOptions
@@ -55,7 +55,8 @@ def fused_linear_logprobs(
         raise ValueError(f"temperature must be > 0, got {temperature}")
     _check_chunk(chunk_size)
     h = hidden.reshape(-1, hidden.shape[-1])
-    opts = LogprobOptions(float(temperature), bool(return_entropy), impl, chunk_size)
+    opts = LogprobOptions(temperature=float(temperature), return_entropy=bool(return_entropy),
+                          impl=impl, chunk_size=chunk_size)
     logp, ent = LinearLogprobFunction.apply(
         h, weight, bias, targets.reshape(-1).long().contiguous(), opts
     )
@@ -154,16 +155,6 @@ def fused_linear_policy_loss(
     sft_mask: torch.Tensor | None = None,
     offpolicy_mask: torch.Tensor | None = None,
     rollout_logprobs: torch.Tensor | None = None,
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
-    clip_ratio_c: float | None = None,
-    beta: float = 0.0,
-    kl_estimator: str = "k3",
-    sft_coef: float = 1e-3,
-    loss_agg: str = "token-mean",
-    temperature: float = 1.0,
-    luffy_gamma: float = 0.1,
-    tis_cap: float = 2.0,
     max_response_len: int | None = None,
     num_global_tokens: float | torch.Tensor | None = None,
     num_global_seqs: float | torch.Tensor | None = None,
@@ -171,8 +162,10 @@ def fused_linear_policy_loss(
     return_entropy: bool = False,
     impl: str = "auto",
     chunk_size: int | None = None,
+    config: LossConfig | None = None,
+    **options,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped / hint-masked RGPO policy loss straight from hidden states (ALGORITHMS.md).
+    """Clipped / hint-masked RGPO policy loss straight from hidden states (docs/algorithms.md).
 
     hidden (B, T, H), weight (V, H), targets (B, T), mask (B, T) response tokens,
     advantages (B,) or (B, T); old/ref/rollout log-probs (B, T); hint_mask (B, T) tokens
@@ -181,20 +174,12 @@ def fused_linear_policy_loss(
     Only active tokens (mask & ~hint) are computed; targets elsewhere may be anything
     (e.g. -100 padding). Returns the scalar loss and a dict of 0-dim metric tensors.
     Under data parallelism pass the all-reduced counts as num_global_*.
+
+    Loss options are the fields of `LossConfig` (clip_low, clip_high, clip_ratio_c, beta,
+    kl_estimator, sft_coef, loss_agg, temperature, luffy_gamma, tis_cap): pass a `config`,
+    keywords, or both (keywords replace the config's fields).
     """
-    cfg = LossConfig(
-        clip_low,
-        clip_high,
-        clip_ratio_c,
-        beta,
-        kl_estimator,
-        sft_coef,
-        loss_agg,
-        temperature,
-        luffy_gamma,
-        tis_cap,
-    )
-    check_agg_mode(loss_agg)
+    cfg = LossConfig.build(config, **options)
     check_linear(hidden, weight, bias)
     if hidden.dim() != 3:
         raise ValueError(f"hidden must be (B, T, H) for the policy loss, got {tuple(hidden.shape)}")
@@ -226,7 +211,8 @@ def fused_linear_policy_loss(
     else:
         idx = sel.nonzero().squeeze(1)
         h, t = h_all.index_select(0, idx), targets.reshape(-1).index_select(0, idx)
-    opts = PolicyLossOptions(cfg, impl, chunk_size, bool(return_entropy))
+    opts = PolicyLossOptions(loss=cfg, impl=impl, chunk_size=chunk_size,
+                             with_entropy=bool(return_entropy))
     loss, stats = LinearPolicyLossFunction.apply(
         h, weight, bias, t.long().contiguous(), terms, opts
     )

@@ -1,8 +1,9 @@
 """Naive PyTorch oracle: materialises the full [tokens x vocab] logits.
 
 This is the test oracle and nothing else: it is written as plainly as possible, directly
-from ALGORITHMS.md, sharing no code with the fast paths (only the aggregation rule of
-`algos.aggregation`, which is tested against hand counts on its own). Gradients come from
+from docs/algorithms.md, sharing no code with the fast paths (only the aggregation rule of
+`algos.aggregation`, which is tested against hand counts on its own, and the option
+container `LossConfig`). Gradients come from
 autograd. Default is float32 maths; `compute_dtype=torch.float64` gives the ground truth
 of the three-way tolerance tests, and `upcast=False` gives "what a user would write" in the
 input dtype (lm_head matmul in bf16, softmax in fp32).
@@ -13,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from rgpo_fast.algos.aggregation import aggregation_weights
+from rgpo_fast.algos.policy_loss import LossConfig
 
 
 def naive_logits(
@@ -75,32 +77,27 @@ def naive_policy_loss(
     sft_mask: torch.Tensor | None = None,
     offpolicy_mask: torch.Tensor | None = None,
     rollout_logprobs: torch.Tensor | None = None,
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
-    clip_ratio_c: float | None = None,
-    beta: float = 0.0,
-    kl_estimator: str = "k3",
-    sft_coef: float = 1e-3,
-    loss_agg: str = "token-mean",
-    temperature: float = 1.0,
-    luffy_gamma: float = 0.1,
-    tis_cap: float = 2.0,
     max_response_len: int | None = None,
     compute_dtype: torch.dtype = torch.float32,
     upcast: bool = True,
     return_entropy: bool = False,
+    config: LossConfig | None = None,
+    **options,
 ):
     """Full RGPO/PPO policy loss on (B, T, H) hidden states. Returns (loss, per-token dict).
+    Loss options as in `fused_linear_policy_loss` (a `LossConfig` and/or its fields).
 
     Token roles: active = mask & ~hint; SFT tokens = active & sft; policy tokens =
     active & ~sft; of those, off-policy tokens use LUFFY's shaped ratio, the rest the
     clipped ratio. Loss = sum_t w_t (pg_t + beta kl_t) + sft_coef * mean over SFT tokens of
     -l_t, w_t from `loss_agg` over the policy tokens (times the TIS weight if given).
     """
+    c = LossConfig.build(config, **options)
+    clip_low, clip_high, clip_ratio_c, beta = c.clip_low, c.clip_high, c.clip_ratio_c, c.beta
     B, T = mask.shape
     dt = compute_dtype
     logp, entropy = naive_logprobs(
-        hidden, weight, targets, bias, temperature, return_entropy, dt, upcast
+        hidden, weight, targets, bias, c.temperature, return_entropy, dt, upcast
     )
     mask = mask.bool()
     hint = hint_mask.bool() if hint_mask is not None else torch.zeros_like(mask)
@@ -126,27 +123,27 @@ def naive_policy_loss(
         pg = torch.where(adv < 0, torch.min(pg, -adv * clip_ratio_c), pg)
     # LUFFY: f = pi / (pi + gamma) on the off-policy slot, no clipping.
     p = torch.exp(logp)
-    pg = torch.where(off_tok, -adv * p / (p + luffy_gamma), pg)
+    pg = torch.where(off_tok, -adv * p / (p + c.luffy_gamma), pg)
 
-    w = aggregation_weights(policy, loss_agg, max_response_len=max_response_len).to(dt)
+    w = aggregation_weights(policy, c.loss_agg, max_response_len=max_response_len).to(dt)
     if rollout_logprobs is not None:
-        tis = torch.exp(old.detach() - rollout_logprobs.to(dt)).clamp(max=tis_cap)
+        tis = torch.exp(old.detach() - rollout_logprobs.to(dt)).clamp(max=c.tis_cap)
         w = torch.where(ratio_tok, w * tis, w)
 
     loss = (w * pg * policy).sum()
     kl = torch.zeros_like(logp)
     if beta > 0 and ref_logprobs is not None:
         d = ref_logprobs.to(dt) - logp
-        if kl_estimator == "k1":
+        if c.kl_estimator == "k1":
             kl = -d
-        elif kl_estimator == "k2":
+        elif c.kl_estimator == "k2":
             kl = d**2 / 2
         else:
             kl = torch.clamp(torch.exp(d) - d - 1, -10.0, 10.0)
         loss = loss + beta * (w * kl * policy).sum()
     n_sft = sft_tok.sum()
     if n_sft > 0:
-        loss = loss + sft_coef * (-(logp * sft_tok).sum() / n_sft)
+        loss = loss + c.sft_coef * (-(logp * sft_tok).sum() / n_sft)
     per_token = {
         "logp": logp,
         "entropy": entropy,

@@ -2,7 +2,7 @@
 
 Without a GPU these run under the Triton interpreter (conftest.py sets TRITON_INTERPRET=1
 before anything imports triton). bf16 / fp16 note: under the interpreter of triton 3.9,
-`tl.dot` on bf16 operands returns garbage (NOTES.md), so the launchers set the constexpr
+`tl.dot` on bf16 operands returns garbage (docs/kernels.md), so the launchers set the constexpr
 UPCAST_DOT, which casts the dot operands to fp32 first (exact products, fp32 accumulation:
 what a tensor-core MMA computes). The 16-bit cases below therefore test the kernels' bf16
 loads, fp32 softmax and bf16 gradient stores, with that upcast in the matmuls; on a GPU the
@@ -155,7 +155,7 @@ def test_empty_batch():
 
 
 def test_interpreter_upcast_flag():
-    """The bf16 tl.dot trap (NOTES.md): 16-bit inputs get UPCAST_DOT exactly when the
+    """The bf16 tl.dot trap (docs/kernels.md): 16-bit inputs get UPCAST_DOT exactly when the
     interpreter runs the kernels; fp32 inputs use IEEE fp32 products (no TF32)."""
     interp = klp.interpreting()
     assert klp._dot_flags(torch.bfloat16)["UPCAST_DOT"] is interp
@@ -258,13 +258,8 @@ def test_policy_loss_kernel_matches_token_loss_and_grad(case):
     loss_t, grad_ref, stats_ref = token_loss_and_grad(full["logp"], terms, cfg, ent)
     dt = _to(terms, DEV)
     loss, stats, grad = kpl.policy_loss_forward_backward(
-        full["logp"].to(DEV), dt.advantages, dt.pg_weight, dt.sft_weight, dt.policy,
-        offpolicy=dt.offpolicy, old_logprobs=dt.old_logprobs, ref_logprobs=dt.ref_logprobs,
-        rollout_logprobs=dt.rollout_logprobs, entropy=None if ent is None else ent.to(DEV),
-        clip_low=cfg.clip_low, clip_high=cfg.clip_high, clip_ratio_c=cfg.clip_ratio_c,
-        beta=cfg.beta, kl_estimator=cfg.kl_estimator, luffy_gamma=cfg.luffy_gamma,
-        tis_cap=cfg.tis_cap, block=128,
-    )  # fmt: skip
+        full["logp"].to(DEV), dt, cfg, None if ent is None else ent.to(DEV), block=128
+    )
     assert grad.shape == (N_TOK,) and stats.shape == (len(STAT_NAMES),)
     assert torch.allclose(grad.cpu(), grad_ref, rtol=1e-5, atol=1e-6), case
     assert torch.allclose(loss.cpu(), loss_t.sum(), rtol=1e-5, atol=1e-5), case

@@ -17,6 +17,7 @@ import pytest
 import torch
 from tolerance import assert_three_way
 
+from rgpo_fast.algos.policy_loss import LossConfig, TokenTerms
 from rgpo_fast.ops.backends import available_backends
 from rgpo_fast.reference import naive_logprobs
 
@@ -139,12 +140,14 @@ def test_policy_loss_launches_never_alias_outputs(launches):
     policy = (torch.rand(n, generator=g) < 0.8).to(DEV)
     for present in itertools.product((False, True), repeat=5):
         off, old, ref, roll, ent = present
-        kpl.policy_loss_forward_backward(
-            f32(), f32(), f32().abs(), f32().abs(), policy,
+        terms = TokenTerms(
+            advantages=f32(), pg_weight=f32().abs(), sft_weight=f32().abs(), policy=policy,
             offpolicy=~policy if off else None, old_logprobs=f32() if old else None,
             ref_logprobs=f32() if ref else None, rollout_logprobs=f32() if roll else None,
-            entropy=f32().abs() if ent else None, beta=0.1 if ref else 0.0, block=32,
         )  # fmt: skip
+        cfg = LossConfig(beta=0.1 if ref else 0.0)
+        kpl.policy_loss_forward_backward(f32(), terms, cfg, f32().abs() if ent else None,
+                                         block=32)  # fmt: skip
     _assert_no_alias(launches)
 
 

@@ -42,7 +42,10 @@ enum Stat : int {
   kNumStats
 };
 
-enum KlEstimator : int { kKlK1 = 0, kKlK2 = 1, kKlK3 = 2 };
+// KL_CODES of algos/policy_loss.py (0 there means "no KL term", which LossParams says with
+// beta / has_ref instead). The constants below are LOG_RATIO_CLAMP and K3_CLAMP there;
+// tests/test_loss_constants.py checks that both files agree.
+enum KlEstimator : int { kKlK1 = 1, kKlK2 = 2, kKlK3 = 3 };
 
 constexpr float kLogRatioClamp = 20.0f;  // exp(+-20) keeps the ratio finite in fp32
 constexpr float kK3Clamp = 10.0f;

@@ -1,4 +1,4 @@
-"""Loss aggregation folded into per-token weights (ALGORITHMS.md, "Aggregation").
+"""Loss aggregation folded into per-token weights (docs/algorithms.md, "Aggregation").
 
 The policy loss is `sum_t w_t * L_t`; each mode only decides w_t from the mask. Folding the
 normaliser into weights up front makes every token's loss independent of the others, so the
@@ -49,7 +49,7 @@ AGG_MODES = (
 
 def check_agg_mode(mode: str) -> None:
     if mode not in AGGREGATIONS:
-        raise ValueError(f"unknown loss_agg {mode!r}; valid modes: {', '.join(AGG_MODES)}")
+        raise ValueError(f"loss_agg={mode!r} is unknown; valid modes: {', '.join(AGG_MODES)}")
 
 
 def token_roles(

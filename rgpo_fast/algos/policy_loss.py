@@ -1,4 +1,4 @@
-"""Per-token policy losses with their closed-form derivative (ALGORITHMS.md).
+"""Per-token policy losses with their closed-form derivative (docs/algorithms.md).
 
 Every term here is a function of one token's log-prob l_t only, given detached inputs
 (advantage, old/ref/rollout log-probs, aggregation weight). That is what lets the fused
@@ -12,7 +12,9 @@ with atomics and the caller turns them into means once, after all chunks.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -20,6 +22,11 @@ from rgpo_fast.algos.aggregation import check_agg_mode
 from rgpo_fast.algos.registry import Registry
 
 KL_ESTIMATORS = ("k1", "k2", "k3")
+# The one code table of the KL estimators, passed to the Triton, C++ and CUDA kernels
+# (0 means "no KL term": beta = 0 or no reference log-probs). csrc/common/token_loss.h
+# holds the same values; tests/test_loss_constants.py checks that they agree.
+KL_CODES = {"k1": 1, "k2": 2, "k3": 3}
+# Numeric constants of the loss, the same in every backend (checked like KL_CODES).
 LOG_RATIO_CLAMP = 20.0  # exp(+-20) keeps the ratio finite in fp32
 K3_CLAMP = 10.0
 
@@ -41,9 +48,11 @@ STAT_NAMES = (
 NUM_STATS = len(STAT_NAMES)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LossConfig:
-    """Non-tensor options of the policy loss (one object travels through autograd)."""
+    """Non-tensor options of the policy loss: the one definition every layer passes on
+    (public functions, the nn.Module, the oracle, the kernels' launchers, the algorithm
+    presets). Keyword-only; the bounds are checked here and nowhere else."""
 
     clip_low: float = 0.2
     clip_high: float = 0.2
@@ -67,7 +76,7 @@ class LossConfig:
             raise ValueError(f"beta must be >= 0, got {self.beta}")
         if self.kl_estimator not in KL_ESTIMATORS:
             raise ValueError(
-                f"unknown kl_estimator {self.kl_estimator!r}; valid: {', '.join(KL_ESTIMATORS)}"
+                f"kl_estimator={self.kl_estimator!r} is unknown; valid: {', '.join(KL_ESTIMATORS)}"
             )
         if self.sft_coef < 0.0:
             raise ValueError(f"sft_coef must be >= 0, got {self.sft_coef}")
@@ -78,6 +87,25 @@ class LossConfig:
             raise ValueError(f"luffy_gamma must be > 0, got {self.luffy_gamma}")
         if not self.tis_cap > 0.0:
             raise ValueError(f"tis_cap must be > 0, got {self.tis_cap}")
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def build(cls, config: LossConfig | None = None, **options: Any) -> LossConfig:
+        """`config` (default: the defaults) with `options` replaced; an unknown option name
+        is a TypeError that lists the valid ones."""
+        unknown = sorted(set(options) - set(cls.names()))
+        if unknown:
+            raise TypeError(f"unknown loss option {unknown[0]!r}; valid: {', '.join(cls.names())}")
+        base = config if config is not None else cls()
+        return dataclasses.replace(base, **options) if options else base
+
+    @property
+    def kl_code(self) -> int:
+        """KL_CODES entry of the estimator, or 0 when beta = 0 (no KL term)."""
+        return KL_CODES[self.kl_estimator] if self.beta > 0.0 else 0
 
 
 @dataclass
@@ -101,16 +129,7 @@ class TokenTerms:
         def s(t):
             return None if t is None else t[start:end]
 
-        return TokenTerms(
-            s(self.advantages),
-            s(self.pg_weight),
-            s(self.sft_weight),
-            s(self.policy),
-            s(self.offpolicy),
-            s(self.old_logprobs),
-            s(self.ref_logprobs),
-            s(self.rollout_logprobs),
-        )
+        return TokenTerms(**{f.name: s(getattr(self, f.name)) for f in dataclasses.fields(self)})
 
 
 KL_TERMS: Registry = Registry("KL estimator")

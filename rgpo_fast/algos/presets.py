@@ -2,8 +2,9 @@
 
 `get_preset("rgpo")`, `get_preset("dapo", clip_high=0.3)`, ... return validated configs.
 The trainer reads `cfg.guidance` to pick the guidance step ("none", "rgpo", "ghpo",
-"luffy"), `cfg.loss_kwargs()` to configure the fused loss, and the remaining fields in
-the guidance / batch-assembly / dynamic-sampling functions.
+"luffy"), `cfg.loss_config()` to configure the fused loss, and the remaining fields in
+the guidance / batch-assembly / dynamic-sampling functions. The loss fields carry the
+names of `LossConfig`'s and are checked by it (one set of bounds).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 from rgpo_fast.algos.advantages import ADVANTAGES
 from rgpo_fast.algos.aggregation import AGG_MODES
-from rgpo_fast.algos.policy_loss import KL_ESTIMATORS
+from rgpo_fast.algos.policy_loss import LossConfig
 
 GUIDANCE_MODES = ("none", "rgpo", "ghpo", "luffy")
 TRIGGERS = ("level_or_fail", "all_fail")
@@ -126,28 +127,16 @@ class AlgoConfig:
                 f"AlgoConfig.advantage={self.advantage!r} is invalid; "
                 f"valid: {', '.join(ADVANTAGES.names())}"
             )
-        _choice("loss_agg", self.loss_agg, AGG_MODES)
-        _choice("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
+        try:
+            self.loss_config()  # the loss fields: LossConfig's checks, the only ones
+        except ValueError as e:
+            raise ValueError(f"AlgoConfig.{e}") from None
         _choice("guidance", self.guidance, GUIDANCE_MODES)
         _choice("trigger", self.trigger, TRIGGERS)
         _choice("segmentation", self.segmentation, SEGMENTATIONS)
         _choice("hint_placement", self.hint_placement, PLACEMENTS)
         _choice("transfer", self.transfer, TRANSFERS)
         _choice("acceptance", self.acceptance, ACCEPTANCES)
-        for name in ("clip_low", "clip_high"):
-            v = getattr(self, name)
-            if not 0.0 <= v < 10.0:
-                raise ValueError(f"AlgoConfig.{name}={v} must be in [0, 10)")
-        if self.clip_low >= 1.0:
-            raise ValueError(f"AlgoConfig.clip_low={self.clip_low} must be < 1")
-        if self.clip_ratio_c is not None and self.clip_ratio_c <= 1.0:
-            raise ValueError(f"AlgoConfig.clip_ratio_c={self.clip_ratio_c} must be > 1")
-        if self.beta < 0:
-            raise ValueError(f"AlgoConfig.beta={self.beta} must be >= 0")
-        if self.sft_coef < 0:
-            raise ValueError(f"AlgoConfig.sft_coef={self.sft_coef} must be >= 0")
-        if self.tis_cap is not None and self.tis_cap <= 0:
-            raise ValueError(f"AlgoConfig.tis_cap={self.tis_cap} must be > 0 or None")
         if self.max_extra_rounds < 0:
             raise ValueError(f"AlgoConfig.max_extra_rounds={self.max_extra_rounds} must be >= 0")
         if self.n_segments < 1:
@@ -178,19 +167,13 @@ class AlgoConfig:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
         return self.num_guided if self.num_guided is not None else max(group_size // 2, 1)
 
-    def loss_kwargs(self) -> dict[str, Any]:
-        """Options of `fused_linear_policy_loss` fixed by the algorithm."""
-        return {
-            "clip_low": self.clip_low,
-            "clip_high": self.clip_high,
-            "clip_ratio_c": self.clip_ratio_c,
-            "beta": self.beta,
-            "kl_estimator": self.kl_estimator,
-            "sft_coef": self.sft_coef,
-            "loss_agg": self.loss_agg,
-            "luffy_gamma": self.luffy_gamma,
-            "tis_cap": self.tis_cap if self.tis_cap is not None else float("inf"),
-        }
+    def loss_config(self, **overrides: Any) -> LossConfig:
+        """The fused loss's options fixed by the algorithm: every LossConfig field this
+        config has (tis_cap None = no cap), plus `overrides` (e.g. temperature)."""
+        values = {n: getattr(self, n) for n in LossConfig.names() if hasattr(self, n)}
+        if values.get("tis_cap") is None:
+            values["tis_cap"] = float("inf")
+        return LossConfig(**{**values, **overrides})
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -18,7 +18,7 @@ import logging
 
 import torch
 
-from rgpo_fast.algos.policy_loss import KL_ESTIMATORS, NUM_STATS, LossConfig, TokenTerms
+from rgpo_fast.algos.policy_loss import KL_CODES, NUM_STATS, LossConfig, TokenTerms
 
 NAME = "cpp"
 EXTENSION = "rgpo_fast._C"
@@ -245,7 +245,7 @@ def loss_args(terms: TokenTerms, cfg: LossConfig) -> tuple:
         float(cfg.clip_high),
         None if cfg.clip_ratio_c is None else float(cfg.clip_ratio_c),
         float(cfg.beta),
-        KL_ESTIMATORS.index(cfg.kl_estimator),
+        KL_CODES[cfg.kl_estimator],
         float(cfg.luffy_gamma),
         float(cfg.tis_cap),
     )

@@ -64,14 +64,7 @@ def policy_loss_forward_backward(
     logp, lse, ent = _lp.linear_logprob_forward(
         hidden, weight, bias, targets, cfg.temperature, with_entropy
     )
-    loss, stats, g = _pl.policy_loss_forward_backward(
-        logp, terms.advantages, terms.pg_weight, terms.sft_weight, terms.policy,
-        offpolicy=terms.offpolicy, old_logprobs=terms.old_logprobs,
-        ref_logprobs=terms.ref_logprobs, rollout_logprobs=terms.rollout_logprobs,
-        entropy=ent, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
-        clip_ratio_c=cfg.clip_ratio_c, beta=cfg.beta, kl_estimator=cfg.kl_estimator,
-        luffy_gamma=cfg.luffy_gamma, tis_cap=cfg.tis_cap,
-    )  # fmt: skip
+    loss, stats, g = _pl.policy_loss_forward_backward(logp, terms, cfg, ent)
     dh = dw = db = None
     if any(needs):
         dh, dw, db = _lp.linear_logprob_backward(
