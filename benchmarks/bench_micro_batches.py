@@ -2,7 +2,7 @@
 
     python benchmarks/bench_micro_batches.py [--repeats 7] [--threads 1]
 
-`trainer.loop.micro_batches` takes rows in order of length, so `trim` pads each
+`trainer.update.micro_batches` takes rows in order of length, so `trim` pads each
 micro-batch only to its own longest row. This script times `backward_batch` on the same
 batch with that grouping and with the former one (consecutive rows in batch order),
 alternating the two in one process (median of --repeats), for two batch shapes of the
@@ -17,7 +17,7 @@ learning benchmark (tiny Qwen2, 2 layers x 128, character tokenizer):
 - `rl`: an RL step's batch, 16 prompts x 8 samples with responses of 6-48 tokens, one
   group in four guided (hint in the prompt), micro-batches of 64 rows (trainer default).
 
-Both groupings give the same gradients (tests/test_trainer_loop.py); only the time differs.
+Both groupings give the same gradients (tests/test_trainer_update.py); only the time differs.
 Rows are appended to benchmarks/results/bench_micro_batches.csv.
 """
 
@@ -42,7 +42,7 @@ def contiguous(lengths, size):
 
 
 def make_rows(kind: str, vocab: int, rng: random.Random):
-    from rgpo_fast.batch import Rollout
+    from rgpo_fast.data.types import Sample
 
     def ids(n):
         return [rng.randrange(3, vocab) for _ in range(n)]
@@ -56,14 +56,14 @@ def make_rows(kind: str, vocab: int, rng: random.Random):
                 p, r = 50, 24  # easy problem with a rationale prefix as hint, ~74
             else:
                 p, r = 22, 24  # easy problem, ~46
-            rows.append(Rollout(prompt_ids=ids(p), response_ids=ids(r), kind="transferred",
-                                reward=1.0))
+            rows.append(Sample(prompt_ids=ids(p), response_ids=ids(r), kind="transferred",
+                               reward=1.0))
     else:
         for g in range(16):
             p = 60 if g % 4 == 0 else 28  # guided groups carry the hint in the prompt
             for _ in range(8):
-                rows.append(Rollout(prompt_ids=ids(p), response_ids=ids(rng.randint(6, 48)),
-                                    group=g, kind="unguided", reward=float(rng.random() < .4)))
+                rows.append(Sample(prompt_ids=ids(p), response_ids=ids(rng.randint(6, 48)),
+                                   group=g, kind="unguided", reward=float(rng.random() < .4)))
     return rows
 
 
@@ -79,17 +79,17 @@ def main(argv=None) -> int:
 
     from rgpo_fast.algos.presets import get_preset
     from rgpo_fast.batch import assemble_batch
-    from rgpo_fast.trainer import loop
     from rgpo_fast.trainer.distributed import DistInfo
     from rgpo_fast.trainer.policy import PolicyModule
     from rgpo_fast.trainer.tiny_model import TinyModelSpec, build_model, build_tokenizer
+    from rgpo_fast.trainer.update import backward_batch, micro_batches
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     lm = build_model(TinyModelSpec(num_hidden_layers=2, hidden_size=128, intermediate_size=256),
                      build_tokenizer())
     policy = PolicyModule(lm, impl="auto")
-    sorted_grouping = loop.micro_batches
+    sorted_grouping = micro_batches
     rows_out = []
     sft = get_preset("rgpo", transfer="sft", sft_coef=1.0)
     # (batch, micro-batch rows grouped by length, micro-batch rows of the batch-order baseline)
@@ -98,18 +98,14 @@ def main(argv=None) -> int:
         batch = assemble_batch(make_rows(kind, lm.config.vocab_size, random.Random(0)), algo,
                                pad_token_id=0)
         times = {"by_length": [], "batch_order": []}
-        try:
-            for rep in range(a.repeats + 1):  # round 0 warms up and is not counted
-                for name, fn, m in (("by_length", sorted_grouping, micro),
-                                    ("batch_order", contiguous, base_micro)):
-                    loop.micro_batches = fn  # backward_batch looks it up at call time
-                    policy.zero_grad(set_to_none=True)
-                    t0 = time.perf_counter()
-                    loop.backward_batch(policy, batch, algo.loss_kwargs(), m, DistInfo())
-                    if rep:
-                        times[name].append(time.perf_counter() - t0)
-        finally:
-            loop.micro_batches = sorted_grouping
+        for rep in range(a.repeats + 1):  # round 0 warms up and is not counted
+            for name, fn, m in (("by_length", sorted_grouping, micro),
+                                ("batch_order", contiguous, base_micro)):
+                policy.zero_grad(set_to_none=True)
+                t0 = time.perf_counter()
+                backward_batch(policy, batch, algo.loss_config(), m, DistInfo(), group_rows=fn)
+                if rep:
+                    times[name].append(time.perf_counter() - t0)
         med = {k: statistics.median(v) for k, v in times.items()}
         mask = batch.attention_mask
         real = int(mask.sum())

@@ -109,7 +109,10 @@ def worker_rgpo(a) -> dict:
     import torch
 
     torch.set_num_threads(a.threads)
-    from rgpo_fast import train
+    from rgpo_fast.train import quiet_libraries
+    from rgpo_fast.trainer import session
+    from rgpo_fast.trainer.cli import parse_args
+    from rgpo_fast.trainer.rl_step import rl_step
 
     argv = [
         "--model", a.model, "--algo", "grpo", "--output-dir", a.out, "--max-steps", str(a.steps),
@@ -121,23 +124,20 @@ def worker_rgpo(a) -> dict:
         "--train.save_every", "0", "--logging.progress", "false", "--logging.plots", "false",
         "--algo.loss_agg", "token-mean", "--algo.beta", "0",
     ]  # fmt: skip
-    rss_first: list[int] = []
-    inner = train.collect
-
-    def collect(*args, **kw):  # RSS at the first rollout, as in the TRL worker
-        if not rss_first:
-            rss_first.append(_rss_now())
-        return inner(*args, **kw)
-
-    train.collect = collect
-    code = train.main(argv)
-    if code != 0:
-        raise SystemExit(f"rgpo_fast.train exited with {code}")
+    # The phases of train.run, so that RSS is read where the TRL worker reads it: after
+    # set-up, right before the first rollout.
+    quiet_libraries()
+    _, cfg = parse_args(argv)
+    s = session.set_up(cfg)
+    session.start_fresh(s)
+    rss_first = _rss_now()
+    for step in range(1, cfg.train.max_steps + 1):
+        session.record(s, rl_step(s, step))
     rows = [json.loads(x) for x in open(Path(a.out) / "metrics.jsonl")]
     steps = [r["time/step_s"] for r in rows]
     gens = [r["time/generate_s"] for r in rows]
     lens = [r["tokens/generated"] / max(r["batch/sequences"], 1) for r in rows]
-    return _summary("rgpo_fast", a, steps, gens, lens, rss_first[0])
+    return _summary("rgpo_fast", a, steps, gens, lens, rss_first)
 
 
 def _summary(name, a, steps, gens, lens, rss_setup) -> dict:

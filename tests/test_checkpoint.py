@@ -12,8 +12,8 @@ import torch
 
 from rgpo_fast.trainer import checkpoint as ckpt
 from rgpo_fast.trainer.distributed import DistInfo
-from rgpo_fast.trainer.loop import make_scheduler
 from rgpo_fast.trainer.testing import tiny_args
+from rgpo_fast.trainer.update import make_scheduler
 
 ROOT = Path(__file__).resolve().parents[1]
 INFO = DistInfo()

@@ -18,15 +18,16 @@ import pytest
 import torch
 
 from rgpo_fast.algos.presets import get_preset
-from rgpo_fast.batch import Rollout, assemble_batch
+from rgpo_fast.batch import assemble_batch
+from rgpo_fast.data.types import Sample
 from rgpo_fast.trainer.config import OptimConfig
-from rgpo_fast.trainer.loop import backward_batch, make_optimizer, optimizer_step
+from rgpo_fast.trainer.update import backward_batch, make_optimizer, optimizer_step
 
 ROOT = Path(__file__).resolve().parents[1]
 AGGS = ("token-mean", "seq-mean-token-mean")
 
 
-def global_rollouts(vocab: int) -> list[Rollout]:
+def global_samples(vocab: int) -> list[Sample]:
     g = torch.Generator().manual_seed(0)
     rows = []
     for i in range(7):
@@ -36,7 +37,7 @@ def global_rollouts(vocab: int) -> list[Rollout]:
         kind = "transferred" if i in (2, 5) else "unguided"
         hint = [j < 2 for j in range(n)] if i == 4 else None
         rows.append(
-            Rollout(
+            Sample(
                 prompt_ids=ids[:p],
                 response_ids=ids[p:],
                 group=i // 3,
@@ -48,11 +49,11 @@ def global_rollouts(vocab: int) -> list[Rollout]:
     return rows
 
 
-def one_step(policy, rollouts, agg: str, micro: int, info, lr: float = 1e-2):
+def one_step(policy, samples, agg: str, micro: int, info, lr: float = 1e-2):
     algo = get_preset("rgpo", loss_agg=agg, sft_coef=0.5)
-    batch = assemble_batch(rollouts, algo, pad_token_id=0)
+    batch = assemble_batch(samples, algo, pad_token_id=0)
     opt = make_optimizer(policy, lr, OptimConfig())
-    m = backward_batch(policy, batch, algo.loss_kwargs(), micro, info, max_response_len=8)
+    m = backward_batch(policy, batch, algo.loss_config(), micro, info, max_response_len=8)
     optimizer_step(policy, opt, None, grad_clip=0.05)  # small: clipping is active
     return m["loss/total"]
 
@@ -78,13 +79,13 @@ def worker(model_dir: str, out_file: str, mode: str = "fp32") -> None:
     results = {}
     if mode == "bf16":
         policy = shard_model(build(model_dir, torch.bfloat16), info, torch.bfloat16)
-        rollouts = global_rollouts(policy.lm.config.vocab_size)[info.rank :: info.world_size]
-        loss = one_step(policy, rollouts, AGGS[0], 1, info, lr=LOW_LR)
+        samples = global_samples(policy.lm.config.vocab_size)[info.rank :: info.world_size]
+        loss = one_step(policy, samples, AGGS[0], 1, info, lr=LOW_LR)
         results = {"loss": loss, "params": full_state_dict(policy)}
     for agg in AGGS if mode == "fp32" else ():
         policy = shard_model(build(model_dir), info)
-        rollouts = global_rollouts(policy.lm.config.vocab_size)[info.rank :: info.world_size]
-        loss = one_step(policy, rollouts, agg, 1, info)
+        samples = global_samples(policy.lm.config.vocab_size)[info.rank :: info.world_size]
+        loss = one_step(policy, samples, agg, 1, info)
         results[agg] = {"loss": loss, "params": full_state_dict(policy)}
     if info.rank == 0:
         torch.save(results, out_file)
@@ -121,7 +122,7 @@ def test_two_processes_equal_one(tmp_path):
     single = {}
     for agg in AGGS:  # the single-process reference, computed while the workers run
         policy = build(model_dir)
-        loss = one_step(policy, global_rollouts(policy.lm.config.vocab_size), agg, 3, DistInfo())
+        loss = one_step(policy, global_samples(policy.lm.config.vocab_size), agg, 3, DistInfo())
         single[agg] = {"loss": loss, "params": policy.state_dict()}
     log = proc.communicate(timeout=240)[0].decode()
     assert proc.returncode == 0, log[-3000:]
@@ -154,7 +155,7 @@ def test_bf16_compute_keeps_fp32_master_weights(tmp_path):
     proc = _launch(model_dir, out, "bf16")
     torch.set_num_threads(1)
     policy = build(model_dir, torch.bfloat16)
-    loss = one_step(policy, global_rollouts(policy.lm.config.vocab_size), AGGS[0], 3,
+    loss = one_step(policy, global_samples(policy.lm.config.vocab_size), AGGS[0], 3,
                     DistInfo(), lr=LOW_LR)  # fmt: skip
     single = policy.state_dict()
     log = proc.communicate(timeout=240)[0].decode()
@@ -188,9 +189,9 @@ def test_fsdp2_nccl_one_rank_bf16_compute(tmp_path, monkeypatch):
 
     model_dir = _tiny(tmp_path)
     dev = torch.device("cuda", 0)
-    rollouts = global_rollouts(build(model_dir).lm.config.vocab_size)
+    samples = global_samples(build(model_dir).lm.config.vocab_size)
     single = build(model_dir, torch.bfloat16).to(dev)
-    loss1 = one_step(single, rollouts, AGGS[0], 3, DistInfo(device=dev), lr=LOW_LR)
+    loss1 = one_step(single, samples, AGGS[0], 3, DistInfo(device=dev), lr=LOW_LR)
     for k, v in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29533", "RANK": "0",
                  "WORLD_SIZE": "1"}.items():  # fmt: skip
         monkeypatch.setenv(k, v)
@@ -198,7 +199,7 @@ def test_fsdp2_nccl_one_rank_bf16_compute(tmp_path, monkeypatch):
     try:
         info = DistInfo(rank=0, world_size=1, device=dev, backend="nccl")
         sharded = shard_model(build(model_dir, torch.bfloat16).to(dev), info, torch.bfloat16)
-        loss2 = one_step(sharded, rollouts, AGGS[0], 3, info, lr=LOW_LR)
+        loss2 = one_step(sharded, samples, AGGS[0], 3, info, lr=LOW_LR)
         params = full_state_dict(sharded)
     finally:
         dist.destroy_process_group()

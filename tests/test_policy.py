@@ -1,11 +1,13 @@
-"""Padding-free (packed) policy forward == the padded one: loss and gradients."""
+"""trainer/policy.py: the padding-free (packed) forward equals the padded one (loss and
+gradients) and passes its sequence boundaries to attention; activation checkpointing
+gives the same gradients."""
 
 import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from rgpo_fast.trainer.build import resolve_packing
-from rgpo_fast.trainer.policy import PolicyModule
+from rgpo_fast.trainer.policy import PolicyModule, enable_gradient_checkpointing
 
 
 def _policy(packed: bool) -> PolicyModule:
@@ -29,7 +31,7 @@ def test_packed_forward_matches_padded_loss_and_grads():
     results = []
     for packed in (False, True):
         policy = _policy(packed)
-        loss, _ = policy(ids, attn, pos, mode="loss", loss_kwargs=kw)
+        loss, _ = policy(ids, attn, pos, mode="loss", loss_inputs=kw)
         loss.backward()
         grads = {n: p.grad.clone() for n, p in policy.named_parameters()}
         logp = policy(ids, attn, pos, mode="logprobs")
@@ -74,3 +76,23 @@ def test_packed_forward_passes_sequence_boundaries_to_attention(monkeypatch):
         assert kw["cu_seq_lens_k"] is kw["cu_seq_lens_q"]
         assert kw["max_length_q"] == kw["max_length_k"] == 9
         assert isinstance(kw["max_length_q"], int)
+
+
+def test_activation_checkpointing_keeps_gradients(recwarn):
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, 40, (3, 8), generator=g)
+    attn = torch.ones_like(ids)
+    kw = {"targets": ids[:, 1:], "mask": torch.ones(3, 7, dtype=torch.bool),
+          "advantages": torch.tensor([1.0, -0.5, 0.2])}
+    grads = []
+    for checkpointed in (False, True):
+        policy = _policy(packed=False)
+        if checkpointed:
+            enable_gradient_checkpointing(policy.lm)
+        policy.train()
+        loss, _ = policy(ids, attn, None, mode="loss", loss_inputs=kw)
+        loss.backward()
+        grads.append({n: p.grad for n, p in policy.named_parameters()})
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], msg=name)
+    assert not [w for w in recwarn if "deprecated" in str(w.message)]

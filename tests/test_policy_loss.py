@@ -46,7 +46,7 @@ def _batch(dtype, seed=0):
     )
 
 
-# Each flag of ALGORITHMS.md appears at least once; combinations chosen to stay fast under
+# Each flag of docs/algorithms.md appears at least once; combinations chosen to stay fast under
 # the Triton interpreter.
 CASES = {
     "on-policy token-mean": dict(),

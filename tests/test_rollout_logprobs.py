@@ -4,10 +4,11 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from rgpo_fast.algos.presets import get_preset
-from rgpo_fast.batch import Rollout, assemble_batch
+from rgpo_fast.batch import assemble_batch
+from rgpo_fast.data.types import Sample
 from rgpo_fast.trainer.distributed import DistInfo
-from rgpo_fast.trainer.loop import fill_behaviour_logprobs
 from rgpo_fast.trainer.policy import PolicyModule
+from rgpo_fast.trainer.update import fill_rollout_logprobs
 
 
 def _policy() -> PolicyModule:
@@ -32,28 +33,28 @@ def test_fills_only_missing_logprobs_with_the_hinted_context():
     hinted = [[1, 2, 3, 4, 5, 6], [7, 8, 9], [2, 2, 2, 2]]
     responses = [[10, 11, 12], [13, 14, 15, 16, 17], [18]]
     rolls = [
-        Rollout(prompt_ids=[1, 2], response_ids=y, kind="transferred", reward=1.0, group=0,
-                behaviour_prompt_ids=h)
+        Sample(prompt_ids=[1, 2], response_ids=y, kind="transferred", reward=1.0, group=0,
+               rollout_prompt_ids=h)
         for h, y in zip(hinted, responses)
     ]
-    kept = Rollout(prompt_ids=[1, 2], response_ids=[3], logprobs=[-0.5], kind="transferred",
-                   reward=1.0, group=0, behaviour_prompt_ids=[1])
-    plain = Rollout(prompt_ids=[1, 2], response_ids=[3, 4], kind="unguided", reward=0.0, group=0)
-    filled = fill_behaviour_logprobs(policy, rolls + [kept, plain], 0, micro=2, info=DistInfo())
+    kept = Sample(prompt_ids=[1, 2], response_ids=[3], rollout_logprobs=[-0.5],
+                  kind="transferred", reward=1.0, group=0, rollout_prompt_ids=[1])
+    plain = Sample(prompt_ids=[1, 2], response_ids=[3, 4], kind="unguided", reward=0.0, group=0)
+    filled = fill_rollout_logprobs(policy, rolls + [kept, plain], 0, micro=2, info=DistInfo())
     assert filled == 3
     for r, h, y in zip(rolls, hinted, responses):
-        assert len(r.logprobs) == len(y)
-        assert torch.allclose(torch.tensor(r.logprobs), _reference(policy, h, y), atol=1e-5)
-    assert kept.logprobs == [-0.5] and plain.logprobs is None
+        assert len(r.rollout_logprobs) == len(y)
+        assert torch.allclose(torch.tensor(r.rollout_logprobs), _reference(policy, h, y), atol=1e-5)
+    assert kept.rollout_logprobs == [-0.5] and plain.rollout_logprobs is None
 
 
-def test_filled_rollouts_assemble_into_an_is_batch():
+def test_filled_samples_assemble_into_an_is_batch():
     policy = _policy()
-    unguided = [Rollout(prompt_ids=[1, 2], response_ids=[3, 4], kind="unguided", reward=0.0,
-                        group=0) for _ in range(2)]
-    moved = Rollout(prompt_ids=[1, 2], response_ids=[5, 6, 7], kind="transferred", reward=1.0,
-                    group=0, behaviour_prompt_ids=[1, 2, 9, 9])
-    fill_behaviour_logprobs(policy, unguided + [moved], 0, micro=4, info=DistInfo())
+    unguided = [Sample(prompt_ids=[1, 2], response_ids=[3, 4], kind="unguided", reward=0.0,
+                       group=0) for _ in range(2)]
+    moved = Sample(prompt_ids=[1, 2], response_ids=[5, 6, 7], kind="transferred", reward=1.0,
+                   group=0, rollout_prompt_ids=[1, 2, 9, 9])
+    fill_rollout_logprobs(policy, unguided + [moved], 0, micro=4, info=DistInfo())
     batch = assemble_batch(unguided + [moved], get_preset("guide"), pad_token_id=0)
     assert batch.rollout_logprobs is not None
     assert batch.advantages[-1].item() == 1.0  # r - mean(unguided rewards)

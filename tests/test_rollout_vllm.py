@@ -16,7 +16,7 @@ from rgpo_fast.rollout.vllm_colocated import (
     engine_kwargs,
     engine_seed,
 )
-from rgpo_fast.rollout.weight_sync import bucketed, full_named_parameters, hf_name, sync_weights
+from rgpo_fast.trainer.weight_sync import bucketed, full_named_parameters, hf_name, sync_weights
 
 
 class FakeLLM:

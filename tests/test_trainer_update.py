@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from rgpo_fast.algos.presets import get_preset
-from rgpo_fast.batch import Rollout, assemble_batch
+from rgpo_fast.batch import assemble_batch
+from rgpo_fast.data.types import Sample
 from rgpo_fast.trainer.distributed import DistInfo
-from rgpo_fast.trainer.loop import backward_batch, compute_logprobs, micro_batches
+from rgpo_fast.trainer.update import backward_batch, compute_old_logprobs, micro_batches
 
 
 def test_micro_batches_partition_rows_by_length():
@@ -26,17 +27,17 @@ def test_micro_batches_rejects_bad_size():
         micro_batches([1, 2], 0)
 
 
-def _rollouts(vocab: int) -> list[Rollout]:
+def _samples(vocab: int) -> list[Sample]:
     g = torch.Generator().manual_seed(1)
     rows = []
     for i in range(9):  # lengths from 5 to ~40 tokens, in no particular order
         p = int(torch.randint(3, 20, (1,), generator=g))
         n = int(torch.randint(2, 20, (1,), generator=g))
         ids = torch.randint(3, vocab, (p + n,), generator=g).tolist()
-        rows.append(Rollout(prompt_ids=ids[:p], response_ids=ids[p:], group=i // 3,
-                            kind="transferred" if i == 4 else "unguided",
-                            reward=float(i % 2), hint_mask=[j < 2 for j in range(n)] if i == 7
-                            else None))
+        rows.append(Sample(prompt_ids=ids[:p], response_ids=ids[p:], group=i // 3,
+                           kind="transferred" if i == 4 else "unguided",
+                           reward=float(i % 2), hint_mask=[j < 2 for j in range(n)] if i == 7
+                           else None))
     return rows
 
 
@@ -53,14 +54,14 @@ def test_step_gradients_do_not_depend_on_micro_batching(tmp_path):
     lm, _ = load_model_and_tokenizer(ensure_tiny_model(spec, tmp_path / "cache"))
     policy = PolicyModule(lm, impl="torch")
     algo = get_preset("rgpo", sft_coef=0.5)
-    batch = assemble_batch(_rollouts(lm.config.vocab_size), algo, pad_token_id=0)
+    batch = assemble_batch(_samples(lm.config.vocab_size), algo, pad_token_id=0)
     results = {}
     for micro in (64, 2):
         policy.zero_grad(set_to_none=True)
-        m = backward_batch(policy, batch, algo.loss_kwargs(), micro, DistInfo())
+        m = backward_batch(policy, batch, algo.loss_config(), micro, DistInfo())
         grads = {k: p.grad.clone() for k, p in policy.named_parameters() if p.grad is not None}
-        results[micro] = (m["loss/total"], grads, compute_logprobs(policy, batch, micro,
-                                                                  DistInfo()))
+        old = compute_old_logprobs(policy, batch, micro, DistInfo())
+        results[micro] = (m["loss/total"], grads, old)
     (l1, g1, lp1), (l2, g2, lp2) = results[64], results[2]
     assert abs(l1 - l2) < 1e-6
     assert len(g1) == len(g2) > 0

@@ -1,6 +1,6 @@
 """`vllm` rollout engine: one in-process vLLM engine per trainer rank, on the same GPU.
 
-Protocol (docs: ../shared/NOTES.md, "Colocated vLLM"), enforced by a small state machine so
+Protocol (docs/trainer.md, "GPUs: FSDP2 and colocated vLLM"), enforced by a small state machine so
 ordering mistakes fail loudly instead of producing garbage:
 
     generate()                     state "awake"

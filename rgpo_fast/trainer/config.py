@@ -267,8 +267,7 @@ class TrainConfig:
         default=8,
         metadata=_help(
             "SFT sequences per forward/backward. Small by default: rows are grouped by length, "
-            "so hinted and unhinted rows are not padded to each other (0.74x the step time "
-            "of one 32-row micro-batch on the tiny model: benchmarks/bench_micro_batches.py)."
+            "so hinted and unhinted rows are not padded to each other (docs/trainer.md)."
         ),
     )
     sft_lr: float = field(default=3e-3, metadata=_help("SFT learning rate (cosine to 10%)."))
@@ -287,8 +286,8 @@ class TrainConfig:
         default=1,
         metadata=_help(
             "CPU threads per process (0 = torch default). 1 by default: the tiny model's ops are "
-            "too small to gain from intra-op threads, and on a shared machine spinning OpenMP "
-            "threads made a step 5-20x slower in our measurements."
+            "too small to gain from intra-op threads, and spinning OpenMP threads slow a "
+            "shared machine down (docs/trainer.md)."
         ),
     )
 

@@ -1,4 +1,4 @@
-"""metrics.jsonl, peak memory, phase timers and the end-of-run summary table."""
+"""Metrics rows of metrics.jsonl, peak memory, phase timers and the end-of-run summary."""
 
 from __future__ import annotations
 
@@ -71,6 +71,54 @@ class PhaseTimer:
     def pop(self) -> dict[str, float]:
         out, self.times = self.times, {}
         return out
+
+
+def step_row(step: int, collected, batch, update: dict, phases: dict[str, float],
+             step_s: float, lr: float, info) -> dict:
+    """One metrics.jsonl row. Sums are global over ranks; reward and accuracy means are over
+    the unguided samples (what the policy does without hints)."""
+    from rgpo_fast.trainer.distributed import all_reduce_sum
+
+    unguided = [r for row in collected.unguided_rewards for r in row]
+    acc_thr = 0.5
+    local = torch.tensor(
+        [
+            sum(unguided),
+            sum(r >= acc_thr for r in unguided),
+            len(unguided),
+            collected.stats.get("guided/prompts", 0.0),
+            collected.stats.get("guided/accepted", 0.0),
+            collected.generated_tokens,
+            float(batch.attention_mask.sum()),
+        ],
+        dtype=torch.float64,
+    )
+    g = all_reduce_sum(local, info).tolist()
+    row = {
+        "step": step,
+        "reward/mean": g[0] / max(g[2], 1),
+        "accuracy/mean": g[1] / max(g[2], 1),
+        "guided/prompts": g[3],
+        "guided/accepted": g[4],
+        "loss/total": update["loss/total"],
+        "loss/pg": update.get("loss/pg", 0.0),
+        "loss/sft": update.get("loss/sft", 0.0),
+        "grad_norm": update["grad_norm"],
+        "lr": lr,
+        "batch/sequences": len(collected.samples),
+        "tokens/generated": g[5],
+        "tokens/trained": g[6],
+        "time/step_s": step_s,
+        "time/generate_s": phases.get("generate", 0.0),
+        "time/old_logprob_s": phases.get("old_logprob", 0.0),
+        "time/update_s": phases.get("update", 0.0),
+        "time/sync_s": phases.get("sync", 0.0),
+        "tokens_per_s": (g[5] + g[6]) / max(step_s, 1e-9),
+    }
+    for k, v in collected.stats.items():
+        row.setdefault(k, v)
+    row.update(peak_memory_mb(info.device))
+    return row
 
 
 def peak_memory_mb(device: torch.device) -> dict[str, float]:

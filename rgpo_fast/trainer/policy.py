@@ -77,8 +77,9 @@ class PolicyModule(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                 position_ids: torch.Tensor | None, *, mode: str = "loss",
-                loss_kwargs: dict[str, Any] | None = None):
-        """mode "loss": (loss, metrics) of `fused_linear_policy_loss(**loss_kwargs)`;
+                loss_inputs: dict[str, Any] | None = None):
+        """mode "loss": (loss, metrics) of `fused_linear_policy_loss(**loss_inputs)` (tensors,
+        normalisers and `config`; the rollout temperature is set here);
         mode "logprobs": per-target log-probs (B, L-1) float32 (no grad needed)."""
         hidden, weight, bias = self._hidden(input_ids, attention_mask, position_ids)
         if mode == "logprobs":
@@ -92,7 +93,7 @@ class PolicyModule(torch.nn.Module):
             return hidden.sum() * 0.0 + weight.sum() * 0.0, {}
         if mode != "loss":
             raise ValueError(f"unknown PolicyModule mode {mode!r}; valid: loss, logprobs, zero")
-        kw = dict(loss_kwargs or {})
+        kw = dict(loss_inputs or {})
         return fused_linear_policy_loss(hidden, weight, bias=bias, temperature=self.temperature,
                                         impl=self.impl, chunk_size=self.chunk_size, **kw)
 
@@ -115,6 +116,11 @@ def varlen_kwargs(attention_mask: torch.Tensor) -> dict[str, Any]:
 
 
 def enable_gradient_checkpointing(lm: torch.nn.Module) -> None:
-    """Recompute decoder layers in backward (HF's implementation, non-reentrant)."""
-    lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    """Recompute decoder layers in backward (HF's implementation, non-reentrant).
+    transformers 5 renamed it activation checkpointing (the old name goes in v6)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(lm, "activation_checkpointing_enable"):
+        lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     lm.config.use_cache = False

@@ -1,4 +1,5 @@
-"""One optimisation step on an assembled batch: normalisers, micro-batches, backward, step.
+"""The update of an RL step on an assembled batch: old log-probs, normalisers,
+micro-batches, backward, optimizer step.
 
 The normaliser is explicit and global: token / sequence counts of the whole step batch,
 summed over data-parallel ranks, are passed to the fused loss as `num_global_*`. Every
@@ -10,17 +11,20 @@ is independent of how the batch is split.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import torch
 
 from rgpo_fast.algos.aggregation import local_counts, token_roles
-from rgpo_fast.batch import RolloutBatch
+from rgpo_fast.algos.policy_loss import LossConfig
+from rgpo_fast.batch import TrainBatch
+from rgpo_fast.data.types import Sample
 from rgpo_fast.trainer.distributed import DistInfo, all_reduce_max_int, all_reduce_sum
 
+GroupRows = Callable[[Sequence[int], int], "list[list[int]]"]
 
-def loss_counts(batch: RolloutBatch) -> torch.Tensor:
+
+def loss_counts(batch: TrainBatch) -> torch.Tensor:
     """Local (policy tokens, policy sequences, SFT tokens), fp32 (3,), with the fused loss's
     own split of tokens (`token_roles`), so the global normalisers count what it weights."""
     _, sft_tok, policy = token_roles(batch.response_mask, batch.hint_mask, batch.sft_mask)
@@ -28,7 +32,7 @@ def loss_counts(batch: RolloutBatch) -> torch.Tensor:
     return torch.stack([tokens, seqs, sft_tok.sum().float()])
 
 
-def trim(batch: RolloutBatch) -> RolloutBatch:
+def trim(batch: TrainBatch) -> TrainBatch:
     """Cut right padding shared by every row (micro-batches are shorter than the batch)."""
     L = int(batch.attention_mask.sum(-1).max())
     T = L - 1
@@ -38,7 +42,7 @@ def trim(batch: RolloutBatch) -> RolloutBatch:
             out[name] = v[:, : L if v.shape[1] == batch.input_ids.shape[1] else T]
         else:
             out[name] = v
-    return RolloutBatch(**out)
+    return TrainBatch(**out)
 
 
 def micro_batches(lengths: Sequence[int], size: int) -> list[list[int]]:
@@ -56,9 +60,10 @@ def micro_batches(lengths: Sequence[int], size: int) -> list[list[int]]:
 
 
 @torch.no_grad()
-def compute_logprobs(policy: torch.nn.Module, batch: RolloutBatch, micro: int,
-                     info: DistInfo) -> torch.Tensor:
-    """Trainer log-probs (B, T) of every target under the current weights (no grad)."""
+def compute_old_logprobs(policy: torch.nn.Module, batch: TrainBatch, micro: int,
+                         info: DistInfo) -> torch.Tensor:
+    """Old log-probs (B, T): the trainer's log-prob of every target under the current
+    weights, before the update (no grad)."""
     out = torch.zeros(batch.response_mask.shape, dtype=torch.float32)
     chunks = micro_batches(batch.attention_mask.sum(-1).tolist(), micro)
     n = all_reduce_max_int(len(chunks), info)
@@ -73,18 +78,21 @@ def compute_logprobs(policy: torch.nn.Module, batch: RolloutBatch, micro: int,
 
 
 @torch.no_grad()
-def fill_behaviour_logprobs(
-    policy: torch.nn.Module, rollouts: list, pad_token_id: int, micro: int, info: DistInfo
+def fill_rollout_logprobs(
+    policy: torch.nn.Module, samples: list[Sample], pad_token_id: int, micro: int,
+    info: DistInfo,
 ) -> int:
-    """Fill `Rollout.logprobs` of `is`-transferred samples that lack them: log p(y | x + h)
-    under the current policy, i.e. the policy that sampled y (one update per rollout).
+    """Fill `Sample.rollout_logprobs` of `is`-transferred samples that lack them:
+    log p(y | x + h) under `rollout_prompt_ids` and the current policy, i.e. the policy that
+    sampled y (one update per step).
 
     Needed when re-tokenising the response after the hint-free prompt changed its tokens,
     or when the engine's log-probs were not kept (hf engine, hint in the response). Every
     rank runs the same number of forwards (FSDP collectives). Returns how many were filled.
     """
-    todo = [r for r in rollouts if r.logprobs is None and r.behaviour_prompt_ids is not None]
-    chunks = micro_batches([len(r.behaviour_prompt_ids) + len(r.response_ids) for r in todo], micro)
+    todo = [r for r in samples
+            if r.rollout_logprobs is None and r.rollout_prompt_ids is not None]  # fmt: skip
+    chunks = micro_batches([len(r.rollout_prompt_ids) + len(r.response_ids) for r in todo], micro)
     n = all_reduce_max_int(len(chunks), info)
     for i in range(n):
         if i >= len(chunks):  # keep FSDP collectives in step with the other ranks
@@ -92,7 +100,7 @@ def fill_behaviour_logprobs(
             policy(dummy, None, None, mode="logprobs")
             continue
         rows = [todo[j] for j in chunks[i]]
-        seqs = [list(r.behaviour_prompt_ids) + list(r.response_ids) for r in rows]
+        seqs = [list(r.rollout_prompt_ids) + list(r.response_ids) for r in rows]
         L = max(len(q) for q in seqs)
         ids = torch.full((len(rows), L), pad_token_id, dtype=torch.long)
         attn = torch.zeros((len(rows), L), dtype=torch.long)
@@ -104,22 +112,24 @@ def fill_behaviour_logprobs(
         lp = policy(ids.to(dev), attn.to(dev), pos.to(dev), mode="logprobs").float().cpu()
         for b, r in enumerate(rows):
             # Target index t scores token t + 1: the response starts at index len(prompt) - 1.
-            start = len(r.behaviour_prompt_ids) - 1
-            r.logprobs = lp[b, start : start + len(r.response_ids)].tolist()
+            start = len(r.rollout_prompt_ids) - 1
+            r.rollout_logprobs = lp[b, start : start + len(r.response_ids)].tolist()
     return len(todo)
 
 
-def backward_batch(policy: torch.nn.Module, batch: RolloutBatch, loss_kwargs: dict[str, Any],
-                   micro: int, info: DistInfo, *, max_response_len: int | None = None
-                   ) -> dict[str, float]:
+def backward_batch(policy: torch.nn.Module, batch: TrainBatch, config: LossConfig,
+                   micro: int, info: DistInfo, *, max_response_len: int | None = None,
+                   group_rows: GroupRows = micro_batches) -> dict[str, float]:
     """Forward + backward over micro-batches; gradients accumulate in .grad.
 
-    Returns the global loss (summed over micro-batches and ranks) and summed metrics.
+    `group_rows(lengths, micro)` forms the micro-batches (default `micro_batches`, rows of
+    similar length together). Returns the global loss (summed over micro-batches and
+    ranks) and summed metrics.
     """
     counts = all_reduce_sum(loss_counts(batch), info)  # (3,) global
-    kw = dict(loss_kwargs, num_global_tokens=counts[0], num_global_seqs=counts[1],
+    kw = dict(config=config, num_global_tokens=counts[0], num_global_seqs=counts[1],
               num_global_sft_tokens=counts[2], max_response_len=max_response_len)
-    chunks = micro_batches(batch.attention_mask.sum(-1).tolist(), micro)
+    chunks = group_rows(batch.attention_mask.sum(-1).tolist(), micro)
     n = all_reduce_max_int(len(chunks), info)
     total = torch.zeros((), dtype=torch.float64)
     sums: dict[str, float] = {}
@@ -130,7 +140,7 @@ def backward_batch(policy: torch.nn.Module, batch: RolloutBatch, loss_kwargs: di
             continue
         mb = trim(batch.select(chunks[i])).to(info.device)
         loss, metrics = policy(mb.input_ids, mb.attention_mask, mb.position_ids, mode="loss",
-                               loss_kwargs={**kw, **mb.loss_kwargs()})
+                               loss_inputs={**kw, **mb.loss_inputs()})
         loss.backward()
         total += loss.detach().double().cpu()
         for k, v in metrics.items():

@@ -1,0 +1,241 @@
+"""The state of one training run and the phases around the RL loop.
+
+`set_up` builds everything a run needs (process group, start-up checks, model, data,
+rollout engine, optimizer) into one `Session`; `resume` or `start_fresh` bring it to its
+first RL step; `evaluate`, `save` and `record` are the per-step chores; `finish` writes the
+summary. `train.run` calls them in that order around `rl_step.rl_step`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rgpo_fast.algos.guidance import HintLevels
+from rgpo_fast.data.types import Example
+from rgpo_fast.rewards import get_reward_fn
+from rgpo_fast.rollout.base import SamplingParams
+from rgpo_fast.trainer import checkpoint as ckpt
+from rgpo_fast.trainer.build import build_engine, load_policy, resolve_model_dir
+from rgpo_fast.trainer.collect import CollectContext
+from rgpo_fast.trainer.config import RunConfig
+from rgpo_fast.trainer.data_sources import (
+    PromptSampler,
+    check_data_paths,
+    eval_sources,
+    load_source,
+)
+from rgpo_fast.trainer.distributed import DistInfo, init_distributed, shard_model
+from rgpo_fast.trainer.evaluation import evaluate_all
+from rgpo_fast.trainer.metrics import MetricsLog, summary_table
+from rgpo_fast.trainer.plots import write_plots
+from rgpo_fast.trainer.preflight import check_engine, check_sequence_lengths
+from rgpo_fast.trainer.update import make_optimizer, make_scheduler
+from rgpo_fast.trainer.warm_start import sft_warm_start
+from rgpo_fast.trainer.weight_sync import sync_engine
+
+
+@dataclass
+class Session:
+    """Everything one run holds between phases."""
+
+    cfg: RunConfig
+    info: DistInfo
+    out_dir: Path
+    policy: torch.nn.Module
+    tokenizer: Any
+    model_dir: Path
+    features: dict[str, Any]
+    engine: Any
+    shares_weights: bool  # the engine decodes with the trainer's own module (no sync)
+    reward_fn: Any
+    sft_set: list[Example]
+    eval_sets: dict[str, list[Example]]
+    sampler: PromptSampler
+    levels: HintLevels
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    metrics: MetricsLog
+    collect: CollectContext
+    t_start: float
+    eval_before: dict[str, float] = field(default_factory=dict)
+    totals: dict[str, float] = field(default_factory=lambda: {
+        "guided_prompts": 0, "accepted": 0, "gen_tokens": 0, "rl_time_s": 0.0})  # fmt: skip
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out_dir / "checkpoints"
+
+    def log(self, *msg, **kw) -> None:
+        if self.info.is_main:
+            print(*msg, **kw, flush=True)
+
+    def sync(self) -> None:
+        """New weights into the rollout engine (the sleep/wake/load protocol)."""
+        # The engine samples in the compute dtype: send that, not the fp32 masters.
+        sync_engine(self.policy, self.engine, shares_weights=self.shares_weights,
+                    bucket_mb=self.cfg.rollout.sync_bucket_mb,
+                    dtype=self.policy.compute_dtype)  # fmt: skip
+
+
+def set_up(cfg: RunConfig) -> Session:
+    """Process group, start-up checks, model, data, rollout engine and optimizer."""
+    t_start = time.perf_counter()
+    info = init_distributed(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    random.seed(cfg.train.seed)
+    torch.manual_seed(cfg.train.seed)
+    out_dir = Path(cfg.train.output_dir)
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(out_dir / "config.yaml")
+    # Fail fast, before minutes of model loading and before anything is on the GPU.
+    check_data_paths(cfg)
+    check_engine(cfg, info)
+    model_dir = resolve_model_dir(cfg)
+    max_model_len = check_sequence_lengths(cfg, model_dir)
+
+    policy, lm, tok, model_dir, features = load_policy(cfg, info, model_dir)
+    if info.is_main:
+        print("start-up: " + ", ".join(f"{k}={v}" for k, v in features.items()), flush=True)
+    reward_fn = get_reward_fn(cfg.data.reward, format_weight=cfg.data.format_weight)
+    train_set, sft_set, eval_sets = _load_data(cfg, tok)
+    if info.enabled:
+        policy = shard_model(policy, info, compute_dtype=policy.compute_dtype)
+    engine, shares = build_engine(cfg, lm, tok, model_dir, info, max_model_len)
+    optimizer = make_optimizer(policy, cfg.optim.lr, cfg.optim)
+    scheduler = make_scheduler(optimizer, cfg.train.max_steps, cfg.optim.warmup_steps,
+                               cfg.optim.schedule)  # fmt: skip
+    collect = CollectContext(
+        engine=engine,
+        tokenizer=tok,
+        algo=cfg.algo,
+        reward_fn=reward_fn,
+        sampling=SamplingParams(n=cfg.rollout.n, max_new_tokens=cfg.rollout.max_new_tokens,
+                                temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p),
+        system_prompt=cfg.data.system_prompt,
+        keep_rollout_logprobs=engine.name == "vllm",
+        max_prompt_len=cfg.data.max_prompt_tokens + cfg.rollout.max_hint_tokens,
+    )
+    return Session(
+        cfg=cfg, info=info, out_dir=out_dir, policy=policy, tokenizer=tok, model_dir=model_dir,
+        features=features, engine=engine, shares_weights=shares, reward_fn=reward_fn,
+        sft_set=sft_set, eval_sets=eval_sets, sampler=PromptSampler(train_set, cfg.train.seed),
+        levels=HintLevels(cfg.algo.n_segments, cfg.algo.adaptive_levels),
+        optimizer=optimizer, scheduler=scheduler, metrics=MetricsLog(out_dir / "metrics.jsonl"),
+        collect=collect, t_start=t_start,
+    )  # fmt: skip
+
+
+def _load_data(cfg: RunConfig, tok):
+    common = {"tokenizer": tok, "max_prompt_tokens": cfg.data.max_prompt_tokens,
+              "system": cfg.data.system_prompt}  # fmt: skip
+    train_set = load_source(cfg.data.train, n=cfg.data.n_train, seed=cfg.train.seed,
+                            heldout=False, **common)  # fmt: skip
+    sft_set = []
+    if cfg.data.sft and cfg.train.sft_steps:
+        sft_set = load_source(cfg.data.sft, n=cfg.data.n_train, seed=cfg.train.seed + 1,
+                              heldout=False, **common)  # fmt: skip
+    eval_sets = {
+        name: load_source(spec, n=cfg.data.n_eval, seed=cfg.train.seed, heldout=True,
+                          limit=cfg.data.n_eval, **common)[: cfg.data.n_eval]
+        for name, spec in eval_sources(cfg.data.eval)
+    }  # fmt: skip
+    return train_set, sft_set, eval_sets
+
+
+def evaluate(s: Session) -> dict[str, float]:
+    """Held-out metrics of every eval set with the engine's current weights."""
+    cfg = s.cfg
+    return evaluate_all(s.engine, s.tokenizer, s.eval_sets, s.reward_fn, seed=cfg.train.seed,
+                        max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
+                        pass_k=cfg.eval.pass_k, temperature=cfg.eval.temperature, info=s.info,
+                        system=cfg.data.system_prompt)  # fmt: skip
+
+
+def trainer_state(s: Session, step: int) -> dict:
+    return {"data": s.sampler.state_dict(), "hint_levels": s.levels.state_dict(),
+            "eval_before": s.eval_before, "totals": dict(s.totals), "step_done": step}  # fmt: skip
+
+
+def save(s: Session, step: int) -> None:
+    ckpt.save_checkpoint(s.ckpt_dir, step, s.policy, s.optimizer, s.scheduler,
+                         trainer_state(s, step), s.info, keep=s.cfg.train.keep_checkpoints)
+
+
+def resume(s: Session) -> int | None:
+    """Restore the newest usable checkpoint; -> its step, or None when there is none."""
+    state = ckpt.load_latest(s.ckpt_dir, s.policy, s.optimizer, s.scheduler, s.info)
+    if state is None:
+        s.log("warning: --resume given but no usable checkpoint found; starting fresh",
+              file=sys.stderr)  # fmt: skip
+        return None
+    step = int(state["step"])
+    s.sampler.load_state_dict(state["data"])
+    s.levels.load_state_dict(state["hint_levels"])
+    s.eval_before, s.totals = state["eval_before"], state["totals"]
+    if s.info.is_main:
+        s.metrics.truncate_after(step)
+    s.engine.sleep(level=2)  # the engine holds the initial weights: replace them
+    s.sync()
+    return step
+
+
+def start_fresh(s: Session) -> int:
+    """SFT warm start, the baseline evaluation, and checkpoint 0 (never redone on resume)."""
+    if s.info.is_main and s.metrics.path.exists():
+        s.metrics.path.unlink()
+    if s.sft_set:
+        t0 = time.perf_counter()
+        loss = sft_warm_start(s.policy, s.sft_set, s.tokenizer, s.cfg, s.info)
+        s.log(f"SFT warm-start: {s.cfg.train.sft_steps} steps on {s.cfg.data.sft}, "
+              f"final loss {loss:.3f}, {time.perf_counter() - t0:.0f}s")  # fmt: skip
+    s.engine.sleep(level=2)
+    s.sync()
+    s.eval_before = evaluate(s)
+    s.log("eval before RL: " + json.dumps({k: round(v, 3) for k, v in s.eval_before.items()}))
+    save(s, 0)
+    return 0
+
+
+def record(s: Session, row: dict) -> None:
+    """Add a step's row to the totals and to metrics.jsonl (every `log_every` steps)."""
+    s.totals["guided_prompts"] += row["guided/prompts"]
+    s.totals["accepted"] += row["guided/accepted"]
+    s.totals["gen_tokens"] += row["tokens/generated"]
+    s.totals["rl_time_s"] += row["time/step_s"]
+    step, cfg = row["step"], s.cfg
+    if s.info.is_main and (step % cfg.logging.log_every == 0 or step == cfg.train.max_steps):
+        s.metrics.write(row)
+
+
+def finish(s: Session) -> dict:
+    """Final evaluation, summary.json, plots and the printed table; -> the summary."""
+    eval_after = evaluate(s)
+    s.totals["tokens_per_s"] = s.totals["gen_tokens"] / max(s.totals["rl_time_s"], 1e-9)
+    summary = {
+        "algo": s.cfg.algo.name,
+        "steps": s.cfg.train.max_steps,
+        "eval": eval_after,
+        "eval_before": s.eval_before,
+        "totals": s.totals,
+        "time_s": time.perf_counter() - s.t_start,
+        "world_size": s.info.world_size,
+        "model": s.cfg.model.path or str(s.model_dir),
+        "features": s.features,
+    }
+    if s.info.is_main:
+        (s.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        if s.cfg.logging.plots:
+            write_plots(s.metrics.read(), s.out_dir / "plots")
+        print(summary_table(summary), flush=True)
+        print(f"outputs in {s.out_dir}/ (metrics.jsonl, summary.json, checkpoints/, plots/)")
+    return summary

@@ -1,0 +1,85 @@
+"""The SFT warm start: supervised steps on reference rationales before RL.
+
+It runs through the same fused loss as RL (every sample a transferred one, sft_coef = 1),
+so it needs no second training path. A share of the prompts carries a random rationale
+prefix as a hint, so the model learns the hint format the guided round uses.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+
+from rgpo_fast.algos import guidance
+from rgpo_fast.algos.presets import get_preset
+from rgpo_fast.batch import assemble_batch
+from rgpo_fast.data.prompts import encode_prompt, encode_text, token_starts
+from rgpo_fast.data.types import Example, Sample
+from rgpo_fast.trainer.config import RunConfig
+from rgpo_fast.trainer.distributed import DistInfo
+from rgpo_fast.trainer.update import (
+    backward_batch,
+    make_optimizer,
+    make_scheduler,
+    optimizer_step,
+)
+
+SampleRows = Callable[[random.Random], "list[Sample]"]
+
+
+def sft_samples(examples: Sequence[Example], tok, cfg: RunConfig,
+                rng: random.Random) -> list[Sample]:  # fmt: skip
+    """Rationale + EOS after the prompt; with probability `train.sft_hint_prob` the prompt
+    carries a random rationale prefix (1 .. N-1 segments) as the hint."""
+    algo, out = cfg.algo, []
+    for ex in examples:
+        hint = None
+        if rng.random() < cfg.train.sft_hint_prob and ex.rationale:
+            segs = guidance.segment_rationale(ex.rationale, algo.n_segments, algo.segmentation,
+                                              token_starts(tok))  # fmt: skip
+            if len(segs) > 1:
+                hint = guidance.build_hint(segs, rng.randint(1, len(segs) - 1))
+        prompt = encode_prompt(
+            tok, ex.problem, hint, hint_template=algo.hint_template, system=cfg.data.system_prompt
+        )
+        resp = encode_text(tok, ex.rationale) + [tok.eos_token_id]
+        out.append(Sample(prompt_ids=prompt, response_ids=resp, kind="transferred", reward=1.0))
+    return out
+
+
+def sft_warm_start(policy, examples: Sequence[Example], tok, cfg: RunConfig, info: DistInfo,
+                   rows_fn: SampleRows | None = None) -> float:  # fmt: skip
+    """`train.sft_steps` supervised steps; returns the last step's loss.
+
+    Each step's global batch is `rows_fn(rng)` (default: `sft_batch_size` random examples
+    through `sft_samples`); the rng is seeded identically on every rank, each rank trains
+    its slice. Benchmarks pass their own rows (e.g. extra copy rows) to reuse this loop."""
+    if rows_fn is None:
+        def rows_fn(rng: random.Random) -> list[Sample]:
+            batch_ex = [rng.choice(examples) for _ in range(cfg.train.sft_batch_size)]
+            return sft_samples(batch_ex, tok, cfg, rng)
+
+    steps = cfg.train.sft_steps
+    opt = make_optimizer(policy, cfg.train.sft_lr, cfg.optim)
+    sched = make_scheduler(opt, steps, max(steps // 20, 1), "cosine")
+    sft_algo = get_preset("rgpo", transfer="sft", sft_coef=1.0)
+    rng = random.Random(f"sft:{cfg.train.seed}")  # same draws on every rank
+    loss = float("nan")
+    bar = None
+    if cfg.logging.progress and info.is_main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps, desc="SFT warm-start", dynamic_ncols=True)
+    for _ in range(steps):
+        local = rows_fn(rng)[info.rank :: info.world_size]
+        batch = assemble_batch(local, sft_algo, pad_token_id=tok.pad_token_id)
+        m = backward_batch(policy, batch, sft_algo.loss_config(),
+                           cfg.train.sft_micro_batch_size, info)  # fmt: skip
+        optimizer_step(policy, opt, sched, cfg.optim.grad_clip)
+        loss = m["loss/total"]
+        if bar is not None:
+            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return loss
