@@ -1,16 +1,8 @@
 """Backend registry: which implementation of the fused ops runs for `impl=...`.
 
-A backend is a module with
-  NAME, is_available(device) -> bool,
-  logprob_forward(hidden, weight, bias, targets, temperature, with_entropy, chunk_size)
-      -> (logp, lse, entropy|None), fp32 (N,)
-  logprob_backward(hidden, weight, bias, targets, lse, entropy, temperature,
-                   g_logp, g_ent, needs, chunk_size) -> (dhidden, dweight, dbias)
-and optionally
-  policy_loss_forward_backward(hidden, weight, bias, targets, terms, cfg, needs,
-                               with_entropy, chunk_size) -> (loss, stats, dh, dw, db)
-When the last one is missing, ops/linear_policy_loss.py composes the first two with
-algos.policy_loss.token_loss_and_grad.
+A backend is a module that implements the `Backend` protocol below: torch_chunked.py,
+triton_backend.py, cpp_backend.py and cuda_backend.py (tests/test_backends.py checks each
+against it).
 
 "auto" picks, in order: triton for CUDA tensors, then the compiled extension (cuda on
 GPU, cpp on CPU), then torch. Backends are imported lazily so a missing Triton or an
@@ -20,9 +12,51 @@ unbuilt extension never breaks `import rgpo_fast`.
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
+from typing import Protocol, runtime_checkable
 
 import torch
+
+from rgpo_fast.algos.policy_loss import LossConfig, TokenTerms
+
+Tensor = torch.Tensor
+Grads = tuple[Tensor | None, Tensor | None, Tensor | None]  # dhidden, dweight, dbias
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """The fused ops one implementation provides (shapes: N tokens, H hidden, V vocab)."""
+
+    NAME: str
+
+    def is_available(self, device: torch.device) -> bool:
+        """Can it run on `device` in this installation?"""
+        ...
+
+    def logprob_forward(self, hidden: Tensor, weight: Tensor, bias: Tensor | None,
+                        targets: Tensor, temperature: float, with_entropy: bool,
+                        chunk_size: int | None = None,
+                        ) -> tuple[Tensor, Tensor, Tensor | None]:  # fmt: skip
+        """(N, H), (V, H), (V,)|None, (N,) -> logp, lse, entropy|None: fp32 (N,) each."""
+        ...
+
+    def logprob_backward(self, hidden: Tensor, weight: Tensor, bias: Tensor | None,
+                         targets: Tensor, lse: Tensor, entropy: Tensor | None,
+                         temperature: float, g_logp: Tensor, g_ent: Tensor | None,
+                         needs: tuple[bool, bool, bool], chunk_size: int | None = None,
+                         ) -> Grads:  # fmt: skip
+        """Gradients of sum(g_logp * logp + g_ent * entropy), None where `needs` is False."""
+        ...
+
+    def policy_loss_forward_backward(self, hidden: Tensor, weight: Tensor,
+                                     bias: Tensor | None, targets: Tensor, terms: TokenTerms,
+                                     cfg: LossConfig, needs: tuple[bool, bool, bool],
+                                     with_entropy: bool = False, chunk_size: int | None = None,
+                                     ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None,
+                                                Tensor | None]:  # fmt: skip
+        """The fused policy loss: loss () fp32, stats (NUM_STATS,) fp32 and the gradients,
+        all from one forward (each token's loss depends on its own log-prob only)."""
+        ...
+
 
 IMPLS = ("auto", "torch", "triton", "cpp", "cuda")
 _MODULES = {
@@ -34,7 +68,7 @@ _MODULES = {
 _AUTO_ORDER = {"cuda": ("triton", "cuda", "torch"), "cpu": ("cpp", "torch")}
 
 
-def _load(name: str) -> ModuleType | None:
+def _load(name: str) -> Backend | None:
     try:
         return importlib.import_module(_MODULES[name])
     except ImportError:
@@ -52,7 +86,7 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
     return out
 
 
-def resolve_backend(impl: str, device: torch.device) -> ModuleType:
+def resolve_backend(impl: str, device: torch.device) -> Backend:
     """The backend module for `impl` on `device`; a clear error when it cannot run there."""
     if impl not in IMPLS:
         raise ValueError(f"unknown impl {impl!r}; valid: {', '.join(IMPLS)}")

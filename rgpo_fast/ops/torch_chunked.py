@@ -18,9 +18,8 @@ from rgpo_fast.algos.policy_loss import NUM_STATS, LossConfig, TokenTerms, token
 
 NAME = "torch"
 # Rows per chunk: one fp32 logits block of at most ~96 MiB (24M elements), rounded down to
-# a multiple of 64 rows. Measured on the CPU benchmark (N=1024, H=896, V=151936): 128-row
-# blocks ran ~15% faster than 110-row ones (BLAS blocking favours multiples of 64; each
-# chunk re-reads the whole weight), and the block stays under 0.1x the oracle's memory.
+# a multiple of 64 rows (BLAS blocking favours multiples of 64; each chunk re-reads the
+# whole weight); the chunk measurements are in docs/csrc.md with their command.
 BLOCK_ELEMENTS = 24 * 2**20
 ROW_MULTIPLE = 64
 
