@@ -27,10 +27,10 @@ Design (docs/kernels.md has the long version):
   ordering of the Triton matmul tutorial) so programs running at the same time share the
   weight tiles (and hidden blocks) in L2.
 - UPCAST_DOT: under TRITON_INTERPRET=1, triton 3.9's `tl.dot` on bf16 operands returns
-  garbage (NOTES.md). The launchers set UPCAST_DOT when interpreting 16-bit inputs, which
-  casts the operands to fp32 before every `tl.dot`. The products of two bf16 numbers are
-  exact in fp32, so this matches a tensor-core bf16 MMA with fp32 accumulation. On a GPU the
-  flag is off and the tensor cores see the input dtype.
+  garbage (docs/kernels.md, "The interpreter"). The launchers set UPCAST_DOT when
+  interpreting 16-bit inputs, which casts the operands to fp32 before every `tl.dot`. The
+  products of two bf16 numbers are exact in fp32, so this matches a tensor-core bf16 MMA
+  with fp32 accumulation. On a GPU the flag is off and the tensor cores see the input dtype.
 - DOT_PRECISION: fp32 inputs use "ieee" (true fp32 products, the semantics of torch.mm with
   TF32 off); 16-bit inputs use the native tensor-core path.
 """

@@ -1,4 +1,4 @@
-"""Group-relative advantage estimators (ALGORITHMS.md, "The shared core").
+"""Group-relative advantage estimators (docs/algorithms.md, "Advantages").
 
 Every estimator maps sequence rewards (B,) and integer group ids (B,) to sequence
 advantages (B,). Samples of one prompt share a group id; groups need not be contiguous
