@@ -30,10 +30,11 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 
+from rgpo_fast.errors import UserError
 from rgpo_fast.trainer.cli import parse_args
-from rgpo_fast.trainer.config import ConfigError, RunConfig
-from rgpo_fast.trainer.data_sources import DataSourceError
+from rgpo_fast.trainer.config import RunConfig
 from rgpo_fast.trainer.distributed import barrier, shutdown
 from rgpo_fast.trainer.rl_step import rl_step
 from rgpo_fast.trainer.session import (
@@ -51,24 +52,27 @@ from rgpo_fast.trainer.session import (
 def run(cfg: RunConfig) -> int:
     """The run, phase by phase (each a named call; docs/trainer.md has the details)."""
     s = set_up(cfg)  # process group, start-up checks, model, data, rollout engine, optimizer
-    start = resume(s) if cfg.train.resume else None
-    if start is None:
-        start = start_fresh(s)  # SFT warm start, eval before RL, checkpoint 0
-    bar = _progress(s, start)
-    for step in range(start + 1, cfg.train.max_steps + 1):
-        row = rl_step(s, step)  # collect -> rollout log-probs -> assemble -> update -> sync
-        if cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.train.max_steps:
-            row.update({f"eval/{k}": v for k, v in evaluate(s).items()})
-        # The row before the checkpoint: a kill in between re-runs the step on resume and
-        # truncate_after() drops the orphan row, so every step appears exactly once.
-        record(s, row)
-        if step == cfg.train.max_steps or (cfg.train.save_every
-                                           and step % cfg.train.save_every == 0):  # fmt: skip
-            save(s, step)
-        _advance(bar, row)
-    if bar is not None:
-        bar.close()
-    finish(s)  # final evaluation, summary.json, plots, the table
+    try:
+        start = resume(s) if cfg.train.resume else None
+        if start is None:
+            start = start_fresh(s)  # SFT warm start, eval before RL, checkpoint 0
+        bar = _progress(s, start)
+        for step in range(start + 1, cfg.train.max_steps + 1):
+            row = rl_step(s, step)  # collect -> rollout log-probs -> assemble -> update -> sync
+            if cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.train.max_steps:
+                row.update({f"eval/{k}": v for k, v in evaluate(s).items()})
+            # The row before the checkpoint: a kill in between re-runs the step on resume
+            # and truncate_after() drops the orphan row, so every step appears exactly once.
+            record(s, row)
+            if step == cfg.train.max_steps or (cfg.train.save_every
+                                               and step % cfg.train.save_every == 0):  # fmt: skip
+                save(s, step)
+            _advance(bar, row)
+        if bar is not None:
+            bar.close()
+        finish(s)  # final evaluation, summary.json, plots, the table
+    finally:
+        s.close()  # the run directory's lock
     barrier(s.info)
     shutdown(s.info)
     return 0
@@ -102,14 +106,21 @@ def quiet_libraries() -> None:
     hf_logging.set_verbosity_error()
 
 
+REPORT = ("rgpo_fast: this is a bug, not a problem with your input. Please report it with "
+          "the traceback above, the command line and the run's config.yaml.")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done; 2 a problem the user can fix (one `error:` line; `--debug`
+    adds the traceback); 130 interrupted (resume with --resume); 1 a bug (traceback and
+    how to report it)."""
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
     quiet_libraries()
     try:
         _, cfg = parse_args(argv)
         return run(cfg)
-    except (ConfigError, DataSourceError) as e:
+    except UserError as e:
         if debug:
             raise
         print(f"error: {e}", file=sys.stderr)
@@ -117,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except Exception:  # noqa: BLE001 - anything else is a bug: keep it visible
+        traceback.print_exc()
+        print(REPORT, file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from importlib import metadata
 
+from rgpo_fast.errors import UserError
+
 # The set this project's GPU path was written against (Makefile: install-gpu).
 TESTED = {"torch": "2.14.0", "vllm": "0.33.0"}
 # Oldest vLLM with logprobs_mode="processed_logprobs" (log-probs after temperature, the
@@ -18,7 +20,7 @@ MIN_VLLM = "0.10.2"
 MIN_TORCH = "2.8"  # FSDP2's set_force_sum_reduction_for_comms (trainer/distributed.py)
 
 
-class VersionError(RuntimeError):
+class VersionError(UserError, RuntimeError):
     """An installed package version the GPU path cannot run with."""
 
 

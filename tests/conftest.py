@@ -39,3 +39,19 @@ def backend(request) -> str:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def char_tok(tmp_path_factory):
+    """A character-level HF tokenizer (helpers_tokenizer.py), without a chat template."""
+    from helpers_tokenizer import build_char_tokenizer
+
+    return build_char_tokenizer(tmp_path_factory.mktemp("char_tok"))
+
+
+@pytest.fixture(scope="session")
+def chat_tok(tmp_path_factory):
+    """The same tokenizer with a ChatML chat template."""
+    from helpers_tokenizer import build_char_tokenizer
+
+    return build_char_tokenizer(tmp_path_factory.mktemp("chat_tok"), chat=True)

@@ -3,15 +3,10 @@ GHPO's hint and escalation. (The guided round with records and a tokenizer:
 tests/test_guided_round.py.)"""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from helpers_tokenizer import build_char_tokenizer  # noqa: E402
-
-from rgpo_fast.algos.guidance import (  # noqa: E402
+from rgpo_fast.algos.guidance import (
     HintLevels,
     accept,
     build_hint,
@@ -23,22 +18,17 @@ from rgpo_fast.algos.guidance import (  # noqa: E402
     step_outcome,
     update_level,
 )
-from rgpo_fast.algos.presets import get_preset  # noqa: E402
-from rgpo_fast.batch import assemble_batch  # noqa: E402
-from rgpo_fast.data.prompts import build_prompt, encode_prompt, token_starts  # noqa: E402
-from rgpo_fast.data.types import Sample  # noqa: E402
+from rgpo_fast.algos.presets import get_preset
+from rgpo_fast.batch import assemble_batch
+from rgpo_fast.data.prompts import build_prompt, encode_prompt, token_starts
+from rgpo_fast.data.types import Sample
 
 RAT = "12+17=29\n29*3=87\n87-19=68\n68+5=73\nAnswer: 73"
 
 
 @pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    return build_char_tokenizer(tmp_path_factory.mktemp("tok"))
-
-
-@pytest.fixture(scope="module")
-def chat_tok(tmp_path_factory):
-    return build_char_tokenizer(tmp_path_factory.mktemp("chat_tok"), chat=True)
+def tok(char_tok):
+    return char_tok
 
 
 # ---------------------------------------------------------------- segmentation

@@ -2,39 +2,29 @@
 hint, the reference sample of LUFFY's slot, and `guided_round` end to end with a scripted
 sampler and scorer (trigger, acceptance, transfer, level updates, the length limit)."""
 
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from helpers_tokenizer import build_char_tokenizer  # noqa: E402
-
-from rgpo_fast.algos.guidance import HintLevels  # noqa: E402
-from rgpo_fast.algos.presets import get_preset  # noqa: E402
-from rgpo_fast.batch import assemble_batch  # noqa: E402
-from rgpo_fast.data.prompts import build_prompt, encode_prompt  # noqa: E402
-from rgpo_fast.data.types import Sample  # noqa: E402
-from rgpo_fast.guided_round import (  # noqa: E402
+from rgpo_fast.algos.guidance import HintLevels
+from rgpo_fast.algos.presets import get_preset
+from rgpo_fast.batch import assemble_batch
+from rgpo_fast.data.prompts import build_prompt, encode_prompt
+from rgpo_fast.data.types import Sample
+from rgpo_fast.guided_round import (
     PromptGroup,
     guided_round,
     response_hint,
     transfer_back,
 )
-from rgpo_fast.rollout.base import Completion  # noqa: E402
-from rgpo_fast.trainer.collect import reference_sample  # noqa: E402
+from rgpo_fast.rollout.base import Completion
+from rgpo_fast.trainer.collect import reference_sample
 
 RAT = "12+17=29\n29*3=87\n87-19=68\n68+5=73\nAnswer: 73"
 
 
 @pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    return build_char_tokenizer(tmp_path_factory.mktemp("tok"))
-
-
-@pytest.fixture(scope="module")
-def chat_tok(tmp_path_factory):
-    return build_char_tokenizer(tmp_path_factory.mktemp("chat_tok"), chat=True)
+def tok(char_tok):
+    return char_tok
 
 
 # ---------------------------------------------------------------- transfer back

@@ -173,6 +173,19 @@ def _oracle(h, w, b, t, temperature, g_logp, g_ent, compute_dtype, upcast):
                                                                         else [])  # fmt: skip
 
 
+def _check_three_way(inputs, temperature, g_logp, g_ent, got, dtype):
+    """logp, entropy and the three gradients against the float64 oracle, with naive PyTorch
+    in the input dtype as the yardstick (tests/tolerance.py)."""
+    naive = _oracle(*inputs, temperature, g_logp, g_ent, torch.float32, upcast=False)
+    truth = _oracle(*inputs, temperature, g_logp, g_ent, torch.float64, upcast=True)
+    for name, x, xn, xt in zip(["logp", "entropy", "dhidden", "dweight", "dbias"], got, naive,
+                               truth):  # fmt: skip
+        if xt is None:
+            assert x is None, name
+            continue
+        assert_three_way(name, x, xn, xt, dtype)
+
+
 @pytest.mark.parametrize(
     "dtype, bias", [(torch.float32, False), (torch.bfloat16, False), (torch.float32, True)]
 )
@@ -190,14 +203,7 @@ def test_autotuned_path_matches_oracle(dtype, bias):
                                              (True, True, bias), **kw)  # fmt: skip
     tuned = klp._autotuned("bwd", klp.INTERPRET_CONFIGS)
     assert tuned.best_config in klp.INTERPRET_CONFIGS  # the autotuner chose, not a fixed block
-    naive = _oracle(h, w, b, t, temperature, g_logp, g_ent, torch.float32, upcast=False)
-    truth = _oracle(h, w, b, t, temperature, g_logp, g_ent, torch.float64, upcast=True)
-    for name, x, xn, xt in zip(["logp", "entropy", "dhidden", "dweight", "dbias"],
-                               [logp, ent, dh, dw, db], naive, truth):  # fmt: skip
-        if xt is None:
-            assert x is None, name
-            continue
-        assert_three_way(name, x, xn, xt, dtype)
+    _check_three_way((h, w, b, t), temperature, g_logp, g_ent, [logp, ent, dh, dw, db], dtype)
 
 
 def test_default_launch_plan(monkeypatch):
@@ -227,11 +233,4 @@ def test_gpu_default_autotuned_path_matches_oracle(dtype, bias):
     dh, dw, db = klp.linear_logprob_backward(h, w, b, t, lse, ent, 1.0, g_logp, g_ent,
                                              (True, True, bias))  # fmt: skip
     assert klp._autotuned("bwd", klp.gpu_configs(dtype)).best_config in klp.gpu_configs(dtype)
-    naive = _oracle(h, w, b, t, 1.0, g_logp, g_ent, dtype, upcast=False)
-    truth = _oracle(h, w, b, t, 1.0, g_logp, g_ent, torch.float64, upcast=True)
-    for name, x, xn, xt in zip(["logp", "entropy", "dhidden", "dweight", "dbias"],
-                               [logp, ent, dh, dw, db], naive, truth):  # fmt: skip
-        if xt is None:
-            assert x is None, name
-            continue
-        assert_three_way(name, x, xn, xt, dtype)
+    _check_three_way((h, w, b, t), 1.0, g_logp, g_ent, [logp, ent, dh, dw, db], dtype)

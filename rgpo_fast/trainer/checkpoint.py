@@ -27,14 +27,15 @@ from typing import Any
 
 import torch
 
-from rgpo_fast.trainer.distributed import DistInfo, barrier, is_sharded
+from rgpo_fast.trainer.distributed import DistInfo, barrier, broadcast_object, is_sharded
+from rgpo_fast.trainer.run_dir import RunDirError, reason
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 HASH_LIMIT = 2 * 2**30  # files above 2 GiB are checked by size only (hashing is slow)
 
 
 class CheckpointError(RuntimeError):
-    pass
+    """A checkpoint on disk is incomplete or damaged (load_latest skips it with a warning)."""
 
 
 def _sha256(path: Path) -> str:
@@ -99,40 +100,62 @@ def save_checkpoint(
     root = Path(root)
     model_sd, optim_sd = _model_and_optim_state(policy, optimizer)
     final = root / f"step_{step:06d}"
+    failure = None
     if info.is_main:
-        root.mkdir(parents=True, exist_ok=True)
         tmp = root / f".tmp-step_{step:06d}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        torch.save(model_sd, tmp / "model.pt")
-        torch.save(optim_sd, tmp / "optim.pt")
-        torch.save(
-            {
-                "step": step,
-                "scheduler": scheduler.state_dict() if scheduler else None,
-                "rng": rng_state(),
-                **trainer_state,
-            },
-            tmp / "state.pt",
-        )
-        files = {}
-        for name in ("model.pt", "optim.pt", "state.pt"):
-            p = tmp / name
-            size = p.stat().st_size
-            files[name] = {"size": size, "sha256": _sha256(p) if size <= HASH_LIMIT else None}
-        manifest = {"step": step, "files": files, "format": 1}
-        with (tmp / "manifest.json").open("w") as f:
-            json.dump(manifest, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        if final.exists():  # a re-run of the same step after a resume: replace it
-            shutil.rmtree(final)
-        os.rename(tmp, final)  # atomic on POSIX within one filesystem
-        _fsync_dir(root)
-        for old in list_checkpoints(root)[:-keep]:
-            shutil.rmtree(old[1], ignore_errors=True)
+        try:
+            _write(root, tmp, final, step, model_sd, optim_sd, scheduler, trainer_state, keep)
+        except (OSError, RuntimeError) as e:  # torch.save reports a full disk as RuntimeError
+            shutil.rmtree(tmp, ignore_errors=True)
+            failure = _save_failure(root, step, e)
+    # Every rank learns whether rank 0's write failed: they stop together, none waits.
+    failure = broadcast_object(failure, info)
+    if failure is not None:
+        raise RunDirError(failure)
     barrier(info)
     return final if info.is_main else None
+
+
+def _write(root: Path, tmp: Path, final: Path, step: int, model_sd, optim_sd, scheduler,
+           trainer_state: dict[str, Any], keep: int) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save(model_sd, tmp / "model.pt")
+    torch.save(optim_sd, tmp / "optim.pt")
+    torch.save({"step": step, "scheduler": scheduler.state_dict() if scheduler else None,
+                "rng": rng_state(), **trainer_state}, tmp / "state.pt")  # fmt: skip
+    files = {}
+    for name in ("model.pt", "optim.pt", "state.pt"):
+        p = tmp / name
+        size = p.stat().st_size
+        files[name] = {"size": size, "sha256": _sha256(p) if size <= HASH_LIMIT else None}
+    manifest = {"step": step, "files": files, "format": 1}
+    with (tmp / "manifest.json").open("w") as f:
+        json.dump(manifest, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    if final.exists():  # a re-run of the same step after a resume: replace it
+        shutil.rmtree(final)
+    os.rename(tmp, final)  # atomic on POSIX within one filesystem
+    _fsync_dir(root)
+    for old in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(old[1], ignore_errors=True)
+
+
+def _save_failure(root: Path, step: int, e: BaseException) -> str:
+    """The one-line story of a failed save: which step, why, what is still there."""
+    why = reason(e)
+    try:
+        free = shutil.disk_usage(root if root.exists() else root.parent).free
+    except OSError:
+        free = None
+    if free is not None and free < 2**20 and "space" not in why.lower():
+        why += f" (the disk is full: {free} bytes free)"
+    done = list_checkpoints(root)
+    last = (f"the last complete checkpoint is {done[-1][1]} (step {done[-1][0]}); "
+            "--resume continues from it") if done else "no complete checkpoint exists"
+    return f"could not save the checkpoint of step {step} in {root}: {why}; {last}"
 
 
 def _fsync_dir(path: Path) -> None:

@@ -19,9 +19,10 @@ from typing import Any
 import yaml
 
 from rgpo_fast.algos.presets import AlgoConfig, get_preset
+from rgpo_fast.errors import UserError
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A user-facing configuration problem (exit code 2, one `error:` line)."""
 
 
@@ -147,6 +148,9 @@ class DataConfig:
         _positive("data", "max_prompt_tokens", self.max_prompt_tokens)
         if not 0.0 <= self.format_weight <= 1.0:
             raise ConfigError(f"data.format_weight={self.format_weight} must be in [0, 1]")
+        from rgpo_fast.rewards import REWARDS
+
+        _choice("data", "reward", self.reward, tuple(REWARDS.names()))
 
 
 @dataclass
@@ -195,6 +199,11 @@ class RolloutConfig:
     def __post_init__(self) -> None:
         _choice("rollout", "engine", self.engine, ("hf", "vllm"))
         _positive("rollout", "n", self.n)
+        if self.n < 2:
+            raise ConfigError(
+                f"rollout.n={self.n}: with one sample per prompt every group-relative "
+                "advantage is 0 and nothing is learned; use rollout.n >= 2"
+            )
         _positive("rollout", "max_new_tokens", self.max_new_tokens)
         _positive("rollout", "max_batch_size", self.max_batch_size)
         _positive("rollout", "tensor_parallel_size", self.tensor_parallel_size)

@@ -13,9 +13,10 @@ from pathlib import Path
 from rgpo_fast.data.arith import SPLITS, make_arith
 from rgpo_fast.data.readers import DataError, load_examples
 from rgpo_fast.data.types import Example
+from rgpo_fast.errors import UserError
 
 
-class DataSourceError(ValueError):
+class DataSourceError(UserError, ValueError):
     """A missing, unreadable or empty dataset (exit code 2, names the source)."""
 
 

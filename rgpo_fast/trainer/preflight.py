@@ -85,9 +85,28 @@ def check_engine(cfg: RunConfig, info: DistInfo) -> None:
         return
     if info.device.type != "cuda":
         raise ConfigError("rollout.engine=vllm needs a CUDA GPU; use rollout.engine=hf on CPU")
-    from rgpo_fast.versions import VersionError, check_gpu_stack
+    from rgpo_fast.versions import check_gpu_stack
 
-    try:
-        check_gpu_stack()
-    except VersionError as e:
-        raise ConfigError(str(e)) from None
+    check_gpu_stack()  # a VersionError is a UserError: one `error:` line
+
+
+# Guidance modes that read the rationale column (LUFFY trains on it directly).
+RATIONALE_GUIDANCE = ("rgpo", "ghpo", "luffy")
+
+
+def check_rationales(cfg: RunConfig, train_set: list) -> str | None:
+    """An algorithm that needs rationales on a dataset that has none would silently run as
+    GRPO: refuse it. Returns a notice when only some problems carry one (None otherwise)."""
+    if cfg.algo.guidance not in RATIONALE_GUIDANCE:
+        return None
+    have = sum(bool(ex.rationale.strip()) for ex in train_set)
+    if have == 0:
+        raise ConfigError(
+            f"--algo {cfg.algo.name} needs rationales, but none of the {len(train_set)} "
+            f"training problems of {cfg.data.train} has one (a 'rationale' column); add "
+            "them or use --algo grpo"
+        )
+    if have < len(train_set):
+        return (f"notice: {have} of {len(train_set)} training problems carry a rationale; "
+                f"the other {len(train_set) - have} are never guided ({cfg.algo.name})")
+    return None

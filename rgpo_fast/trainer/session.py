@@ -23,6 +23,7 @@ from rgpo_fast.data.types import Example
 from rgpo_fast.rewards import get_reward_fn
 from rgpo_fast.rollout.base import SamplingParams
 from rgpo_fast.trainer import checkpoint as ckpt
+from rgpo_fast.trainer import run_dir
 from rgpo_fast.trainer.build import build_engine, load_policy, resolve_model_dir
 from rgpo_fast.trainer.collect import CollectContext
 from rgpo_fast.trainer.config import RunConfig
@@ -36,7 +37,8 @@ from rgpo_fast.trainer.distributed import DistInfo, init_distributed, shard_mode
 from rgpo_fast.trainer.evaluation import evaluate_all
 from rgpo_fast.trainer.metrics import MetricsLog, summary_table
 from rgpo_fast.trainer.plots import write_plots
-from rgpo_fast.trainer.preflight import check_engine, check_sequence_lengths
+from rgpo_fast.trainer.preflight import check_engine, check_rationales, check_sequence_lengths
+from rgpo_fast.trainer.run_dir import RunLock
 from rgpo_fast.trainer.update import make_optimizer, make_scheduler
 from rgpo_fast.trainer.warm_start import sft_warm_start
 from rgpo_fast.trainer.weight_sync import sync_engine
@@ -65,6 +67,7 @@ class Session:
     metrics: MetricsLog
     collect: CollectContext
     t_start: float
+    lock: RunLock | None = None  # rank 0 owns the run directory (trainer/run_dir.py)
     eval_before: dict[str, float] = field(default_factory=dict)
     totals: dict[str, float] = field(default_factory=lambda: {
         "guided_prompts": 0, "accepted": 0, "gen_tokens": 0, "rl_time_s": 0.0})  # fmt: skip
@@ -77,6 +80,11 @@ class Session:
         if self.info.is_main:
             print(*msg, **kw, flush=True)
 
+    def close(self) -> None:
+        """Give the run directory back (the lock; a process exit does it too)."""
+        if self.lock is not None:
+            self.lock.release()
+
     def sync(self) -> None:
         """New weights into the rollout engine (the sleep/wake/load protocol)."""
         # The engine samples in the compute dtype: send that, not the fp32 masters.
@@ -86,17 +94,31 @@ class Session:
 
 
 def set_up(cfg: RunConfig) -> Session:
-    """Process group, start-up checks, model, data, rollout engine and optimizer."""
+    """Process group, start-up checks, model, data, rollout engine and optimizer. Rank 0
+    owns the run directory from here on (released by `Session.close`, or on failure)."""
     t_start = time.perf_counter()
     info = init_distributed(cfg.train.device)
+    out_dir = Path(cfg.train.output_dir)
+    lock = None
+    if info.is_main:  # the run directory is this run's before anything is written into it
+        lock = RunLock(run_dir.create(out_dir)).acquire()
+    try:
+        return _build(cfg, info, out_dir, lock, t_start)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _build(cfg: RunConfig, info: DistInfo, out_dir: Path, lock: RunLock | None,
+           t_start: float) -> Session:  # fmt: skip
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
-    out_dir = Path(cfg.train.output_dir)
     if info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(out_dir / "config.yaml")
+        with run_dir.writing(f"{out_dir / 'config.yaml'}"):
+            cfg.save(out_dir / "config.yaml")
     # Fail fast, before minutes of model loading and before anything is on the GPU.
     check_data_paths(cfg)
     check_engine(cfg, info)
@@ -108,6 +130,9 @@ def set_up(cfg: RunConfig) -> Session:
         print("start-up: " + ", ".join(f"{k}={v}" for k, v in features.items()), flush=True)
     reward_fn = get_reward_fn(cfg.data.reward, format_weight=cfg.data.format_weight)
     train_set, sft_set, eval_sets = _load_data(cfg, tok)
+    notice = check_rationales(cfg, train_set)
+    if notice and info.is_main:
+        print(notice, flush=True)
     if info.enabled:
         policy = shard_model(policy, info, compute_dtype=policy.compute_dtype)
     engine, shares = build_engine(cfg, lm, tok, model_dir, info, max_model_len)
@@ -131,7 +156,7 @@ def set_up(cfg: RunConfig) -> Session:
         sft_set=sft_set, eval_sets=eval_sets, sampler=PromptSampler(train_set, cfg.train.seed),
         levels=HintLevels(cfg.algo.n_segments, cfg.algo.adaptive_levels),
         optimizer=optimizer, scheduler=scheduler, metrics=MetricsLog(out_dir / "metrics.jsonl"),
-        collect=collect, t_start=t_start,
+        collect=collect, t_start=t_start, lock=lock,
     )  # fmt: skip
 
 
@@ -183,7 +208,8 @@ def resume(s: Session) -> int | None:
     s.levels.load_state_dict(state["hint_levels"])
     s.eval_before, s.totals = state["eval_before"], state["totals"]
     if s.info.is_main:
-        s.metrics.truncate_after(step)
+        with run_dir.writing(f"{s.metrics.path} (rows after step {step} are dropped)"):
+            s.metrics.truncate_after(step)
     s.engine.sleep(level=2)  # the engine holds the initial weights: replace them
     s.sync()
     return step
@@ -192,7 +218,8 @@ def resume(s: Session) -> int | None:
 def start_fresh(s: Session) -> int:
     """SFT warm start, the baseline evaluation, and checkpoint 0 (never redone on resume)."""
     if s.info.is_main and s.metrics.path.exists():
-        s.metrics.path.unlink()
+        with run_dir.writing(f"{s.metrics.path} (a fresh run starts it anew)"):
+            s.metrics.path.unlink()
     if s.sft_set:
         t0 = time.perf_counter()
         loss = sft_warm_start(s.policy, s.sft_set, s.tokenizer, s.cfg, s.info)
@@ -214,7 +241,8 @@ def record(s: Session, row: dict) -> None:
     s.totals["rl_time_s"] += row["time/step_s"]
     step, cfg = row["step"], s.cfg
     if s.info.is_main and (step % cfg.logging.log_every == 0 or step == cfg.train.max_steps):
-        s.metrics.write(row)
+        with run_dir.writing(f"step {step} to {s.metrics.path}"):
+            s.metrics.write(row)
 
 
 def finish(s: Session) -> dict:
@@ -233,9 +261,11 @@ def finish(s: Session) -> dict:
         "features": s.features,
     }
     if s.info.is_main:
-        (s.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        with run_dir.writing(f"{s.out_dir / 'summary.json'}"):
+            (s.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         if s.cfg.logging.plots:
-            write_plots(s.metrics.read(), s.out_dir / "plots")
+            with run_dir.writing(f"the plots in {s.out_dir / 'plots'}"):
+                write_plots(s.metrics.read(), s.out_dir / "plots")
         print(summary_table(summary), flush=True)
         print(f"outputs in {s.out_dir}/ (metrics.jsonl, summary.json, checkpoints/, plots/)")
     return summary

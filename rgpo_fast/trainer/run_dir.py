@@ -1,0 +1,100 @@
+"""The run directory: created once, owned by one live run, written with clear errors.
+
+- `create`: the output directory, or a RunDirError naming it and why it cannot be made.
+- `RunLock`: an exclusive `flock` on `<output_dir>/.lock`, held for the whole run. A second
+  run on the same directory is refused with the owner's pid, host and start time. The
+  kernel drops the lock when its process dies (SIGKILL, power loss), so a dead run never
+  leaves it stuck; the file stays behind, harmless. flock is local to a machine: on a
+  network filesystem shared by several hosts it does not exclude the other hosts.
+- `writing`: turns an OSError of a run-directory write (a full disk, a read-only mount)
+  into a RunDirError that says what was being written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+from rgpo_fast.errors import UserError
+
+LOCK_NAME = ".lock"
+
+
+class RunDirError(UserError):
+    """The run directory cannot be created, is owned by another run, or a write failed."""
+
+
+def reason(e: BaseException) -> str:
+    """A short why of an I/O failure ('No space left on device', ...)."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def create(path: str | Path) -> Path:
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"cannot create the output directory {path}: {reason(e)}; "
+                          "choose another --output-dir") from None  # fmt: skip
+    if not os.access(path, os.W_OK):
+        raise RunDirError(f"the output directory {path} is not writable; choose another "
+                          "--output-dir")  # fmt: skip
+    return path
+
+
+@contextlib.contextmanager
+def writing(what: str):
+    """Context for one write into the run directory: OSError -> RunDirError(`what`)."""
+    try:
+        yield
+    except OSError as e:
+        raise RunDirError(f"cannot write {what}: {reason(e)}") from None
+
+
+class RunLock:
+    """Exclusive ownership of a run directory by this process (see module docstring)."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir) / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise RunDirError(f"cannot lock {self.path}: {reason(e)}") from None
+            raise RunDirError(
+                f"the output directory {self.path.parent} is in use by another run "
+                f"({self.owner()}); stop that run or choose another --output-dir"
+            ) from None
+        owner = {"pid": os.getpid(), "host": socket.gethostname(),
+                 "started": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(owner).encode())
+        os.fsync(fd)
+        self._fd = fd
+        return self
+
+    def owner(self) -> str:
+        """'pid 123 on host h, started 2026-12-01 15:00:00' from the lock file."""
+        try:
+            o = json.loads(self.path.read_text())
+            return f"pid {o['pid']} on host {o['host']}, started {o['started']}"
+        except (OSError, ValueError, KeyError):
+            return "owner unknown"
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
