@@ -28,7 +28,7 @@ def test_build_cache_and_load(tmp_path):
 
 def test_character_tokenizer_round_trip(tmp_path):
     _, tok = load_model_and_tokenizer(ensure_tiny_model(SPEC, tmp_path))
-    text = "(12+17)*3-19=?\n12+17=29\nAnswer: 68"
+    text = "(12+17)*3-19=?\n12+17=29\n\nAnswer: 68\n\n\n"  # newline runs too
     ids = tok(text, add_special_tokens=False)["input_ids"]
     assert len(ids) == len(text)  # one token per character, spaces and newlines kept
     assert tok.decode(ids) == text

@@ -59,7 +59,7 @@ class TinyModelSpec:
                 "chars": CHARS,
                 "special": SPECIAL_TOKENS,
                 "template": CHAT_TEMPLATE,
-                "version": 1,
+                "version": 2,  # 2: newline runs tokenised per character
             },
             sort_keys=True,
         )
@@ -79,10 +79,11 @@ def build_tokenizer():
 
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + [UNK_TOKEN] + CHARS)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
-    # Every character is its own pre-token; WordLevel then maps it to one id.
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    # Split(".") skips "\n" (regex dot), but isolated behaviour keeps the unmatched gaps
-    # as pre-tokens of their own, so newlines still come out as single "\n" tokens.
+    # Every character is its own pre-token; WordLevel then maps it to one id. "(?m)" is
+    # Oniguruma's (Ruby's) flag for a dot that matches newlines too: with a plain "." a run
+    # of newlines ("\n\n" in the hint template) stayed one unmatched gap, one pre-token,
+    # and became <|unk|>.
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("(?m)."), behavior="isolated")
     tok.decoder = decoders.Fuse()
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
