@@ -6,6 +6,8 @@
   sets...), falling back to `exact` when math-verify cannot parse.
 - `format`: 1 if the completion ends with an answer line or a boxed answer, else 0; meant
   to be mixed in with a small weight (see `get_reward_fn(..., format_weight=)`).
+- `countdown`: the completion's step lines reach the target of the problem in `answer`,
+  each given number used once, every step's arithmetic right (rgpo_fast/data/countdown.py).
 
 Each call is guarded by a wall-clock limit (rewards.timeout); a timed-out verification
 scores 0 and is counted in `TIMEOUTS`.
@@ -17,11 +19,14 @@ import logging
 from collections.abc import Callable, Sequence
 
 from rgpo_fast.algos.registry import Registry
+from rgpo_fast.data.countdown import countdown_reward
 from rgpo_fast.rewards.extract import answer_line, extract_answer, last_boxed, normalize_answer
 from rgpo_fast.rewards.timeout import run_with_timeout
 
 RewardFn = Callable[[str, str], float]
 REWARDS: Registry = Registry("reward function")
+
+REWARDS.register("countdown")(countdown_reward)
 
 DEFAULT_TIMEOUT_S = 5.0
 # Completions are cut to their last MAX_CHARS characters before parsing: the answer is at

@@ -1,8 +1,9 @@
 """Datasets named in the config, and the resumable order in which prompts are drawn.
 
-A source is `arith:<split>` (the built-in task; eval sets come from its held-out
-partition) or a file read by `rgpo_fast.data.readers.load_examples` (invalid rows skipped
-and counted). A file with no usable row is a user error, reported as such.
+A source is `<task>:<split>` (a built-in task of rgpo_fast/data/tasks.py, e.g.
+`countdown:hard`; eval sets come from its held-out partition) or a file read by
+`rgpo_fast.data.readers.load_examples` (invalid rows skipped and counted). A file with no
+usable row is a user error, reported as such.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from rgpo_fast.data.arith import SPLITS, make_arith
 from rgpo_fast.data.readers import DataError, load_examples
+from rgpo_fast.data.tasks import check_split, task_of
 from rgpo_fast.data.types import Example
 from rgpo_fast.errors import UserError
 
@@ -24,12 +25,14 @@ def load_source(spec: str, *, n: int, seed: int, heldout: bool, tokenizer=None,
                 max_prompt_tokens: int | None = None, system: str | None = None,
                 limit: int | None = None) -> list[Example]:
     spec = spec.strip()
-    if spec.startswith("arith:"):
+    task = task_of(spec)
+    if task is not None:
         split = spec.split(":", 1)[1]
-        if split not in SPLITS and not split.isdigit():
-            raise DataSourceError(f"unknown arith split {split!r} in {spec!r}; valid: "
-                                  f"{', '.join(SPLITS)} or a level 1-4")
-        return make_arith(seed, n, split, heldout=heldout)
+        try:
+            check_split(task, split, spec)
+        except ValueError as e:
+            raise DataSourceError(str(e)) from None
+        return task.make(seed, n, split, heldout=heldout)
     path = Path(spec)
     if not path.exists():
         raise DataSourceError(f"dataset not found: {spec}")
@@ -47,21 +50,31 @@ def load_source(spec: str, *, n: int, seed: int, heldout: bool, tokenizer=None,
     return examples
 
 
+def reward_name(cfg) -> str:
+    """data.reward, with `auto` resolved: the training task's own verifier (arith: exact,
+    countdown: countdown), `exact` for files."""
+    if cfg.data.reward != "auto":
+        return cfg.data.reward
+    task = task_of(cfg.data.train)
+    return task.reward if task is not None else "exact"
+
+
 def check_data_paths(cfg) -> None:
-    """Every file-based source named in the config exists (arith sources always do)."""
+    """Every file-based source named in the config exists (built-in tasks always do)."""
     specs = [cfg.data.train] + ([cfg.data.sft] if cfg.data.sft else [])
     specs += [spec for _, spec in eval_sources(cfg.data.eval)]
     for spec in specs:
-        if not spec.startswith("arith:") and not Path(spec).exists():
+        if task_of(spec) is None and not Path(spec).exists():
             raise DataSourceError(f"dataset not found: {spec}")
 
 
 def eval_sources(spec: str) -> list[tuple[str, str]]:
-    """'arith:easy,arith:hard' -> [('easy', 'arith:easy'), ('hard', 'arith:hard')]."""
+    """'arith:easy,arith:hard' -> [('easy', 'arith:easy'), ('hard', 'arith:hard')]; a file's
+    name is its stem."""
     out = []
     for part in (p.strip() for p in spec.split(",")):
         if part:
-            name = part.split(":", 1)[1] if part.startswith("arith:") else Path(part).stem
+            name = part.split(":", 1)[1] if task_of(part) else Path(part).stem
             out.append((name, part))
     return out
 
