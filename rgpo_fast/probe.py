@@ -1,0 +1,190 @@
+"""Hint probe: does a model use partial rationales? (RGPO's precondition, checked first.)
+
+    python -m rgpo_fast.probe --model DIR --data countdown:hard
+    python -m rgpo_fast.probe --model DIR --data problems.jsonl --n 128 --k 8 --json out.json
+
+For each hint level L = 0 .. N (L = 0: no hint; L >= the number of segments: the whole
+rationale), `--n` problems that have a rationale are prompted with the first L rationale
+segments as RGPO's guided round builds them (same segmentation and template; the hint in
+the user message, or with `--placement response` as the start of the response, which the
+model continues) and sampled `--k` times. Per level it reports
+
+    success   the share of the n*k samples the verifier accepts
+    pass@k    the share of problems with at least one accepted sample
+    copy      the share of accepted samples whose text equals the reference rationale
+
+RGPO can only help where partial levels (0 < L < N) succeed clearly more often than L = 0
+while most of their successes are not copies of the reference: then the guided samples it
+transfers are the model's own solutions (docs/rgpo.md, "Check the precondition first").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rgpo_fast.errors import UserError
+
+
+@dataclass
+class LevelResult:
+    level: int  # rationale segments shown (0 = none)
+    problems: int
+    samples: int
+    success: float  # accepted samples / samples
+    pass_at_k: float  # problems with an accepted sample / problems
+    copy: float  # accepted samples equal to the reference / accepted samples (0 if none)
+
+
+def level_result(level: int, accepted: list[list[bool]], copies: list[list[bool]]
+                 ) -> LevelResult:  # fmt: skip
+    """Counts of one level from per-problem lists of per-sample flags (accepted, and
+    equal to the reference)."""
+    n = len(accepted)
+    samples = sum(len(a) for a in accepted)
+    ok = sum(sum(a) for a in accepted)
+    copied = sum(c and a for acc, cop in zip(accepted, copies) for a, c in zip(acc, cop))
+    return LevelResult(level=level, problems=n, samples=samples,
+                       success=ok / samples if samples else 0.0,
+                       pass_at_k=sum(any(a) for a in accepted) / n if n else 0.0,
+                       copy=copied / ok if ok else 0.0)  # fmt: skip
+
+
+def same_text(a: str, b: str) -> bool:
+    """Equal up to surrounding whitespace (what copying the reference looks like)."""
+    return a.strip() == b.strip()
+
+
+def run_probe(engine, tokenizer, examples, reward_fn, algo, *, k: int, max_new_tokens: int,
+              temperature: float = 1.0, seed: int = 0, system: str | None = None,
+              ) -> list[LevelResult]:  # fmt: skip
+    """Levels 0 .. algo.n_segments on `examples` (each must have a rationale), with the
+    hint placed as `algo.hint_placement` says."""
+    from rgpo_fast.algos import guidance
+    from rgpo_fast.data.prompts import encode_prompt, token_starts
+    from rgpo_fast.guided_round import response_hint
+    from rgpo_fast.rollout.base import SamplingParams
+
+    starts = token_starts(tokenizer)
+    segments = [guidance.segment_rationale(ex.rationale, algo.n_segments, algo.segmentation,
+                                           starts) for ex in examples]  # fmt: skip
+    in_response = algo.hint_placement == "response"
+    results = []
+    for level in range(algo.n_segments + 1):
+        hints = [guidance.build_hint(segs, level) if level else "" for segs in segments]
+        prompts, prefixes = [], []
+        for ex, hint in zip(examples, hints):
+            prefix = response_hint(tokenizer, hint) if in_response and hint else []
+            prompts.append(encode_prompt(tokenizer, ex.problem, None if in_response else hint
+                                         or None, hint_template=algo.hint_template,
+                                         system=system) + prefix)  # fmt: skip
+            prefixes.append(prefix)
+        params = SamplingParams(n=k, max_new_tokens=max_new_tokens, temperature=temperature,
+                                seed=seed + level)  # fmt: skip
+        outs = engine.generate(prompts, params)
+        accepted, copies = [], []
+        for ex, prefix, out in zip(examples, prefixes, outs):
+            texts = [tokenizer.decode(prefix + list(c.token_ids), skip_special_tokens=True)
+                     for c in out.completions]  # fmt: skip
+            accepted.append([reward_fn(t, ex.answer) >= 0.5 for t in texts])
+            copies.append([same_text(t, ex.rationale) for t in texts])
+        results.append(level_result(level, accepted, copies))
+    return results
+
+
+def table(results: list[LevelResult], k: int) -> str:
+    lines = [f"{'level':>5}  {'success %':>9}  {f'pass@{k} %':>9}  {'copy %':>6}"]
+    for r in results:
+        lines.append(f"{r.level:>5}  {100 * r.success:9.1f}  {100 * r.pass_at_k:9.1f}  "
+                     f"{100 * r.copy:6.1f}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m rgpo_fast.probe", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="HF model directory")
+    p.add_argument("--data", required=True,
+                   help="<task>:<split> or a .jsonl/.json/.parquet/.csv file with problem, "
+                        "answer and rationale columns")  # fmt: skip
+    p.add_argument("--n", type=int, default=256, help="problems (with a rationale) to probe")
+    p.add_argument("--k", type=int, default=8, help="samples per problem and level")
+    p.add_argument("--segments", type=int, default=4, help="N: rationale segments (levels)")
+    p.add_argument("--segmentation", default="auto",
+                   help="auto, lines, sentences, steps or tokens")  # fmt: skip
+    p.add_argument("--placement", default="prompt", choices=("prompt", "response"),
+                   help="hint in the user message, or as the start of the response")
+    p.add_argument("--reward", default="auto", help="verifier (auto: the task's own)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--heldout", action="store_true",
+                   help="built-in tasks: the held-out partition (default: training problems, "
+                        "where RGPO guides)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--system", default=None, help="system prompt")
+    p.add_argument("--json", default=None, help="also write the results to this file")
+    a = p.parse_args(argv)
+    try:
+        results = _probe(a)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(table(results, a.k))
+    if a.json:
+        Path(a.json).write_text(json.dumps([asdict(r) for r in results], indent=2))
+    return 0
+
+
+def _probe(a) -> list[LevelResult]:
+    from rgpo_fast.algos.presets import get_preset
+    from rgpo_fast.rewards import REWARDS, get_reward_fn
+    from rgpo_fast.trainer.config import ConfigError
+    from rgpo_fast.trainer.data_sources import load_source
+    from rgpo_fast.trainer.tiny_model import load_model_and_tokenizer
+
+    for name in ("n", "k", "segments", "max_new_tokens"):
+        if getattr(a, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
+    if not a.temperature > 0:
+        raise ConfigError(f"--temperature must be > 0, got {a.temperature}")
+    model_dir = Path(a.model)
+    if not (model_dir / "config.json").is_file():
+        raise ConfigError(f"--model {a.model} is not a HF model directory (no config.json)")
+    try:
+        algo = get_preset("rgpo", n_segments=a.segments, segmentation=a.segmentation,
+                          hint_placement=a.placement)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    reward = a.reward
+    if reward == "auto":
+        from rgpo_fast.data.tasks import task_of
+
+        task = task_of(a.data)
+        reward = task.reward if task is not None else "exact"
+    if reward not in REWARDS:
+        raise ConfigError(f"--reward {reward!r} is unknown; valid: auto, "
+                          f"{', '.join(REWARDS.names())}")  # fmt: skip
+    lm, tok = load_model_and_tokenizer(model_dir)
+    import torch
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    lm.to(device)
+    examples = load_source(a.data, n=max(a.n * 4, 64), seed=a.seed, heldout=a.heldout,
+                           tokenizer=tok, limit=None)  # fmt: skip
+    with_rationale = [ex for ex in examples if ex.rationale.strip()]
+    if not with_rationale:
+        raise ConfigError(f"{a.data} has no problem with a rationale: nothing to probe")
+    examples = with_rationale[: a.n]
+    from rgpo_fast.rollout.hf import HFEngine
+
+    engine = HFEngine(lm, eos_token_ids=[tok.eos_token_id], pad_token_id=tok.pad_token_id)
+    return run_probe(engine, tok, examples, get_reward_fn(reward), algo, k=a.k,
+                     max_new_tokens=a.max_new_tokens, temperature=a.temperature,
+                     seed=a.seed, system=a.system)  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())
