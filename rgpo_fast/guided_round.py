@@ -220,7 +220,7 @@ def transfer_back(
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=placement == "response")
     ids = list(enc["input_ids"])
     hint_mask = None
-    if placement == "response":
+    if placement == "response" and cfg.transferred_hint == "masked":
         # a token is a hint token if it starts inside the hint's characters
         hint_mask = [int(a) < len(hint_text) for a, _ in enc["offset_mapping"]]
     eos = getattr(tokenizer, "eos_token_id", None)

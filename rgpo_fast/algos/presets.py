@@ -23,6 +23,7 @@ SEGMENTATIONS = ("auto", "lines", "sentences", "steps", "tokens")
 PLACEMENTS = ("prompt", "response")
 TRANSFERS = ("sft", "is")
 ACCEPTANCES = ("beat_all", "any_success")
+TRANSFERRED_HINT = ("masked", "trained")
 
 
 def _choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
@@ -110,6 +111,14 @@ class AlgoConfig:
     adaptive_levels: bool = field(
         default=True, metadata={"help": "Adapt hint levels; False = always the full hint."}
     )
+    transferred_hint: str = field(
+        default="masked",
+        metadata={
+            "help": "Response placement, sft transfer: the hint tokens at the start of a "
+            "transferred solution are masked (no loss) or trained with the rest of it, as "
+            "prompt placement trains a solution that restates its hint."
+        },
+    )
     # --- GHPO
     ghpo_omegas: tuple[float, ...] = field(
         default=(0.25, 0.5, 0.75),
@@ -137,6 +146,10 @@ class AlgoConfig:
         _choice("hint_placement", self.hint_placement, PLACEMENTS)
         _choice("transfer", self.transfer, TRANSFERS)
         _choice("acceptance", self.acceptance, ACCEPTANCES)
+        _choice("transferred_hint", self.transferred_hint, TRANSFERRED_HINT)
+        if self.transferred_hint == "trained" and self.transfer != "sft":
+            raise ValueError("AlgoConfig.transferred_hint='trained' needs transfer='sft': hint "
+                             "tokens were not sampled, so they have no rollout log-probs")
         if self.max_extra_rounds < 0:
             raise ValueError(f"AlgoConfig.max_extra_rounds={self.max_extra_rounds} must be >= 0")
         if self.n_segments < 1:
