@@ -1,6 +1,6 @@
 """Trainer plots: the trend line and the files written from metrics rows."""
 
-from rgpo_fast.trainer.plots import moving_average, write_plots
+from rgpo_fast.trainer.plots import _series, moving_average, with_held_out, write_plots
 
 
 def test_moving_average_hand_values():
@@ -21,3 +21,20 @@ def test_write_plots_from_rows(tmp_path):
     assert all(p.stat().st_size > 1000 for p in written)
     # No data for a panel: no file, no error.
     assert write_plots([{"step": 1}], tmp_path / "empty") == []
+
+
+def test_held_out_curve_runs_from_the_start_to_the_end():
+    rows = [{"step": s, "accuracy/mean": 0.1} for s in range(1, 5)]
+    rows[1]["eval/easy_accuracy"] = 0.35
+    out = with_held_out(rows, {"easy_accuracy": 0.3}, {"easy_accuracy": 0.4}, 4)
+    assert _series(out, "eval/easy_accuracy") == ([0, 2, 4], [0.3, 0.35, 0.4])
+    assert _series(out, "accuracy/mean")[0] == [1, 2, 3, 4]  # training points unchanged
+
+
+def test_summary_table_gives_standard_errors():
+    from rgpo_fast.trainer.metrics import standard_error, summary_table
+
+    assert standard_error(0.5, 100) == 0.05 and standard_error(0.0, 10) == 0.0
+    text = summary_table({"eval": {"easy_accuracy": 0.5}, "eval_before": {"easy_accuracy": 0.3},
+                          "eval_sizes": {"easy": 100}, "totals": {}, "steps": 1})
+    assert "0.300 ± 0.046" in text and "0.500 ± 0.050" in text

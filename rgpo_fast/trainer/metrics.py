@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import resource
 import sys
 import time
@@ -139,14 +140,27 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
     return {"memory/peak_mb": rss / (2**20 if sys.platform == "darwin" else 2**10)}
 
 
+def standard_error(p: float, n: int) -> float:
+    """One standard error of an accuracy p measured on n problems: sqrt(p (1 - p) / n)."""
+    return math.sqrt(max(p * (1.0 - p), 0.0) / n) if n > 0 else float("nan")
+
+
 def summary_table(summary: dict) -> str:
-    """The human-readable end-of-run table (rank 0 prints it)."""
+    """The human-readable end-of-run table (rank 0 prints it). Held-out accuracies carry
+    one standard error (`eval_sizes` holds the problems per set)."""
     ev = summary.get("eval", {})
     before = summary.get("eval_before", {})
+    sizes = summary.get("eval_sizes", {})
+
+    def cell(key: str, value) -> str:
+        if not isinstance(value, float):
+            return "-"
+        n = next((m for name, m in sizes.items() if key.startswith(f"{name}_")), 0)
+        return f"{value:.3f} ± {standard_error(value, n):.3f}" if n else f"{value:.3f}"
+
     rows = [("metric", "before", "after")]
     for key in sorted(ev):
-        b = before.get(key)
-        rows.append((key, f"{b:.3f}" if isinstance(b, float) else "-", f"{ev[key]:.3f}"))
+        rows.append((key, cell(key, before.get(key)), cell(key, ev[key])))
     tot = summary.get("totals", {})
     rows += [
         ("guided prompts (total)", "", f"{int(tot.get('guided_prompts', 0))}"),
@@ -159,6 +173,8 @@ def summary_table(summary: dict) -> str:
         ),
     ]
     w0 = max(len(r[0]) for r in rows)
-    lines = [f"{a:<{w0}}  {b:>8}  {c:>10}" for a, b, c in rows]
+    w1 = max(len(r[1]) for r in rows)
+    w2 = max(len(r[2]) for r in rows)
+    lines = [f"{a:<{w0}}  {b:>{w1}}  {c:>{w2}}" for a, b, c in rows]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines)

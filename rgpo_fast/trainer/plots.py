@@ -21,8 +21,22 @@ def moving_average(ys: list[float], window: int) -> list[float]:
     return out
 
 
-def write_plots(rows: list[dict], out_dir: str | Path) -> list[Path]:
-    """reward.png, accuracy.png, guidance.png (skips what has no data). Headless backend."""
+def with_held_out(rows: list[dict], before: dict, after: dict, last_step: int) -> list[dict]:
+    """The rows plus the evaluations before RL (step 0) and after it (`last_step`) as
+    eval/<set>_accuracy points, so the held-out curve runs from start to end."""
+    start = {"step": 0, **{f"eval/{k}": v for k, v in before.items()}}
+    end = {"step": last_step, **{f"eval/{k}": v for k, v in after.items()}}
+    return [start, *rows, end]
+
+
+def write_plots(rows: list[dict], out_dir: str | Path,
+                held_out: tuple[dict, dict, int] | None = None) -> list[Path]:
+    """reward.png, accuracy.png, guidance.png (skips what has no data). Headless backend.
+
+    `held_out` = (eval before RL, eval after RL, last step) adds the held-out accuracies at
+    both ends of the accuracy plot (periodic evaluations, `eval.every`, fill the middle)."""
+    if held_out is not None:
+        rows = with_held_out(rows, *held_out)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -32,7 +46,7 @@ def write_plots(rows: list[dict], out_dir: str | Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     panels = {
         "reward.png": ("reward", ["reward/mean"]),
-        "accuracy.png": ("accuracy", ["accuracy/mean"] + sorted(
+        "accuracy.png": ("accuracy (training samples; held-out eval/*)", ["accuracy/mean"] + sorted(
             {k for r in rows for k in r if k.startswith("eval/") and k.endswith("accuracy")})),
         "guidance.png": ("count per step", ["guided/prompts", "guided/accepted"]),
     }

@@ -32,6 +32,7 @@ from rgpo_fast.trainer.data_sources import (
     check_data_paths,
     eval_sources,
     load_source,
+    reward_name,
 )
 from rgpo_fast.trainer.distributed import DistInfo, init_distributed, shard_model
 from rgpo_fast.trainer.evaluation import evaluate_all
@@ -128,7 +129,7 @@ def _build(cfg: RunConfig, info: DistInfo, out_dir: Path, lock: RunLock | None,
     policy, lm, tok, model_dir, features = load_policy(cfg, info, model_dir)
     if info.is_main:
         print("start-up: " + ", ".join(f"{k}={v}" for k, v in features.items()), flush=True)
-    reward_fn = get_reward_fn(cfg.data.reward, format_weight=cfg.data.format_weight)
+    reward_fn = get_reward_fn(reward_name(cfg), format_weight=cfg.data.format_weight)
     train_set, sft_set, eval_sets = _load_data(cfg, tok)
     notice = check_rationales(cfg, train_set)
     if notice and info.is_main:
@@ -254,6 +255,7 @@ def finish(s: Session) -> dict:
         "steps": s.cfg.train.max_steps,
         "eval": eval_after,
         "eval_before": s.eval_before,
+        "eval_sizes": {name: len(exs) for name, exs in s.eval_sets.items()},
         "totals": s.totals,
         "time_s": time.perf_counter() - s.t_start,
         "world_size": s.info.world_size,
@@ -265,7 +267,8 @@ def finish(s: Session) -> dict:
             (s.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         if s.cfg.logging.plots:
             with run_dir.writing(f"the plots in {s.out_dir / 'plots'}"):
-                write_plots(s.metrics.read(), s.out_dir / "plots")
+                write_plots(s.metrics.read(), s.out_dir / "plots", held_out=(
+                    s.eval_before, eval_after, s.cfg.train.max_steps))
         print(summary_table(summary), flush=True)
         print(f"outputs in {s.out_dir}/ (metrics.jsonl, summary.json, checkpoints/, plots/)")
     return summary
