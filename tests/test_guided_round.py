@@ -216,3 +216,21 @@ def test_guided_round_skips_hinted_prompts_over_the_limit(tok):
                        score=_score(["3", "7", "11"]), max_prompt_len=10)  # fmt: skip
     assert sampler.prompts == [] and rnd.stats["guided/too_long"] == 1
     assert rnd.stats["guided/prompts"] == 0 and rnd.transferred == []
+
+
+def test_transferred_hint_trained_keeps_the_whole_solution(tok):
+    """transferred_hint='trained': the hint at the start of an accepted response is trained
+    with the rest (no hint mask), as prompt placement trains a solution restating its hint;
+    it needs the sft transfer (hint tokens have no rollout log-probs)."""
+    cfg = get_preset("rgpo", hint_placement="response", transferred_hint="trained")
+    plain = encode_prompt(tok, "1+2*3=?")
+    hint, gen = "1+2=3\n", "3*3=9\nAnswer: 9"
+    ids = tok(hint + gen, add_special_tokens=False)["input_ids"]
+    guided = Sample(prompt_ids=plain, response_ids=ids, text=hint + gen, kind="guided",
+                    reward=1.0)  # fmt: skip
+    t = transfer_back(guided, plain, tok, cfg, hint_text=hint)
+    assert t.hint_mask is None and t.response_ids == ids
+    b = assemble_batch([Sample(plain, [5], reward=0.0), t], cfg)
+    assert not b.hint_mask.any() and b.sft_mask.tolist() == [False, True]
+    with pytest.raises(ValueError, match="transferred_hint='trained' needs transfer='sft'"):
+        get_preset("rgpo", transfer="is", transferred_hint="trained")
