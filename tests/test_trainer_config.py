@@ -26,8 +26,15 @@ def test_every_field_has_help_and_a_flag():
 def test_defaults_are_the_builtin_run():
     _, cfg = parse_args([])
     assert cfg.algo.name == "rgpo" and cfg.algo.guidance == "rgpo"
-    assert cfg.model.path is None and cfg.data.train == "arith:mixed"
-    assert cfg.data.sft == "arith:easy" and cfg.train.output_dir.startswith("runs/")
+    assert cfg.model.path is None and cfg.data.train == "countdown:mixed"
+    assert cfg.data.sft == "countdown:warm" and cfg.train.output_dir.startswith("runs/")
+    # the default run's RGPO continues a partial solution placed in the response
+    assert (cfg.algo.hint_placement, cfg.algo.transferred_hint) == ("response", "trained")
+    # a named preset keeps its own defaults; fields given without a name stay on top
+    _, named = parse_args(["--algo", "rgpo"])
+    assert (named.algo.hint_placement, named.algo.sft_coef) == ("prompt", 1e-3)
+    _, tuned = parse_args(["--algo.n_segments", "3"])
+    assert tuned.algo.n_segments == 3 and tuned.algo.hint_placement == "response"
 
 
 def test_overrides_shortcuts_and_algo(tmp_path):
