@@ -1,13 +1,13 @@
-"""Learning benchmark: RGPO against GRPO, DAPO, GHPO and LUFFY (+ RGPO ablations) on `arith`.
+"""Learning benchmark: RGPO against GRPO, DAPO, GHPO and LUFFY (+ RGPO ablations) on `countdown`.
 
     python benchmarks/learning.py            # full: 8 configurations x 3 seeds (<= 30 min, 2 cores)
     python benchmarks/learning.py --quick    # smaller version (a few minutes)
     python benchmarks/learning.py --report   # rebuild table + figure from finished runs
 
 What is compared, and how it is kept fair:
-- one SFT warm-start (tiny Qwen2, rationales of `arith:easy`), done ONCE and cached as an HF
+- one SFT warm-start (tiny Qwen2, solutions of `countdown:warm`), done ONCE and cached as an HF
   directory; every algorithm and seed starts RL from that directory (`--model DIR`, no SFT);
-- the same training prompts (`arith:<train split>`, generated from the seed), the same
+- the same training prompts (`countdown:mixed`, generated from the seed), the same
   prompts per step, group size, learning rate, steps and held-out sets for everyone;
 - the budget is counted twice: RL steps (equal for all) and generated tokens (guided,
   regenerated and refill rollouts included; `tokens/generated` of metrics.jsonl), so the
@@ -83,14 +83,14 @@ from learning_warm_start import warm_start, warm_start_worker  # noqa: E402
 def train_args(v: Variant, seed: int, s: Settings, model: Path, out: Path) -> list[str]:
     args = ["--model", str(model), "--data", s.train_data, "--algo", v.algo,
             "--output-dir", str(out), "--seed", str(seed), "--max-steps", str(s.steps),
-            "--train.sft_steps", "0", "--train.prompts_per_step", str(s.prompts_per_step),
-            "--rollout.n", str(s.group_size), "--rollout.max_new_tokens", str(s.max_new_tokens),
-            "--data.n_train", str(s.n_train),
-            "--optim.lr", str(s.lr), "--eval.every", str(s.eval_every),
-            "--eval.pass_k", str(s.eval_pass_k), "--data.n_eval", str(s.n_eval),
-            "--data.eval", "arith:easy,arith:hard", "--train.save_every", "0",
-            "--train.keep_checkpoints", "1", "--train.threads", "1",
-            "--logging.progress", "false", "--logging.plots", "false"]
+            "--train.sft_steps", "0", "--data.sft", "", "--train.prompts_per_step",
+            str(s.prompts_per_step), "--rollout.n", str(s.group_size),
+            "--rollout.max_new_tokens", str(s.max_new_tokens), "--data.n_train", str(s.n_train),
+            "--optim.lr", str(s.lr), "--optim.schedule", s.schedule,
+            "--eval.every", str(s.eval_every), "--eval.pass_k", str(s.eval_pass_k),
+            "--data.n_eval", str(s.n_eval), "--data.eval", s.eval_data,
+            "--train.save_every", "0", "--train.keep_checkpoints", "1", "--train.threads", "1",
+            "--logging.progress", "false", "--logging.plots", "false"]  # fmt: skip
     for k, val in v.overrides:
         args += [f"--{k}", val]
     return args
@@ -184,7 +184,7 @@ def report(jobs: list[Job], s: Settings, vs: list[Variant], md: Path, png: Path,
     probe_file = RUNS / f"warmstart-{s.warm_key()}" / "hint_probe.json"
     probe = json.loads(probe_file.read_text()) if probe_file.exists() else None
     text = write_markdown(md, rows, target, base_tokens, s, command, meta, probe)
-    plot(aggs, vs, png, f"arith: RL on {s.train_data} from one SFT warm start, "
+    plot(aggs, vs, png, f"countdown: RL on {s.train_data} from one SFT warm start, "
                         f"{len(s.seeds)} seeds")
     return text
 

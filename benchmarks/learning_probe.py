@@ -1,4 +1,5 @@
-"""Learning benchmark: the hint probe (does the warm start use partial rationales?)."""
+"""Learning benchmark: the hint probe of the warm start (rgpo_fast/probe.py) on held-out
+hard problems: does the model use partial solutions, and are its successes its own?"""
 
 from __future__ import annotations
 
@@ -10,41 +11,37 @@ from pathlib import Path
 
 from learning_settings import DRIVER, ROOT, Settings
 
+PROBE_N = 256  # held-out hard problems
+PROBE_K = 8  # samples per problem and hint level
+HARD_STEPS = 3  # countdown:hard solutions have 3 steps: levels 0 (no hint) .. 3 (all)
 
-def hint_probe_worker(model_dir: Path, s: Settings, n: int = 128, k: int = 8) -> None:
-    """Does the warm-started model use hints? Success on `n` hard training problems without a
-    hint and with the first 1..N rationale segments in the prompt (RGPO's guided prompt),
-    k samples each at temperature 1. Written to <model_dir>/hint_probe.json."""
+
+def hint_probe_worker(model_dir: Path, s: Settings) -> None:
+    """Success, pass@k and copy share per hint level, written to <model_dir>/hint_probe.json
+    (RGPO's segmentation and placement, temperature 1)."""
     import torch
 
-    from rgpo_fast.algos import guidance
     from rgpo_fast.algos.presets import get_preset
-    from rgpo_fast.data.arith import make_arith
-    from rgpo_fast.data.prompts import encode_prompt, token_starts
+    from rgpo_fast.data.tasks import task_of
+    from rgpo_fast.probe import run_probe
     from rgpo_fast.rewards import get_reward_fn
-    from rgpo_fast.rollout.base import SamplingParams
     from rgpo_fast.rollout.hf import HFEngine
     from rgpo_fast.train import quiet_libraries
+    from rgpo_fast.trainer.data_sources import eval_sources, load_source
     from rgpo_fast.trainer.tiny_model import load_model_and_tokenizer
 
     quiet_libraries()
-    torch.set_num_threads(1)
+    torch.set_num_threads(s.warm_threads)
     lm, tok = load_model_and_tokenizer(model_dir)
     engine = HFEngine(lm, eos_token_ids=[tok.eos_token_id], pad_token_id=tok.pad_token_id)
-    reward, algo = get_reward_fn("exact"), get_preset("rgpo")
-    examples = make_arith(s.warm_seed, n, "hard")
-    out = []
-    for level in range(algo.n_segments + 1):
-        prompts = [encode_prompt(tok, ex.problem, guidance.build_hint(guidance.segment_rationale(
-            ex.rationale, algo.n_segments, algo.segmentation, token_starts(tok)), level)
-            if level else None, hint_template=algo.hint_template) for ex in examples]
-        gens = engine.generate(prompts, SamplingParams(n=k, max_new_tokens=s.max_new_tokens,
-                                                       temperature=1.0, seed=1))
-        ok = [[reward(tok.decode(c.token_ids, skip_special_tokens=True), ex.answer) >= 0.5
-               for c in g.completions] for ex, g in zip(examples, gens)]
-        out.append({"level": level, "sample_success": sum(map(sum, ok)) / (n * k),
-                    f"pass@{k}": sum(any(r) for r in ok) / n})
-    (model_dir / "hint_probe.json").write_text(json.dumps(out, indent=2))
+    hard = dict(eval_sources(s.eval_data))["hard"]
+    examples = load_source(hard, n=PROBE_N, seed=0, heldout=True)
+    algo = get_preset("rgpo", hint_placement=s.hint_placement, n_segments=HARD_STEPS)
+    res = run_probe(engine, tok, examples, get_reward_fn(task_of(hard).reward), algo,
+                    k=PROBE_K, max_new_tokens=s.max_new_tokens)  # fmt: skip
+    rows = [{"level": r.level, "sample_success": r.success, f"pass@{PROBE_K}": r.pass_at_k,
+             "copy_share": r.copy} for r in res]  # fmt: skip
+    (model_dir / "hint_probe.json").write_text(json.dumps(rows, indent=2))
 
 
 def hint_probe(model_dir: Path, s: Settings) -> list[dict]:

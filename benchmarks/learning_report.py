@@ -87,7 +87,7 @@ def write_markdown(path: Path, rows: list[Row], target: float, base_tokens: floa
     checks = target_checks(rows, s.steps)
     warm = rows[0].agg if rows else None
     text = [
-        "# Learning benchmark: RGPO vs GRPO, DAPO, GHPO, LUFFY on `arith`",
+        "# Learning benchmark: RGPO vs GRPO, DAPO, GHPO, LUFFY on `countdown`",
         "",
         f"Command: `{command}`",
         "",
@@ -96,8 +96,9 @@ def write_markdown(path: Path, rows: list[Row], target: float, base_tokens: floa
         f"on `{s.train_data}` for {s.steps} steps x {s.prompts_per_step} prompts x G="
         f"{s.group_size}, lr {s.lr:g}, max {s.max_new_tokens} new tokens; held-out greedy "
         f"accuracy on {s.n_eval} easy + {s.n_eval} hard problems every {s.eval_every} steps; "
-        f"seeds {', '.join(map(str, s.seeds))} (every seed reported). RGPO variants use "
-        f"sft_coef={s.sft_coef} (not the paper's 1e-3, see docs/learning.md).",
+        f"seeds {', '.join(map(str, s.seeds))} (every seed reported). RGPO variants place the "
+        f"hint in the response, train the accepted solution whole ({s.transferred_hint} hint) "
+        f"with sft_coef={s.sft_coef} (docs/learning.md says why).",
         "",
         "Accuracies in %, mean ± sample std over seeds. Target = "
         f"{BASELINE}'s final hard accuracy (mean) = {100 * target:.1f} %; 'steps/tokens to' are "
@@ -111,15 +112,15 @@ def write_markdown(path: Path, rows: list[Row], target: float, base_tokens: floa
                  f"{100 * warm.easy[0]:.1f} %, hard {100 * warm.hard[0]:.1f} %.", ""]
     text += [markdown_table(rows, target, base_tokens, s.steps), ""]
     if checks:
-        text += ["Targets of issue 7 (measured):", ""]
+        text += ["Targets (measured):", ""]
         text += [f"- [{'x' if ok else ' '}] {what}: {detail}" for what, ok, detail in checks]
         text += [""]
     if probe:
-        text += ["Does the warm start use hints? Success on 128 hard training problems, 8 "
-                 "samples each at temperature 1, with the first `level` rationale segments in "
-                 "the prompt (RGPO's guided prompt; level 0 = no hint):", "", probe_table(probe),
-                 "", probe_summary(probe),
-                 ""]
+        text += ["Does the warm start use partial solutions? `python -m rgpo_fast.probe` on "
+                 "256 held-out hard problems, 8 samples each at temperature 1, with the first "
+                 "`level` solution steps as the start of the response (RGPO's guided prompt; "
+                 "level 0 = no hint); copy = accepted samples equal to the reference:", "",
+                 probe_table(probe), "", probe_summary(probe), ""]
     text += [f"![learning curves]({path.stem}.png)", "",
              "Machine: " + ", ".join(f"{k} {v}" for k, v in meta.items()), ""]
     out = "\n".join(text)

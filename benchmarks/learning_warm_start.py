@@ -14,6 +14,8 @@ from pathlib import Path
 
 from learning_settings import DRIVER, ROOT, Settings
 
+SFT_EXAMPLES = 4096  # distinct training problems the warm start draws its batches from
+
 
 def warm_start(s: Settings, runs: Path) -> float | None:
     """SFT warm-start once, saved as an HF directory; reused while the settings match.
@@ -32,34 +34,10 @@ def warm_start(s: Settings, runs: Path) -> float | None:
     return took
 
 
-def copy_rows_fn(examples, hard, tok, cfg, share: float):
-    """Rows of one SFT step for `rgpo_fast.trainer.warm_start.sft_warm_start`: the trainer's
-    rows with a `share` of the batch replaced by copy rows (a hard problem with its whole
-    rationale in the prompt as the hint, the rationale as the target)."""
-    from rgpo_fast.data.prompts import encode_prompt, encode_text
-    from rgpo_fast.data.types import Sample
-    from rgpo_fast.trainer.warm_start import sft_samples
-
-    bs = cfg.train.sft_batch_size
-
-    def rows(rng) -> list:
-        n_copy = sum(rng.random() < share for _ in range(bs))
-        out = sft_samples([rng.choice(examples) for _ in range(bs - n_copy)], tok, cfg, rng)
-        for ex in (rng.choice(hard) for _ in range(n_copy)):
-            prompt = encode_prompt(tok, ex.problem, ex.rationale,
-                                   hint_template=cfg.algo.hint_template)
-            out.append(Sample(prompt_ids=prompt, kind="transferred", reward=1.0,
-                              response_ids=encode_text(tok, ex.rationale) + [tok.eos_token_id]))
-        return out
-
-    return rows
-
-
 def warm_start_worker(out: Path, s: Settings) -> None:
     """The warm start itself, in its own process (the driver's --warm-start-worker)."""
     import torch
 
-    from rgpo_fast.data.arith import make_arith
     from rgpo_fast.train import quiet_libraries
     from rgpo_fast.trainer.build import load_policy
     from rgpo_fast.trainer.cli import parse_args
@@ -74,7 +52,8 @@ def warm_start_worker(out: Path, s: Settings) -> None:
         "--model.tiny_intermediate", str(s.tiny_intermediate),
         "--data.sft", s.sft_data, "--train.sft_steps", str(s.sft_steps),
         "--train.sft_batch_size", str(s.sft_batch_size), "--train.sft_lr", str(s.sft_lr),
-        "--train.sft_micro_batch_size", str(s.sft_micro_batch),
+        "--train.sft_micro_batch_size", str(s.sft_micro_batch), "--train.sft_hint_prob", "0",
+        "--data.n_train", str(SFT_EXAMPLES), "--algo.hint_placement", s.hint_placement,
         "--rollout.max_new_tokens", str(s.max_new_tokens), "--logging.progress", "false"])
     torch.set_num_threads(s.warm_threads)
     torch.manual_seed(s.warm_seed)
@@ -83,11 +62,7 @@ def warm_start_worker(out: Path, s: Settings) -> None:
     examples = load_source(cfg.data.sft, n=cfg.data.n_train, seed=cfg.train.seed + 1,
                            heldout=False, tokenizer=tok,
                            max_prompt_tokens=cfg.data.max_prompt_tokens)
-    rows_fn = None
-    if s.sft_copy_share > 0:
-        hard = make_arith(s.warm_seed + 2, cfg.data.n_train, "hard")
-        rows_fn = copy_rows_fn(examples, hard, tok, cfg, s.sft_copy_share)
-    loss = sft_warm_start(policy, examples, tok, cfg, info, rows_fn=rows_fn)
+    loss = sft_warm_start(policy, examples, tok, cfg, info)
     print(f"warm start: {feats['params_M']} M params, final SFT loss {loss:.3f}", flush=True)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -150,6 +150,8 @@ def test_every_variant_is_a_valid_trainer_config(tmp_path):
         assert cfg.eval.every == s.eval_every and cfg.rollout.n == s.group_size
         if v.algo == "rgpo":
             assert cfg.algo.sft_coef == s.sft_coef  # the same for every RGPO variant
+            assert cfg.algo.hint_placement == s.hint_placement
+        assert cfg.data.train == s.train_data and cfg.data.eval == s.eval_data
         seen.add((cfg.algo.name, cfg.algo.transfer, cfg.algo.acceptance, cfg.algo.adaptive_levels))
     assert ("rgpo", "is", "beat_all", True) in seen
     assert ("rgpo", "sft", "any_success", True) in seen
@@ -188,10 +190,11 @@ def test_wall_time_text_says_whether_the_warm_start_was_made():
 
 def test_sft_coef_sweep_reuses_the_main_rgpo_runs_and_adds_the_others():
     vs = L.sft_coef_variants(L.FULL, ["0.1", "1.0", "0.3"])
-    assert [v.name for v in vs] == ["grpo", "rgpo", "rgpo sft_coef=0.1", "rgpo sft_coef=0.3"]
+    assert [v.name for v in vs] == ["grpo", "rgpo", "rgpo sft_coef=1.0", "rgpo sft_coef=0.3"]
     main = next(v for v in L.variants(L.FULL) if v.name == "rgpo")
     assert vs[1] == main  # same variant -> same run directory and arguments -> reused
     assert ("algo.sft_coef", "0.3") in vs[3].overrides
+    assert ("algo.hint_placement", "response") in vs[3].overrides  # only the weight differs
     assert len({L.slug(v.name) for v in vs}) == len(vs)  # no run directory shared
 
 
@@ -203,3 +206,28 @@ def test_probe_summary_reports_the_best_partial_hint():
     assert "from 1.8 % (no hint) to at most 9.1 % (level 3)" in v
     assert "whole solution gives 99.4 %" in v
     assert L.probe_summary(probe[:1]) == ""  # nothing to compare
+
+
+def test_trl_parity_runs_grpo_with_the_learning_settings(tmp_path):
+    """benchmarks/e2e_vs_trl.py --learning: the rgpo_fast side is plain GRPO with the
+    benchmark's RL settings, and the TRL side is scored on that run's held-out problems."""
+    from rgpo_fast.trainer.cli import parse_args
+    from rgpo_fast.trainer.data_sources import eval_sources, load_source
+
+    path = ROOT / "benchmarks" / "e2e_vs_trl.py"
+    spec = importlib.util.spec_from_file_location("e2e_vs_trl", path)
+    E = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(E)
+    s = L.FULL
+    _, cfg = parse_args(E.rgpo_learn_argv(s, str(tmp_path / "m"), str(tmp_path / "o"), 2, 1))
+    assert cfg.algo.name == "grpo" and cfg.algo.guidance == "none" and cfg.algo.beta == 0
+    assert cfg.train.sft_steps == 0 and cfg.train.seed == 2 and cfg.train.max_steps == s.steps
+    assert (cfg.data.train, cfg.data.eval, cfg.data.n_eval) == (s.train_data, s.eval_data, s.n_eval)
+    assert (cfg.train.prompts_per_step, cfg.rollout.n) == (s.prompts_per_step, s.group_size)
+    assert (cfg.optim.lr, cfg.optim.schedule) == (s.lr, s.schedule)
+    assert cfg.rollout.max_new_tokens == s.max_new_tokens
+    small = L.dataclasses.replace(s, n_eval=8)
+    held = E._held_out(small, None, seed=2)
+    for name, src in eval_sources(s.eval_data):  # the trainer's draw for --seed 2
+        assert held[name] == load_source(src, n=8, seed=cfg.train.seed, heldout=True)
+    assert held != E._held_out(small, None, seed=0)
