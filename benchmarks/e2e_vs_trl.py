@@ -1,7 +1,17 @@
 """End to end: TRL's GRPOTrainer vs `python -m rgpo_fast.train`, same work, CPU.
 
-    python benchmarks/e2e_vs_trl.py                       # defaults below, ~2-4 min on 2 cores
+    python benchmarks/e2e_vs_trl.py                       # speed: defaults below, ~2-4 min
     python benchmarks/e2e_vs_trl.py --steps 8 --prompts 8 --group 8 --max-new-tokens 32
+    python benchmarks/e2e_vs_trl.py --learning            # learning: held-out accuracy
+
+Learning mode (`--learning`): both trainers run GRPO from the learning benchmark's SFT warm
+start (benchmarks/learning_warm_start.py, cached), on its training task, with its RL
+settings (prompts per step, G, learning rate and schedule, steps, response length); each
+final policy is evaluated with the same function (rgpo_fast.trainer.evaluation, greedy, on
+the held-out problems the rgpo_fast run of that seed draws), and the table puts held-out
+accuracy before and after side by side, per seed, with one standard error; a row per run
+goes to benchmarks/results/e2e_vs_trl_learning.csv. It answers: does rgpo_fast's GRPO
+learn as TRL's does?
 
 Both trainers run GRPO (no KL, one update per rollout, no SFT warm-start, no evaluation) on
 the same locally built tiny Qwen2 model (loaded with from_pretrained), the built-in
@@ -153,12 +163,171 @@ def _summary(name, a, steps, gens, lens, rss_setup) -> dict:
     }  # fmt: skip
 
 
+# ----------------------------------------------------------------------------- learning
+
+
+def _learning_settings():
+    from learning_settings import FULL
+
+    return FULL
+
+
+def _held_out(s, tok, seed: int):
+    """The held-out sets `python -m rgpo_fast.train --seed seed` evaluates on."""
+    from rgpo_fast.trainer.data_sources import eval_sources, load_source
+
+    return {name: load_source(spec, n=s.n_eval, seed=seed, heldout=True, tokenizer=tok)[: s.n_eval]
+            for name, spec in eval_sources(s.eval_data)}  # fmt: skip
+
+
+def _evaluate(model, tok, s, seed: int) -> dict:
+    """Greedy held-out accuracy with rgpo_fast's evaluation, on the problems the rgpo_fast
+    run of the same seed evaluates (so both trainers are scored on the same problems)."""
+    from rgpo_fast.data.tasks import task_of
+    from rgpo_fast.rewards import get_reward_fn
+    from rgpo_fast.rollout.hf import HFEngine
+    from rgpo_fast.trainer.distributed import DistInfo
+    from rgpo_fast.trainer.evaluation import evaluate_all
+
+    engine = HFEngine(model, eos_token_ids=[tok.eos_token_id], pad_token_id=tok.pad_token_id)
+    reward = get_reward_fn(task_of(s.train_data).reward)
+    return evaluate_all(engine, tok, _held_out(s, tok, seed), reward,
+                        max_new_tokens=s.max_new_tokens, pass_k=0, temperature=1.0, seed=0,
+                        info=DistInfo())  # fmt: skip
+
+
+def worker_trl_learn(a) -> dict:
+    import torch
+
+    torch.set_num_threads(a.threads)
+    import warnings
+
+    warnings.simplefilter("ignore")
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from rgpo_fast.data.tasks import task_of
+    from rgpo_fast.rewards import get_reward_fn
+    from rgpo_fast.trainer.data_sources import load_source
+    from rgpo_fast.trainer.tiny_model import load_model_and_tokenizer
+
+    s = _learning_settings()
+    model, tok = load_model_and_tokenizer(a.model)
+    ex = load_source(s.train_data, n=s.n_train, seed=a.seed, heldout=False)
+    ds = Dataset.from_dict({"prompt": [[{"role": "user", "content": e.problem}] for e in ex],
+                            "answer": [e.answer for e in ex]})  # fmt: skip
+    verify = get_reward_fn(task_of(s.train_data).reward)
+
+    def reward(completions, answer, **kw):
+        return [verify(c[0]["content"], ans) for c, ans in zip(completions, answer)]
+
+    args = GRPOConfig(
+        output_dir=a.out, per_device_train_batch_size=s.prompts_per_step * s.group_size,
+        num_generations=s.group_size, max_completion_length=s.max_new_tokens,
+        max_steps=s.steps, learning_rate=s.lr, lr_scheduler_type=s.schedule, warmup_steps=0,
+        beta=0.0, loss_type="dapo", temperature=1.0, top_p=1.0, bf16=False, use_cpu=True,
+        logging_steps=10, report_to="none", save_strategy="no", seed=a.seed,
+        dataloader_num_workers=0, disable_tqdm=True, max_grad_norm=1.0, adam_beta2=0.99,
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=ds,
+                processing_class=tok).train()  # fmt: skip
+    wall = time.perf_counter() - t0
+    return {"trainer": "trl", "eval": _evaluate(model.eval(), tok, s, a.seed), "train_s": wall}
+
+
+def worker_rgpo_learn(a) -> dict:
+    import torch
+
+    torch.set_num_threads(a.threads)
+    from rgpo_fast.train import main as train_main
+
+    t0 = time.perf_counter()
+    if train_main(rgpo_learn_argv(_learning_settings(), a.model, a.out, a.seed, a.threads)):
+        raise SystemExit("rgpo_fast.train failed")
+    summary = json.loads((Path(a.out) / "summary.json").read_text())
+    return {"trainer": "rgpo_fast", "eval": summary["eval"],
+            "eval_before": summary["eval_before"], "train_s": time.perf_counter() - t0}
+
+
+def rgpo_learn_argv(s, model: str, out: str, seed: int, threads: int) -> list[str]:
+    """`python -m rgpo_fast.train` arguments for GRPO with the learning settings `s` (the
+    TRL worker's GRPOConfig mirrors them)."""
+    return ["--model", model, "--algo", "grpo", "--output-dir", out, "--seed", str(seed),
+            "--max-steps", str(s.steps), "--data", s.train_data, "--data.sft", "",
+            "--data.eval", s.eval_data, "--data.n_eval", str(s.n_eval),
+            "--data.n_train", str(s.n_train), "--train.prompts_per_step",
+            str(s.prompts_per_step), "--rollout.n", str(s.group_size),
+            "--rollout.max_new_tokens", str(s.max_new_tokens), "--optim.lr", str(s.lr),
+            "--optim.schedule", s.schedule, "--train.sft_steps", "0", "--eval.pass_k", "0",
+            "--train.threads", str(threads), "--train.save_every", "0",
+            "--logging.progress", "false", "--logging.plots", "false"]  # fmt: skip
+
+
+def learning_main(a) -> None:
+    from learning_settings import RUNS
+    from learning_warm_start import warm_start
+
+    from rgpo_fast.trainer.metrics import standard_error
+
+    s = _learning_settings()
+    warm_start(s, RUNS)
+    model = str(RUNS / f"warmstart-{s.warm_key()}")
+    seeds = [int(x) for x in a.seeds.split(",")]
+    results = []
+    with tempfile.TemporaryDirectory(prefix="e2e_learn_") as tmp:
+        for seed in seeds:
+            for side in ("trl", "rgpo"):
+                args = ["--worker", f"{side}-learn", "--model", model, "--threads",
+                        str(a.threads), "--seed", str(seed), "--out",
+                        str(Path(tmp) / f"{side}{seed}")]  # fmt: skip
+                res = run_worker(__file__, args)
+                if "error" in res:
+                    raise SystemExit(f"{side} worker failed: {res['error']}")
+                res["seed"] = seed
+                results.append(res)
+                print(f"  seed {seed} {side:<4}: " + ", ".join(
+                    f"{k} {v:.3f}" for k, v in res["eval"].items()) +
+                    f" ({res['train_s']:.0f}s)", flush=True)  # fmt: skip
+    # Each seed evaluates on its own held-out draw (as `--seed` does in the trainer), so the
+    # warm start is scored per seed, by the rgpo_fast run (its evaluation before RL).
+    before = {r["seed"]: r["eval_before"] for r in results if "eval_before" in r}
+    after = {(r["seed"], r["trainer"]): r["eval"] for r in results}
+    n = s.n_eval
+
+    def cell(v: float) -> str:
+        return f"{v:.3f} ± {standard_error(v, n):.3f}"
+
+    print(f"\nGRPO from one warm start, {s.train_data}, {s.steps} steps x {s.prompts_per_step} "
+          f"prompts x G={s.group_size}, lr {s.lr} {s.schedule}; held-out greedy accuracy "
+          f"({n} problems per set, ± one standard error), {machine()}")
+    print(f"{'seed':<5} {'set':<15} {'warm start':>14} {'TRL':>14} {'rgpo_fast':>14}")
+    for seed in seeds:
+        for key in sorted(before[seed]):
+            print(f"{seed:<5} {key:<15} {cell(before[seed][key]):>14} "
+                  f"{cell(after[seed, 'trl'][key]):>14} {cell(after[seed, 'rgpo_fast'][key]):>14}")
+    for key in sorted(before[seeds[0]]):
+        gain = {t: statistics.mean(after[sd, t][key] - before[sd][key] for sd in seeds)
+                for t in ("trl", "rgpo_fast")}  # fmt: skip
+        print(f"mean gain over the warm start, {key}: TRL {100 * gain['trl']:+.1f} points, "
+              f"rgpo_fast {100 * gain['rgpo_fast']:+.1f} points")
+    rows = [{"mode": "learning", "trainer": r["trainer"], "seed": r["seed"],
+             **{f"before_{k}": v for k, v in before[r["seed"]].items()},
+             **{f"after_{k}": v for k, v in r["eval"].items()},
+             "train_s": round(r["train_s"], 1), "steps": s.steps, "machine": machine(),
+             "git": git_sha(), "time": time.strftime("%Y-%m-%d %H:%M:%S")} for r in results]
+    print(f"CSV: {append_csv('e2e_vs_trl_learning.csv', rows)}")
+
+
 # ----------------------------------------------------------------------------- driver
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--worker", choices=["trl", "rgpo"])
+    p.add_argument("--worker", choices=["trl", "rgpo", "trl-learn", "rgpo-learn"])
+    p.add_argument("--learning", action="store_true",
+                   help="learning mode: held-out accuracy after GRPO in both (docstring)")
+    p.add_argument("--seeds", default="0", help="learning mode: comma-separated seeds")
     p.add_argument("--model", default=None, help="model dir (default: build the tiny model)")
     p.add_argument("--out", default=None)
     p.add_argument("--prompts", type=int, default=8, help="prompts per step")
@@ -182,8 +351,12 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     if a.worker:
-        res = (worker_trl if a.worker == "trl" else worker_rgpo)(a)
-        print(json.dumps(res))
+        workers = {"trl": worker_trl, "rgpo": worker_rgpo, "trl-learn": worker_trl_learn,
+                   "rgpo-learn": worker_rgpo_learn}  # fmt: skip
+        print(json.dumps(workers[a.worker](a)))
+        return
+    if a.learning:
+        learning_main(a)
         return
 
     from rgpo_fast.trainer.tiny_model import TinyModelSpec, ensure_tiny_model
