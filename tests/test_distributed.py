@@ -1,4 +1,5 @@
-"""2 processes (gloo, FSDP2) == 1 process on the same global batch: loss and updated weights.
+"""2 processes (gloo, FSDP2) == 1 process on the same global batch: loss and updated weights,
+for one update and for 2 passes x 2 mini-batches (trainer/rl_update.py).
 
 The test builds a fixed global batch (unguided RL rows with advantages, SFT-transferred rows,
 hint-masked tokens), runs one optimisation step in this process, then launches
@@ -21,6 +22,7 @@ from rgpo_fast.algos.presets import get_preset
 from rgpo_fast.batch import assemble_batch
 from rgpo_fast.data.types import Sample
 from rgpo_fast.trainer.config import OptimConfig
+from rgpo_fast.trainer.rl_update import rl_update
 from rgpo_fast.trainer.update import backward_batch, make_optimizer, optimizer_step
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,6 +60,19 @@ def one_step(policy, samples, agg: str, micro: int, info, lr: float = 1e-2):
     return m["loss/total"]
 
 
+def ppo_step(policy, samples, micro: int, info):
+    """2 passes x 2 mini-batches of whole prompts (the rows' `group` is their global
+    prompt index, as rl_step numbers them); the mean loss over the 4 updates."""
+    algo = get_preset("rgpo", sft_coef=0.5)
+    batch = assemble_batch(samples, algo, pad_token_id=0)
+    opt = make_optimizer(policy, 1e-2, OptimConfig())
+    m = rl_update(policy, opt, batch, algo.loss_config(), micro=micro, info=info,
+                  grad_clip=0.05, epochs=2, mini_batches=2, num_prompts=3, seed=7,
+                  max_response_len=8)
+    assert m["ppo/updates"] == 4
+    return m["loss/total"]
+
+
 def build(model_dir, compute_dtype=None):
     from rgpo_fast.trainer.policy import PolicyModule
     from rgpo_fast.trainer.tiny_model import load_model_and_tokenizer
@@ -87,6 +102,11 @@ def worker(model_dir: str, out_file: str, mode: str = "fp32") -> None:
         samples = global_samples(policy.lm.config.vocab_size)[info.rank :: info.world_size]
         loss = one_step(policy, samples, agg, 1, info)
         results[agg] = {"loss": loss, "params": full_state_dict(policy)}
+    if mode == "fp32":
+        policy = shard_model(build(model_dir), info)
+        samples = global_samples(policy.lm.config.vocab_size)[info.rank :: info.world_size]
+        results["ppo"] = {"loss": ppo_step(policy, samples, 1, info),
+                          "params": full_state_dict(policy)}
     if info.rank == 0:
         torch.save(results, out_file)
     shutdown(info)
@@ -124,10 +144,13 @@ def test_two_processes_equal_one(tmp_path):
         policy = build(model_dir)
         loss = one_step(policy, global_samples(policy.lm.config.vocab_size), agg, 3, DistInfo())
         single[agg] = {"loss": loss, "params": policy.state_dict()}
+    policy = build(model_dir)
+    loss = ppo_step(policy, global_samples(policy.lm.config.vocab_size), 3, DistInfo())
+    single["ppo"] = {"loss": loss, "params": policy.state_dict()}
     log = proc.communicate(timeout=240)[0].decode()
     assert proc.returncode == 0, log[-3000:]
     dist = torch.load(out, weights_only=False)
-    for agg in AGGS:
+    for agg in AGGS + ("ppo",):
         assert abs(dist[agg]["loss"] - single[agg]["loss"]) < 1e-5, agg
         moved = 0
         ref0 = build(model_dir).state_dict()

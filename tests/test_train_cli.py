@@ -51,6 +51,20 @@ def test_every_preset_runs_one_step(tmp_path, cache, algo):
     assert summary["algo"] == algo and summary["steps"] == 1
 
 
+def test_ppo_epochs_and_mini_batches_run_and_log_their_updates(tmp_path, cache):
+    out = tmp_path / "ppo"
+    assert main(tiny_args(out, cache, steps=2, sft_steps=0,
+                          extra=["--algo", "grpo", "--train.ppo_epochs", "2",
+                                 "--train.mini_batches", "2", "--logging.plots", "false",
+                                 "--eval.pass_k", "0", "--data.n_eval", "2"])) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        assert r["ppo/updates"] == 4 and r["ppo/approx_kl"] >= 0 and r["ppo/ratio_max"] > 0
+        assert {"clip_frac/low", "clip_frac/high", "clip_frac/dual", "ratio/mean"} <= set(r)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 2  # the schedule and step count are per RL step
+
+
 def _bad(tmp_path, extra, capsys):
     code = main(["--output-dir", str(tmp_path / "o"), "--logging.progress", "false", *extra])
     err = capsys.readouterr().err.strip().splitlines()

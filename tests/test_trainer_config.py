@@ -67,6 +67,8 @@ def test_saved_config_round_trips(tmp_path):
     (["--algo.loss_agg", "mean"], "loss_agg"),
     (["--train.sft_hint_prob", "2"], "train.sft_hint_prob"),
     (["--logging.progress", "maybe"], "logging.progress"),
+    (["--train.ppo_epochs", "0"], "train.ppo_epochs"),
+    (["--train.mini_batches", "99"], "train.mini_batches"),
     (["--no-such-flag"], "--no-such-flag"),
 ])
 def test_bad_values_name_the_field(argv, culprit):

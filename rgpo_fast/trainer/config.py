@@ -272,6 +272,22 @@ class TrainConfig:
             "similar length share a micro-batch, so each is padded only to its longest row."
         ),
     )
+    ppo_epochs: int = field(
+        default=1,
+        metadata=_help(
+            "Passes over each step's rollout batch (verl ppo_epochs, TRL num_iterations); "
+            "with more than one update per batch the old log-probs are computed before the "
+            "first, so the ratio and its clip act."
+        ),
+    )
+    mini_batches: int = field(
+        default=1,
+        metadata=_help(
+            "Optimizer steps per pass: the step's prompts are split into this many "
+            "mini-batches, a prompt's samples together (verl ppo_mini_batch_size, TRL "
+            "steps_per_generation); at most train.prompts_per_step."
+        ),
+    )
     seed: int = field(default=0, metadata=_help("Seed of data order, sampling and init."))
     resume: bool = field(default=False, metadata=_help("Continue from the latest checkpoint."))
     save_every: int = field(
@@ -314,8 +330,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "prompts_per_step", "micro_batch_size", "sft_batch_size",
-                     "sft_micro_batch_size"):
+                     "sft_micro_batch_size", "ppo_epochs", "mini_batches"):
             _positive("train", name, getattr(self, name))
+        if self.mini_batches > self.prompts_per_step:
+            raise ConfigError(f"train.mini_batches={self.mini_batches} must be <= "
+                              f"train.prompts_per_step={self.prompts_per_step} (a mini-batch "
+                              "holds whole prompts)")
         for name in ("save_every", "sft_steps", "threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 0")

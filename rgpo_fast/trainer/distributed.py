@@ -82,6 +82,15 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return out.to(t.device)
 
 
+def all_reduce_max(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Element-wise max over ranks (returns a new tensor; identity in a world of one)."""
+    if not info.enabled:
+        return t
+    out = t.detach().clone().to(info.device)
+    dist.all_reduce(out, op=dist.ReduceOp.MAX)
+    return out.to(t.device)
+
+
 def all_reduce_max_int(value: int, info: DistInfo) -> int:
     if not info.enabled:
         return value

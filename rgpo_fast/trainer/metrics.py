@@ -116,6 +116,9 @@ def step_row(step: int, collected, batch, update: dict, phases: dict[str, float]
         "time/sync_s": phases.get("sync", 0.0),
         "tokens_per_s": (g[5] + g[6]) / max(step_s, 1e-9),
     }
+    for k, v in update.items():  # clip fractions, importance ratio, ppo/* (rl_update)
+        if k.startswith(("clip_frac/", "ratio/", "ppo/")):
+            row[k] = v
     for k, v in collected.stats.items():
         row.setdefault(k, v)
     row.update(peak_memory_mb(info.device))

@@ -8,7 +8,8 @@
     assemble    samples -> TrainBatch with advantages and masks (batch.assemble_batch);
                 with engine log-probs (vLLM) the trainer's old log-probs are recomputed for
                 truncated importance sampling
-    update      fused-loss forward/backward over micro-batches, optimizer step
+    update      train.ppo_epochs passes of train.mini_batches optimizer steps, each a
+                fused-loss forward/backward over micro-batches (trainer/rl_update.py)
     sync        new weights into the engine (weight_sync.sync_engine)
 """
 
@@ -21,13 +22,9 @@ from rgpo_fast.batch import assemble_batch
 from rgpo_fast.trainer.collect import collect
 from rgpo_fast.trainer.distributed import DistInfo
 from rgpo_fast.trainer.metrics import PhaseTimer, step_row
+from rgpo_fast.trainer.rl_update import rl_update
 from rgpo_fast.trainer.session import Session
-from rgpo_fast.trainer.update import (
-    backward_batch,
-    compute_old_logprobs,
-    fill_rollout_logprobs,
-    optimizer_step,
-)
+from rgpo_fast.trainer.update import compute_old_logprobs, fill_rollout_logprobs
 
 
 def step_seed(seed: int, step: int, rank: int, salt: str = "rl") -> int:
@@ -57,15 +54,22 @@ def rl_step(s: Session, step: int, timer: PhaseTimer | None = None) -> dict:
     with timer("old_logprob"):
         fill_rollout_logprobs(s.policy, collected.samples, pad, cfg.train.micro_batch_size, info)
     batch = assemble_batch(collected.samples, cfg.algo, pad_token_id=pad)
-    if batch.rollout_logprobs is not None:
+    several_updates = cfg.train.ppo_epochs * cfg.train.mini_batches > 1
+    if batch.rollout_logprobs is not None or several_updates:
         with timer("old_logprob"):
             batch.set_old_logprobs(
                 compute_old_logprobs(s.policy, batch, cfg.train.micro_batch_size, info))
     with timer("update"):
-        update = backward_batch(s.policy, batch, cfg.algo.loss_config(), cfg.train.micro_batch_size,
-                                info, max_response_len=cfg.rollout.max_new_tokens)
-        update["grad_norm"] = optimizer_step(s.policy, s.optimizer, s.scheduler,
-                                             cfg.optim.grad_clip)  # fmt: skip
+        # Rank r holds global prompts r, r + W, ... (draw): its local prompt i is i * W + r.
+        update = rl_update(s.policy, s.optimizer, batch, cfg.algo.loss_config(),
+                           micro=cfg.train.micro_batch_size, info=info,
+                           grad_clip=cfg.optim.grad_clip, epochs=cfg.train.ppo_epochs,
+                           mini_batches=cfg.train.mini_batches,
+                           prompt_index=batch.group_ids * info.world_size + info.rank,
+                           num_prompts=per_rank * info.world_size,
+                           seed=step_seed(cfg.train.seed, step, 0, salt="mini-batches"),
+                           max_response_len=cfg.rollout.max_new_tokens)  # fmt: skip
+        s.scheduler.step()  # once per RL step, whatever the number of optimizer steps
     with timer("sync"):
         s.sync()
     row = step_row(step, collected, batch, update, timer.pop(), time.perf_counter() - t0,

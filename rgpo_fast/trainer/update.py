@@ -23,6 +23,13 @@ from rgpo_fast.trainer.distributed import DistInfo, all_reduce_max_int, all_redu
 
 GroupRows = Callable[[Sequence[int], int], "list[list[int]]"]
 
+# Metrics of the fused loss (rgpo_fast.algos.policy_loss.metrics_from_stats) that add up
+# across micro-batches and ranks...
+SUM_METRICS = ("loss/pg", "loss/kl", "loss/sft", "tokens/policy", "tokens/sft")
+# ... and per-token means over policy tokens (clip fractions, importance ratio), averaged
+# weighted by each micro-batch's policy tokens.
+RATIO_METRICS = ("clip_frac/low", "clip_frac/high", "clip_frac/dual", "ratio/mean")
+
 
 def loss_counts(batch: TrainBatch) -> torch.Tensor:
     """Local (policy tokens, policy sequences, SFT tokens), fp32 (3,), with the fused loss's
@@ -124,32 +131,35 @@ def backward_batch(policy: torch.nn.Module, batch: TrainBatch, config: LossConfi
 
     `group_rows(lengths, micro)` forms the micro-batches (default `micro_batches`, rows of
     similar length together). Returns the global loss (summed over micro-batches and
-    ranks) and summed metrics.
+    ranks), the SUM_METRICS summed and the RATIO_METRICS as means over policy tokens.
     """
     counts = all_reduce_sum(loss_counts(batch), info)  # (3,) global
+    dummy = torch.zeros((1, 2), dtype=torch.long, device=info.device)  # batch may have no rows
     kw = dict(config=config, num_global_tokens=counts[0], num_global_seqs=counts[1],
               num_global_sft_tokens=counts[2], max_response_len=max_response_len)
     chunks = group_rows(batch.attention_mask.sum(-1).tolist(), micro)
     n = all_reduce_max_int(len(chunks), info)
-    total = torch.zeros((), dtype=torch.float64)
-    sums: dict[str, float] = {}
+    # loss, SUM_METRICS, RATIO_METRICS x policy tokens: one vector, one all-reduce, the same
+    # on every rank (a rank without rows in this batch contributes zeros)
+    acc = torch.zeros(1 + len(SUM_METRICS) + len(RATIO_METRICS), dtype=torch.float64)
     for i in range(n):
         if i >= len(chunks):
-            loss, _ = policy(batch.input_ids[:1, :2].to(info.device), None, None, mode="zero")
+            loss, _ = policy(dummy, None, None, mode="zero")
             loss.backward()
             continue
         mb = trim(batch.select(chunks[i])).to(info.device)
         loss, metrics = policy(mb.input_ids, mb.attention_mask, mb.position_ids, mode="loss",
                                loss_inputs={**kw, **mb.loss_inputs()})
         loss.backward()
-        total += loss.detach().double().cpu()
-        for k, v in metrics.items():
-            if k.startswith(("loss/", "tokens/")):  # additive across micro-batches
-                sums[k] = sums.get(k, 0.0) + float(v)
-    total = all_reduce_sum(total, info)
-    out = {"loss/total": float(total)}
-    for k, v in sums.items():
-        out[k] = float(all_reduce_sum(torch.tensor(v, dtype=torch.float64), info))
+        n_pol = float(metrics["tokens/policy"])
+        acc += torch.tensor([float(loss.detach())] + [float(metrics[k]) for k in SUM_METRICS]
+                            + [float(metrics[k]) * n_pol for k in RATIO_METRICS],
+                            dtype=torch.float64)  # fmt: skip
+    g = all_reduce_sum(acc, info).tolist()
+    out = {"loss/total": g[0], **dict(zip(SUM_METRICS, g[1 : 1 + len(SUM_METRICS)]))}
+    n_policy = max(out["tokens/policy"], 1.0)
+    for k, v in zip(RATIO_METRICS, g[1 + len(SUM_METRICS) :]):
+        out[k] = v / n_policy
     return out
 
 

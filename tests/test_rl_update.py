@@ -1,0 +1,133 @@
+"""Several updates per rollout batch (trainer/rl_update.py): mini-batches of whole prompts,
+old log-probs before the first update, clip statistics and policy drift."""
+
+import copy
+
+import pytest
+import torch
+
+from rgpo_fast.algos.presets import get_preset
+from rgpo_fast.batch import assemble_batch
+from rgpo_fast.data.types import Sample
+from rgpo_fast.trainer.config import ConfigError, TrainConfig
+from rgpo_fast.trainer.distributed import DistInfo
+from rgpo_fast.trainer.rl_update import mini_batch_rows, rl_update
+from rgpo_fast.trainer.update import backward_batch, make_optimizer, optimizer_step
+
+
+def test_mini_batches_hold_whole_prompts_and_do_not_depend_on_the_world_size():
+    P, G, n = 12, 3, 4
+    prompt = torch.arange(P).repeat_interleave(G)  # (36,) global prompt of each row
+    parts = mini_batch_rows(prompt, P, n)
+    assert sorted(i for p in parts for i in p) == list(range(P * G))
+    assert [len(p) for p in parts] == [9, 9, 9, 9]
+    for p in parts:  # a prompt's rows are all in one mini-batch
+        assert all((prompt == j).nonzero().flatten().tolist() == sorted(
+            i for i in p if prompt[i] == j) for j in set(prompt[p].tolist()))
+    global_sets = [set(prompt[p].tolist()) for p in parts]
+    for W in (2, 3, 4):  # rank r holds prompts r, r + W, ... (the trainer's strided draw)
+        union = [set() for _ in range(n)]
+        for r in range(W):
+            mine = prompt[torch.isin(prompt, torch.arange(r, P, W))]
+            for k, p in enumerate(mini_batch_rows(mine, P, n)):
+                # contiguous runs: a mini-batch of >= W prompts has rows on every rank
+                assert p or P // n < W, f"rank {r} of {W} has no rows in mini-batch {k}"
+                union[k] |= set(mine[p].tolist())
+        assert union == global_sets
+    # refill prompts (index >= P) wrap around
+    assert mini_batch_rows(torch.tensor([0, P, 2 * P - 1]), P, 2) == [[0, 1], [2]]
+
+
+def test_mini_batch_count_is_checked():
+    with pytest.raises(ValueError, match="whole prompts"):
+        mini_batch_rows(torch.arange(4), 4, 5)
+    with pytest.raises(ConfigError, match="mini_batches=5 must be <= train.prompts_per_step=4"):
+        TrainConfig(prompts_per_step=4, mini_batches=5)
+    with pytest.raises(ConfigError, match="ppo_epochs=0 must be positive"):
+        TrainConfig(ppo_epochs=0)
+
+
+def _policy(tmp_path):
+    from rgpo_fast.trainer.policy import PolicyModule
+    from rgpo_fast.trainer.tiny_model import (
+        TinyModelSpec,
+        ensure_tiny_model,
+        load_model_and_tokenizer,
+    )
+
+    spec = TinyModelSpec(num_hidden_layers=2, hidden_size=32, num_attention_heads=2,
+                         num_key_value_heads=1, intermediate_size=64)
+    lm, _ = load_model_and_tokenizer(ensure_tiny_model(spec, tmp_path / "cache"))
+    return PolicyModule(lm, impl="torch")
+
+
+def _batch(vocab: int, algo):
+    g = torch.Generator().manual_seed(3)
+    rows = []
+    for i in range(12):  # 4 prompts x 3 samples, rewards mixed within each prompt
+        ids = torch.randint(3, vocab, (14,), generator=g).tolist()
+        rows.append(Sample(prompt_ids=ids[:6], response_ids=ids[6:], group=i // 3,
+                           reward=float(i % 3 == 0)))
+    return assemble_batch(rows, algo, pad_token_id=0)
+
+
+def test_one_update_is_the_plain_step(tmp_path):
+    """epochs = mini_batches = 1: exactly backward_batch + optimizer_step (ratio 1)."""
+    algo = get_preset("grpo")
+    a = _policy(tmp_path)
+    b = copy.deepcopy(a)
+    batch = _batch(a.lm.config.vocab_size, algo)
+    opt_a, opt_b = make_optimizer(a, 1e-2, algo_optim()), make_optimizer(b, 1e-2, algo_optim())
+    m = rl_update(a, opt_a, batch, algo.loss_config(), micro=4, info=DistInfo(), grad_clip=1.0)
+    ref = backward_batch(b, batch, algo.loss_config(), 4, DistInfo())
+    optimizer_step(b, opt_b, None, 1.0)
+    assert batch.old_logprobs is None  # not needed: the loss's own detached log-probs
+    assert m["ppo/updates"] == 1 and "ppo/approx_kl" not in m
+    assert abs(m["loss/total"] - ref["loss/total"]) < 1e-9
+    assert m["ratio/mean"] == pytest.approx(1.0, abs=1e-6) and m["clip_frac/low"] == 0
+    for (k, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=k)
+
+
+def algo_optim():
+    from rgpo_fast.trainer.config import OptimConfig
+
+    return OptimConfig()
+
+
+def test_epochs_at_a_large_lr_clip_and_drift(tmp_path):
+    algo = get_preset("grpo")
+    policy = _policy(tmp_path)
+    before = {k: p.detach().clone() for k, p in policy.named_parameters()}
+    batch = _batch(policy.lm.config.vocab_size, algo)
+    opt = make_optimizer(policy, 5e-2, algo_optim())
+    m = rl_update(policy, opt, batch, algo.loss_config(), micro=4, info=DistInfo(),
+                  grad_clip=0.0, epochs=3, mini_batches=2, num_prompts=4, seed=1)
+    assert batch.old_logprobs is not None  # computed once, before the first update
+    assert m["ppo/updates"] == 6
+    assert all(s["step"] == 6 for s in opt.state.values())  # six optimizer steps
+    # later updates see the moved policy: the ratio leaves 1 and the clip acts
+    assert m["clip_frac/low"] + m["clip_frac/high"] > 0
+    assert m["ratio/mean"] != pytest.approx(1.0, abs=1e-4)
+    assert m["ppo/approx_kl"] > 1e-4 and m["ppo/ratio_max"] > 1.2
+    assert m["tokens/policy"] == float(batch.response_mask.sum())  # one pass's tokens
+    assert any(not torch.equal(p, before[k]) for k, p in policy.named_parameters())
+
+
+def test_mini_batches_are_the_updates_on_their_rows(tmp_path):
+    """Two mini-batches, one pass: the same as two plain steps on the rows of each, taken
+    in the order the seed draws, with old log-probs from before the first."""
+    algo = get_preset("grpo")
+    a = _policy(tmp_path)
+    b = copy.deepcopy(a)
+    batch = _batch(a.lm.config.vocab_size, algo)
+    opt_a, opt_b = make_optimizer(a, 1e-2, algo_optim()), make_optimizer(b, 1e-2, algo_optim())
+    rl_update(a, opt_a, batch, algo.loss_config(), micro=4, info=DistInfo(), grad_clip=1.0,
+              mini_batches=2, num_prompts=4, seed=5)
+    parts = mini_batch_rows(batch.group_ids, 4, 2)
+    order = torch.randperm(2, generator=torch.Generator().manual_seed(5)).tolist()
+    for k in order:  # batch.old_logprobs was set by rl_update before its first update
+        backward_batch(b, batch.select(parts[k]), algo.loss_config(), 4, DistInfo())
+        optimizer_step(b, opt_b, None, 1.0)
+    for (k, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=k)
