@@ -97,6 +97,9 @@ def build_token_terms(
             f"advantages must have shape ({B},) or ({B}, {T}), got {tuple(advantages.shape)}"
         )
     check_finite("advantages", advantages)
+    if cfg.beta > 0 and ref_logprobs is None:
+        raise ValueError(f"beta={cfg.beta} > 0 needs ref_logprobs (the reference policy's "
+                         "log-probs of the targets); pass them, or set beta=0")
     per_tok = {
         "old_logprobs": old_logprobs,
         "ref_logprobs": ref_logprobs,

@@ -94,6 +94,8 @@ def naive_policy_loss(
     """
     c = LossConfig.build(config, **options)
     clip_low, clip_high, clip_ratio_c, beta = c.clip_low, c.clip_high, c.clip_ratio_c, c.beta
+    if beta > 0 and ref_logprobs is None:
+        raise ValueError(f"beta={beta} > 0 needs ref_logprobs")
     B, T = mask.shape
     dt = compute_dtype
     logp, entropy = naive_logprobs(
@@ -132,7 +134,7 @@ def naive_policy_loss(
 
     loss = (w * pg * policy).sum()
     kl = torch.zeros_like(logp)
-    if beta > 0 and ref_logprobs is not None:
+    if beta > 0:
         d = ref_logprobs.to(dt) - logp
         if c.kl_estimator == "k1":
             kl = -d

@@ -22,6 +22,7 @@ from rgpo_fast.algos.presets import get_preset
 from rgpo_fast.batch import assemble_batch
 from rgpo_fast.data.types import Sample
 from rgpo_fast.trainer.config import OptimConfig
+from rgpo_fast.trainer.ref_policy import copy_weights
 from rgpo_fast.trainer.rl_update import rl_update
 from rgpo_fast.trainer.update import backward_batch, make_optimizer, optimizer_step
 
@@ -107,6 +108,11 @@ def worker(model_dir: str, out_file: str, mode: str = "fp32") -> None:
         samples = global_samples(policy.lm.config.vocab_size)[info.rank :: info.world_size]
         results["ppo"] = {"loss": ppo_step(policy, samples, 1, info),
                           "params": full_state_dict(policy)}
+        # the KL term's reference: a sharded copy of the sharded policy, shard by shard
+        ref = shard_model(build(model_dir), info)
+        copy_weights(ref, policy)
+        ref_sd, pol_sd = full_state_dict(ref), full_state_dict(policy)
+        results["ref_copy_equal"] = all(torch.equal(ref_sd[k], pol_sd[k]) for k in pol_sd)
     if info.rank == 0:
         torch.save(results, out_file)
     shutdown(info)
@@ -150,6 +156,7 @@ def test_two_processes_equal_one(tmp_path):
     log = proc.communicate(timeout=240)[0].decode()
     assert proc.returncode == 0, log[-3000:]
     dist = torch.load(out, weights_only=False)
+    assert dist["ref_copy_equal"]
     for agg in AGGS + ("ppo",):
         assert abs(dist[agg]["loss"] - single[agg]["loss"]) < 1e-5, agg
         moved = 0

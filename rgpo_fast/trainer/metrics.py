@@ -119,6 +119,8 @@ def step_row(step: int, collected, batch, update: dict, phases: dict[str, float]
     for k, v in update.items():  # clip fractions, importance ratio, ppo/* (rl_update)
         if k.startswith(("clip_frac/", "ratio/", "ppo/")):
             row[k] = v
+    if batch.ref_logprobs is not None:  # algo.beta > 0: the KL term to the reference
+        row["kl/mean"], row["loss/kl"] = update["kl/mean"], update["loss/kl"]
     for k, v in collected.stats.items():
         row.setdefault(k, v)
     row.update(peak_memory_mb(info.device))

@@ -59,6 +59,10 @@ def rl_step(s: Session, step: int, timer: PhaseTimer | None = None) -> dict:
         with timer("old_logprob"):
             batch.set_old_logprobs(
                 compute_old_logprobs(s.policy, batch, cfg.train.micro_batch_size, info))
+    if s.ref_policy is not None:  # algo.beta > 0: the KL term's reference log-probs
+        with timer("old_logprob"):
+            batch.ref_logprobs = compute_old_logprobs(s.ref_policy, batch,
+                                                      cfg.train.micro_batch_size, info)
     with timer("update"):
         # Rank r holds global prompts r, r + W, ... (draw): its local prompt i is i * W + r.
         update = rl_update(s.policy, s.optimizer, batch, cfg.algo.loss_config(),

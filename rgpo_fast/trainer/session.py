@@ -38,7 +38,18 @@ from rgpo_fast.trainer.distributed import DistInfo, init_distributed, shard_mode
 from rgpo_fast.trainer.evaluation import evaluate_all
 from rgpo_fast.trainer.metrics import MetricsLog, summary_table
 from rgpo_fast.trainer.plots import write_plots
-from rgpo_fast.trainer.preflight import check_engine, check_rationales, check_sequence_lengths
+from rgpo_fast.trainer.preflight import (
+    check_engine,
+    check_loss_options,
+    check_rationales,
+    check_sequence_lengths,
+)
+from rgpo_fast.trainer.ref_policy import (
+    build_ref_policy,
+    copy_weights,
+    load_ref_policy,
+    save_ref_policy,
+)
 from rgpo_fast.trainer.run_dir import RunLock
 from rgpo_fast.trainer.update import make_optimizer, make_scheduler
 from rgpo_fast.trainer.warm_start import sft_warm_start
@@ -69,6 +80,7 @@ class Session:
     collect: CollectContext
     t_start: float
     lock: RunLock | None = None  # rank 0 owns the run directory (trainer/run_dir.py)
+    ref_policy: torch.nn.Module | None = None  # frozen, for algo.beta > 0 (ref_policy.py)
     eval_before: dict[str, float] = field(default_factory=dict)
     totals: dict[str, float] = field(default_factory=lambda: {
         "guided_prompts": 0, "accepted": 0, "gen_tokens": 0, "rl_time_s": 0.0})  # fmt: skip
@@ -123,6 +135,7 @@ def _build(cfg: RunConfig, info: DistInfo, out_dir: Path, lock: RunLock | None,
     # Fail fast, before minutes of model loading and before anything is on the GPU.
     check_data_paths(cfg)
     check_engine(cfg, info)
+    check_loss_options(cfg)
     model_dir = resolve_model_dir(cfg)
     max_model_len = check_sequence_lengths(cfg, model_dir)
 
@@ -137,6 +150,7 @@ def _build(cfg: RunConfig, info: DistInfo, out_dir: Path, lock: RunLock | None,
     if info.enabled:
         policy = shard_model(policy, info, compute_dtype=policy.compute_dtype)
     engine, shares = build_engine(cfg, lm, tok, model_dir, info, max_model_len)
+    ref = build_ref_policy(cfg, info, model_dir) if cfg.algo.beta > 0 else None
     optimizer = make_optimizer(policy, cfg.optim.lr, cfg.optim)
     scheduler = make_scheduler(optimizer, cfg.train.max_steps, cfg.optim.warmup_steps,
                                cfg.optim.schedule)  # fmt: skip
@@ -157,7 +171,7 @@ def _build(cfg: RunConfig, info: DistInfo, out_dir: Path, lock: RunLock | None,
         sft_set=sft_set, eval_sets=eval_sets, sampler=PromptSampler(train_set, cfg.train.seed),
         levels=HintLevels(cfg.algo.n_segments, cfg.algo.adaptive_levels),
         optimizer=optimizer, scheduler=scheduler, metrics=MetricsLog(out_dir / "metrics.jsonl"),
-        collect=collect, t_start=t_start, lock=lock,
+        collect=collect, t_start=t_start, lock=lock, ref_policy=ref,
     )  # fmt: skip
 
 
@@ -208,6 +222,8 @@ def resume(s: Session) -> int | None:
     s.sampler.load_state_dict(state["data"])
     s.levels.load_state_dict(state["hint_levels"])
     s.eval_before, s.totals = state["eval_before"], state["totals"]
+    if s.ref_policy is not None:
+        load_ref_policy(s.ref_policy, s.ckpt_dir)
     if s.info.is_main:
         with run_dir.writing(f"{s.metrics.path} (rows after step {step} are dropped)"):
             s.metrics.truncate_after(step)
@@ -226,6 +242,9 @@ def start_fresh(s: Session) -> int:
         loss = sft_warm_start(s.policy, s.sft_set, s.tokenizer, s.cfg, s.info)
         s.log(f"SFT warm-start: {s.cfg.train.sft_steps} steps on {s.cfg.data.sft}, "
               f"final loss {loss:.3f}, {time.perf_counter() - t0:.0f}s")  # fmt: skip
+    if s.ref_policy is not None:  # the KL term's reference: the policy as RL starts
+        copy_weights(s.ref_policy, s.policy)
+        save_ref_policy(s.ref_policy, s.ckpt_dir, s.info)
     s.engine.sleep(level=2)
     s.sync()
     s.eval_before = evaluate(s)

@@ -26,9 +26,9 @@ GroupRows = Callable[[Sequence[int], int], "list[list[int]]"]
 # Metrics of the fused loss (rgpo_fast.algos.policy_loss.metrics_from_stats) that add up
 # across micro-batches and ranks...
 SUM_METRICS = ("loss/pg", "loss/kl", "loss/sft", "tokens/policy", "tokens/sft")
-# ... and per-token means over policy tokens (clip fractions, importance ratio), averaged
-# weighted by each micro-batch's policy tokens.
-RATIO_METRICS = ("clip_frac/low", "clip_frac/high", "clip_frac/dual", "ratio/mean")
+# ... and per-token means over policy tokens (clip fractions, importance ratio, KL to the
+# reference), averaged weighted by each micro-batch's policy tokens.
+RATIO_METRICS = ("clip_frac/low", "clip_frac/high", "clip_frac/dual", "ratio/mean", "kl/mean")
 
 
 def loss_counts(batch: TrainBatch) -> torch.Tensor:
