@@ -124,3 +124,26 @@ def test_flash_attention_requested_without_it_is_one_error_line(tmp_path, capsys
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "flash_attention_2" in err[0] and "not installed" in err[0]
+
+
+@pytest.mark.parametrize("extra, culprit", [
+    (["--algo.clip_ratio_c", "3"], "algo.clip_ratio_c=3.0 never acts"),
+    (["--algo.tis_cap", "5"], "algo.tis_cap=5.0 never acts"),
+])
+def test_loss_options_that_cannot_act_are_refused(tmp_path, capsys, extra, culprit):
+    assert main(tiny_args(tmp_path / "run", tmp_path / "cache", extra=extra)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and culprit in err[0]
+
+
+@pytest.mark.parametrize("overrides", [
+    {"algo": {"clip_ratio_c": 3.0}, "train": {"ppo_epochs": 2}},  # several updates: it acts
+    # `is` transfers: the ratio and the importance weight are to the hinted context
+    {"algo": {"clip_ratio_c": 3.0, "transfer": "is", "transferred_hint": "masked"}},
+    {"algo": {"tis_cap": 5.0, "transfer": "is", "transferred_hint": "masked"}},
+    {"algo": {"tis_cap": None}},  # off is off
+])
+def test_loss_options_that_can_act_are_accepted(overrides):
+    from rgpo_fast.trainer.preflight import check_loss_options
+
+    check_loss_options(_cfg(**overrides))

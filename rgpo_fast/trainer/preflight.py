@@ -90,6 +90,32 @@ def check_engine(cfg: RunConfig, info: DistInfo) -> None:
     check_gpu_stack()  # a VersionError is a UserError: one `error:` line
 
 
+def check_loss_options(cfg: RunConfig) -> None:
+    """A loss option this run can never apply is refused, not silently ignored.
+
+    - `algo.clip_ratio_c` (dual clip, A < 0 and ratio > c): with one update per rollout
+      batch the policy that computes the loss is the one that sampled, so the ratio is 1
+      (RGPO's `is` transfers aside: their ratio is to the hinted context).
+    - `algo.tis_cap`: truncated importance weights exist only where rollout log-probs come
+      from elsewhere than the trainer (the vLLM engine, `is` transfers).
+    (`algo.beta` > 0 always applies: the trainer keeps a reference policy, ref_policy.py.)
+    """
+    a = cfg.algo
+    is_transfer = a.guidance == "rgpo" and a.transfer == "is"
+    updates = cfg.train.ppo_epochs * cfg.train.mini_batches
+    if a.clip_ratio_c is not None and updates == 1 and not is_transfer:
+        raise ConfigError(
+            f"algo.clip_ratio_c={a.clip_ratio_c} never acts with one update per rollout batch "
+            "(the ratio is 1); set train.ppo_epochs or train.mini_batches above 1, or leave "
+            "it unset")
+    default_cap = type(a).__dataclass_fields__["tis_cap"].default
+    if a.tis_cap not in (None, default_cap) and cfg.rollout.engine != "vllm" and not is_transfer:
+        raise ConfigError(
+            f"algo.tis_cap={a.tis_cap} never acts with rollout.engine={cfg.rollout.engine} "
+            "and no `is` transfer: the trainer's own log-probs are the rollout's, so the "
+            "importance weight is 1; leave it unset")
+
+
 # Guidance modes that read the rationale column (LUFFY trains on it directly).
 RATIONALE_GUIDANCE = ("rgpo", "ghpo", "luffy")
 
