@@ -46,7 +46,11 @@ if IS_LINUX_X86:
     install_requires.append("triton>=3.2")
 
 extras_require = {
-    "test": ["pytest>=8", "pytest-benchmark>=4", "liger-kernel>=0.6", "trl>=0.20", "ruff"],
+    "test": ["pytest>=8", "pytest-benchmark>=4", "liger-kernel>=0.6", "trl>=0.20", "ruff",
+             "tensorboard>=2.15", "wandb>=0.17"],
+    # metrics sinks (logging.report_to); optional: a missing one is a clear start-up error
+    "tensorboard": ["tensorboard>=2.15"],
+    "wandb": ["wandb>=0.17"],
     "bench": ["pytest-benchmark>=4", "liger-kernel>=0.6", "trl>=0.20", "psutil"],
     # vLLM pins its torch exactly: install the tested pair with `make install-gpu`.
     # flash-attn is a separate, optional step (`make install-flash-attn`): it builds from

@@ -369,9 +369,23 @@ class LoggingConfig:
     progress: bool = field(default=True, metadata=_help("Show a progress bar (rank 0)."))
     plots: bool = field(default=True, metadata=_help("Write PNG plots at the end."))
     log_every: int = field(default=1, metadata=_help("Write metrics.jsonl every N steps."))
+    report_to: str = field(
+        default="jsonl",
+        metadata=_help(
+            "Metrics sinks, comma-separated: jsonl (metrics.jsonl, always written), "
+            "tensorboard (<output_dir>/tensorboard), wandb (offline unless WANDB_API_KEY or "
+            "WANDB_MODE says otherwise); the same keys in each."
+        ),
+    )
 
     def __post_init__(self) -> None:
         _positive("logging", "log_every", self.log_every)
+        from rgpo_fast.trainer.sinks import parse_report_to
+
+        try:
+            parse_report_to(self.report_to)
+        except ValueError as e:
+            raise ConfigError(f"logging.report_to={e}") from None
 
 
 SECTIONS: dict[str, type] = {

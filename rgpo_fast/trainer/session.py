@@ -51,6 +51,7 @@ from rgpo_fast.trainer.ref_policy import (
     save_ref_policy,
 )
 from rgpo_fast.trainer.run_dir import RunLock
+from rgpo_fast.trainer.sinks import MetricsSink, open_sinks
 from rgpo_fast.trainer.update import make_optimizer, make_scheduler
 from rgpo_fast.trainer.warm_start import sft_warm_start
 from rgpo_fast.trainer.weight_sync import sync_engine
@@ -81,6 +82,7 @@ class Session:
     t_start: float
     lock: RunLock | None = None  # rank 0 owns the run directory (trainer/run_dir.py)
     ref_policy: torch.nn.Module | None = None  # frozen, for algo.beta > 0 (ref_policy.py)
+    sinks: list[MetricsSink] = field(default_factory=list)  # rank 0: tensorboard, wandb
     eval_before: dict[str, float] = field(default_factory=dict)
     totals: dict[str, float] = field(default_factory=lambda: {
         "guided_prompts": 0, "accepted": 0, "gen_tokens": 0, "rl_time_s": 0.0})  # fmt: skip
@@ -94,9 +96,15 @@ class Session:
             print(*msg, **kw, flush=True)
 
     def close(self) -> None:
-        """Give the run directory back (the lock; a process exit does it too)."""
-        if self.lock is not None:
-            self.lock.release()
+        """Close the metrics sinks and give the run directory back (the lock; a process
+        exit does it too)."""
+        try:
+            for sink in self.sinks:
+                sink.close()
+        finally:
+            self.sinks = []
+            if self.lock is not None:
+                self.lock.release()
 
     def sync(self) -> None:
         """New weights into the rollout engine (the sleep/wake/load protocol)."""
@@ -165,13 +173,14 @@ def _build(cfg: RunConfig, info: DistInfo, out_dir: Path, lock: RunLock | None,
         keep_rollout_logprobs=engine.name == "vllm",
         max_prompt_len=cfg.data.max_prompt_tokens + cfg.rollout.max_hint_tokens,
     )
+    sinks = open_sinks(cfg.logging.report_to, out_dir, cfg.to_dict()) if info.is_main else []
     return Session(
         cfg=cfg, info=info, out_dir=out_dir, policy=policy, tokenizer=tok, model_dir=model_dir,
         features=features, engine=engine, shares_weights=shares, reward_fn=reward_fn,
         sft_set=sft_set, eval_sets=eval_sets, sampler=PromptSampler(train_set, cfg.train.seed),
         levels=HintLevels(cfg.algo.n_segments, cfg.algo.adaptive_levels),
         optimizer=optimizer, scheduler=scheduler, metrics=MetricsLog(out_dir / "metrics.jsonl"),
-        collect=collect, t_start=t_start, lock=lock, ref_policy=ref,
+        collect=collect, t_start=t_start, lock=lock, ref_policy=ref, sinks=sinks,
     )  # fmt: skip
 
 
@@ -263,6 +272,8 @@ def record(s: Session, row: dict) -> None:
     if s.info.is_main and (step % cfg.logging.log_every == 0 or step == cfg.train.max_steps):
         with run_dir.writing(f"step {step} to {s.metrics.path}"):
             s.metrics.write(row)
+            for sink in s.sinks:  # the same row, the same keys
+                sink.write(row)
 
 
 def finish(s: Session) -> dict:
@@ -284,6 +295,8 @@ def finish(s: Session) -> dict:
     if s.info.is_main:
         with run_dir.writing(f"{s.out_dir / 'summary.json'}"):
             (s.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            for sink in s.sinks:
+                sink.summary(summary)
         if s.cfg.logging.plots:
             with run_dir.writing(f"the plots in {s.out_dir / 'plots'}"):
                 write_plots(s.metrics.read(), s.out_dir / "plots", held_out=(
