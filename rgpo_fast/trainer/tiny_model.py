@@ -7,7 +7,7 @@ load them back through `AutoModelForCausalLM/AutoTokenizer.from_pretrained` so t
 run exercises the same loading code as a real checkpoint.
 
 Character-level tokens keep the vocabulary at ~100 entries: the lm_head is tiny and a
-model of a few hundred thousand parameters can learn the `arith` task on two CPU cores.
+model of a few hundred thousand parameters can learn the built-in tasks on two CPU cores.
 """
 
 from __future__ import annotations
@@ -59,7 +59,9 @@ class TinyModelSpec:
                 "chars": CHARS,
                 "special": SPECIAL_TOKENS,
                 "template": CHAT_TEMPLATE,
-                "version": 2,  # 2: newline runs tokenised per character
+                # 2: newline runs tokenised per character; 3: byte-level vocabulary that
+                # AutoTokenizer loads unchanged (same ids as 2)
+                "version": 3,
             },
             sort_keys=True,
         )
@@ -73,20 +75,25 @@ def default_cache_dir() -> Path:
 
 
 def build_tokenizer():
-    """A character-level PreTrainedTokenizerFast with ChatML specials, EOS = <|im_end|>."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    """A character-level Qwen2Tokenizer with ChatML specials, EOS = <|im_end|>.
 
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + [UNK_TOKEN] + CHARS)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
-    # Every character is its own pre-token; WordLevel then maps it to one id. "(?m)" is
-    # Oniguruma's (Ruby's) flag for a dot that matches newlines too: with a plain "." a run
-    # of newlines ("\n\n" in the hint template) stayed one unmatched gap, one pre-token,
-    # and became <|unk|>.
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("(?m)."), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
+    One token per character, and a tokenizer that any tool loads back unchanged through
+    `AutoTokenizer.from_pretrained` (TRL, vLLM, a user's script). transformers 5 loads a
+    directory whose config says `qwen2` with Qwen2's own tokenizer class, which rebuilds the
+    pipeline around the vocabulary: NFC, Qwen's split, byte-level mapping (a space becomes
+    `Ġ`, a newline `Ċ`), then BPE. So the vocabulary is written in that byte-level alphabet
+    and has no merges: the BPE then leaves every character its own token, and the ids are
+    the same whichever way the tokenizer is loaded (tests/test_tiny_model.py).
+    """
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
+
+    byte_char = bytes_to_unicode()  # byte -> the printable character byte-level BPE uses
+    chars = ["".join(byte_char[b] for b in c.encode()) for c in CHARS]
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + [UNK_TOKEN] + chars)}
+    tok = Qwen2Tokenizer(
+        vocab=vocab,
+        merges=[],
         unk_token=UNK_TOKEN,
         pad_token=PAD_TOKEN,
         eos_token=IM_END,
@@ -95,9 +102,9 @@ def build_tokenizer():
         clean_up_tokenization_spaces=False,
         model_max_length=4096,
     )
-    fast.chat_template = CHAT_TEMPLATE
-    fast.padding_side = "left"  # generation batches are left-padded
-    return fast
+    tok.chat_template = CHAT_TEMPLATE
+    tok.padding_side = "left"  # generation batches are left-padded
+    return tok
 
 
 def build_model(spec: TinyModelSpec, tokenizer):
@@ -159,10 +166,12 @@ def ensure_tiny_model(
 def _load_tokenizer(path, auto_cls):
     """AutoTokenizer, except for a generic `tokenizers` tokenizer in a local directory.
 
-    transformers 5 replaces a generic tokenizer class by the model type's own class when
-    the config says `qwen2` (it assumes a mislabeled Hub repo), which swaps our
-    character-level pre-tokenizer for Qwen's byte-level one. A local directory whose
-    tokenizer_config.json asks for the generic backend gets exactly that backend.
+    Directories written before the tiny tokenizer became a Qwen2Tokenizer (cache version
+    2 and older, and models trained from them) hold a generic tokenizer whose vocabulary is
+    not byte-level: transformers 5 would load it with Qwen2's class (the config says
+    `qwen2`) and its byte-level pipeline, which maps spaces and newlines to unknown tokens.
+    Such a directory gets the generic backend it asks for; everything else, including every
+    tokenizer this project writes now, loads through AutoTokenizer.
     """
     cfg_file = Path(path) / "tokenizer_config.json"
     if cfg_file.is_file():
