@@ -36,6 +36,7 @@ from rgpo_fast.errors import UserError
 from rgpo_fast.trainer.cli import parse_args
 from rgpo_fast.trainer.config import RunConfig
 from rgpo_fast.trainer.distributed import barrier, shutdown
+from rgpo_fast.trainer.hf_export import save_hf
 from rgpo_fast.trainer.rl_step import rl_step
 from rgpo_fast.trainer.session import (
     Session,
@@ -67,10 +68,12 @@ def run(cfg: RunConfig) -> int:
             if step == cfg.train.max_steps or (cfg.train.save_every
                                                and step % cfg.train.save_every == 0):  # fmt: skip
                 save(s, step)
+            if cfg.train.save_hf_every and step % cfg.train.save_hf_every == 0:
+                save_hf(s.policy, s.tokenizer, s.out_dir / "hf" / f"step_{step:06d}", s.info)
             _advance(bar, row)
         if bar is not None:
             bar.close()
-        finish(s)  # final evaluation, summary.json, plots, the table
+        finish(s)  # final evaluation, <output_dir>/final (HF format), summary.json, plots
     finally:
         s.close()  # the run directory's lock
     barrier(s.info)

@@ -31,15 +31,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="python -m rgpo_fast.train",
         description="RL trainer for LLM reasoning (RGPO and neighbours). With no arguments: "
-        "the built-in tiny CPU run (tiny Qwen2, SFT warm-start on arith:easy, RGPO on "
-        "arith:mixed). Dotted flags override any config field, e.g. --rollout.n 8.",
+        "the built-in tiny CPU run (tiny Qwen2, SFT warm start on countdown:warm, RGPO on "
+        "countdown:mixed). Dotted flags override any config field, e.g. --rollout.n 8.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = p.add_argument_group("common")
     g.add_argument("--config", help="YAML preset (see configs/)")
     g.add_argument("--algo", help=f"algorithm preset: {', '.join(preset_names())}")
     g.add_argument("--model", help="HF model directory (default: built-in tiny model)")
-    g.add_argument("--data", help="training data: arith:<split> or a .jsonl/.json/.parquet file")
+    g.add_argument("--data", help="training data: countdown:<split>, arith:<split> or a "
+                   ".jsonl/.json/.parquet/.csv file")
     g.add_argument("--output-dir", dest="output_dir", help="run directory")
     g.add_argument("--max-steps", dest="max_steps", help="RL steps")
     g.add_argument("--seed", help="random seed")

@@ -294,6 +294,13 @@ class TrainConfig:
         default=10, metadata=_help("Checkpoint every N steps (0 = only at the end).")
     )
     keep_checkpoints: int = field(default=2, metadata=_help("Complete checkpoints kept on disk."))
+    save_hf_every: int = field(
+        default=0,
+        metadata=_help(
+            "Also write the policy as a Hugging Face model directory (safetensors + tokenizer) "
+            "to <output_dir>/hf/step_<n> every N steps (0 = only <output_dir>/final at the end)."
+        ),
+    )
     sft_steps: int = field(
         default=1000, metadata=_help("Warm-start SFT steps before RL (0 = none).")
     )
@@ -336,7 +343,7 @@ class TrainConfig:
             raise ConfigError(f"train.mini_batches={self.mini_batches} must be <= "
                               f"train.prompts_per_step={self.prompts_per_step} (a mini-batch "
                               "holds whole prompts)")
-        for name in ("save_every", "sft_steps", "threads"):
+        for name in ("save_every", "save_hf_every", "sft_steps", "threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 0")
         _positive("train", "keep_checkpoints", self.keep_checkpoints)

@@ -36,6 +36,7 @@ from rgpo_fast.trainer.data_sources import (
 )
 from rgpo_fast.trainer.distributed import DistInfo, init_distributed, shard_model
 from rgpo_fast.trainer.evaluation import evaluate_all
+from rgpo_fast.trainer.hf_export import save_hf
 from rgpo_fast.trainer.metrics import MetricsLog, summary_table
 from rgpo_fast.trainer.plots import write_plots
 from rgpo_fast.trainer.preflight import (
@@ -277,8 +278,10 @@ def record(s: Session, row: dict) -> None:
 
 
 def finish(s: Session) -> dict:
-    """Final evaluation, summary.json, plots and the printed table; -> the summary."""
+    """Final evaluation, the policy as a HF model directory (`final/`), summary.json, plots
+    and the printed table; -> the summary."""
     eval_after = evaluate(s)
+    final = save_hf(s.policy, s.tokenizer, s.out_dir / "final", s.info)
     s.totals["tokens_per_s"] = s.totals["gen_tokens"] / max(s.totals["rl_time_s"], 1e-9)
     summary = {
         "algo": s.cfg.algo.name,
@@ -291,6 +294,7 @@ def finish(s: Session) -> dict:
         "world_size": s.info.world_size,
         "model": s.cfg.model.path or str(s.model_dir),
         "features": s.features,
+        "final_model": str(final) if final is not None else None,
     }
     if s.info.is_main:
         with run_dir.writing(f"{s.out_dir / 'summary.json'}"):
@@ -302,5 +306,6 @@ def finish(s: Session) -> dict:
                 write_plots(s.metrics.read(), s.out_dir / "plots", held_out=(
                     s.eval_before, eval_after, s.cfg.train.max_steps))
         print(summary_table(summary), flush=True)
-        print(f"outputs in {s.out_dir}/ (metrics.jsonl, summary.json, checkpoints/, plots/)")
+        print(f"outputs in {s.out_dir}/ (metrics.jsonl, summary.json, checkpoints/, plots/, "
+              "final/: the model for from_pretrained and vLLM)")
     return summary
