@@ -99,7 +99,8 @@ def naive_policy_loss(
     B, T = mask.shape
     dt = compute_dtype
     logp, entropy = naive_logprobs(
-        hidden, weight, targets, bias, c.temperature, return_entropy, dt, upcast
+        hidden, weight, targets, bias, c.temperature, return_entropy or c.entropy_coef > 0,
+        dt, upcast,
     )
     mask = mask.bool()
     hint = hint_mask.bool() if hint_mask is not None else torch.zeros_like(mask)
@@ -128,6 +129,7 @@ def naive_policy_loss(
     pg = torch.where(off_tok, -adv * p / (p + c.luffy_gamma), pg)
 
     w = aggregation_weights(policy, c.loss_agg, max_response_len=max_response_len).to(dt)
+    w_agg = w
     if rollout_logprobs is not None:
         tis = torch.exp(old.detach() - rollout_logprobs.to(dt)).clamp(max=c.tis_cap)
         w = torch.where(ratio_tok, w * tis, w)
@@ -143,6 +145,8 @@ def naive_policy_loss(
         else:
             kl = torch.clamp(torch.exp(d) - d - 1, -10.0, 10.0)
         loss = loss + beta * (w * kl * policy).sum()
+    if c.entropy_coef > 0:  # entropy bonus, aggregated like the policy-gradient term
+        loss = loss - c.entropy_coef * (w_agg * entropy * policy).sum()
     n_sft = sft_tok.sum()
     if n_sft > 0:
         loss = loss + c.sft_coef * (-(logp * sft_tok).sum() / n_sft)

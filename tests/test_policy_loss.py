@@ -66,6 +66,13 @@ CASES = {
     "tis, temperature, per-token adv": dict(
         old=True, rollout=True, temperature=0.8, token_adv=True, hint=True, sft=True
     ),
+    # entropy bonus: the composed path (log-prob kernels with entropy both ways)
+    "entropy bonus, clip, sft, tis": dict(
+        old=True, entropy_coef=0.05, sft=True, rollout=True, hint=True
+    ),
+    "entropy bonus, k3, seq-mean-token-mean": dict(
+        entropy_coef=0.2, beta=0.1, loss_agg="seq-mean-token-mean", temperature=0.7
+    ),
 }
 
 
@@ -100,7 +107,8 @@ def _run(fn, data, params):
 
 
 # Every case in fp32; bf16 on two representative cases to keep the suite fast.
-BF16_CASES = ("on-policy token-mean", "dual clip, k1, seq-mean-token-mean")
+BF16_CASES = ("on-policy token-mean", "dual clip, k1, seq-mean-token-mean",
+              "entropy bonus, k3, seq-mean-token-mean")
 PARAMS = [pytest.param(c, torch.float32, id=f"{c}-fp32") for c in CASES] + [
     pytest.param(c, torch.bfloat16, id=f"{c}-bf16") for c in BF16_CASES
 ]

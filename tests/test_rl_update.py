@@ -131,3 +131,30 @@ def test_mini_batches_are_the_updates_on_their_rows(tmp_path):
         optimizer_step(b, opt_b, None, 1.0)
     for (k, p), q in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=k)
+
+
+def test_entropy_is_logged_and_its_bonus_raises_it(tmp_path):
+    """entropy/mean is logged on every update; with zero advantages (equal rewards) the
+    entropy bonus alone moves the policy, towards higher entropy."""
+    start = _policy(tmp_path)
+    vocab = start.lm.config.vocab_size
+    g = torch.Generator().manual_seed(4)
+    rows = [Sample(prompt_ids=torch.randint(3, vocab, (6,), generator=g).tolist(),
+                   response_ids=torch.randint(3, vocab, (8,), generator=g).tolist(),
+                   group=i // 3, reward=1.0) for i in range(6)]
+    entropy = {}
+    for coef in (0.0, 0.5):
+        algo = get_preset("grpo", entropy_coef=coef)
+        policy = copy.deepcopy(start)
+        batch = assemble_batch(rows, algo, pad_token_id=0)
+        opt = make_optimizer(policy, 2e-2, algo_optim())
+        first = rl_update(policy, opt, batch, algo.loss_config(), micro=4, info=DistInfo(),
+                          grad_clip=0.0)
+        for _ in range(5):
+            last = rl_update(policy, opt, batch, algo.loss_config(), micro=4, info=DistInfo(),
+                             grad_clip=0.0)
+        assert first["entropy/mean"] > 0
+        entropy[coef] = (first["entropy/mean"], last["entropy/mean"])
+    assert entropy[0.0][0] == pytest.approx(entropy[0.5][0])  # the same start
+    assert entropy[0.0][1] == pytest.approx(entropy[0.0][0], rel=1e-5)  # nothing to learn
+    assert entropy[0.5][1] > entropy[0.5][0] + 1e-3  # the bonus alone raised it

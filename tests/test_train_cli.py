@@ -60,7 +60,8 @@ def test_ppo_epochs_and_mini_batches_run_and_log_their_updates(tmp_path, cache):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     for r in rows:
         assert r["ppo/updates"] == 4 and r["ppo/approx_kl"] >= 0 and r["ppo/ratio_max"] > 0
-        assert {"clip_frac/low", "clip_frac/high", "clip_frac/dual", "ratio/mean"} <= set(r)
+        assert {"clip_frac/low", "clip_frac/high", "clip_frac/dual", "ratio/mean",
+                "entropy/mean"} <= set(r)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 2  # the schedule and step count are per RL step
 

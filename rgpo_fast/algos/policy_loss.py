@@ -64,6 +64,7 @@ class LossConfig:
     temperature: float = 1.0
     luffy_gamma: float = 0.1
     tis_cap: float = 2.0
+    entropy_coef: float = 0.0  # entropy bonus: - coef * sum_t w_t H_t over policy tokens
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.clip_low < 1.0:
@@ -87,6 +88,8 @@ class LossConfig:
             raise ValueError(f"luffy_gamma must be > 0, got {self.luffy_gamma}")
         if not self.tis_cap > 0.0:
             raise ValueError(f"tis_cap must be > 0, got {self.tis_cap}")
+        if self.entropy_coef < 0.0:
+            raise ValueError(f"entropy_coef must be >= 0, got {self.entropy_coef}")
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -272,6 +275,15 @@ def token_loss_and_grad(
         ]
     )
     return loss_pg + loss_kl + loss_sft, grad_t, stats
+
+
+def entropy_bonus(entropy: torch.Tensor, terms: TokenTerms,
+                  cfg: LossConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The entropy bonus - coef * sum_t w_t H_t over policy tokens, w_t the policy-gradient
+    aggregation weight (verl's entropy_coeff with the same aggregation as the loss), and its
+    derivative w.r.t. each token's entropy H_t: (scalar fp32, (N,) fp32)."""
+    g = -cfg.entropy_coef * terms.pg_weight.float()  # pg_weight is 0 off policy tokens
+    return (g * entropy.float()).sum(), g
 
 
 def metrics_from_stats(stats: torch.Tensor, with_entropy: bool) -> dict[str, torch.Tensor]:

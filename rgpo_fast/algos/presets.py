@@ -48,6 +48,11 @@ class AlgoConfig:
         default=None, metadata={"help": "Dual-clip constant c for A<0 (e.g. 3.0); None = off."}
     )
     beta: float = field(default=0.0, metadata={"help": "KL coefficient to the reference policy."})
+    entropy_coef: float = field(
+        default=0.0,
+        metadata={"help": "Entropy bonus: minus this times the entropy of the policy tokens, "
+                          "aggregated like the loss (computed in the fused op)."},
+    )
     kl_estimator: str = field(default="k3", metadata={"help": "KL estimator: k1, k2 or k3."})
     loss_agg: str = field(
         default="token-mean", metadata={"help": f"Loss aggregation: {', '.join(AGG_MODES)}."}

@@ -11,7 +11,12 @@ from dataclasses import dataclass
 
 import torch
 
-from rgpo_fast.algos.policy_loss import LossConfig, TokenTerms
+from rgpo_fast.algos.policy_loss import (
+    LossConfig,
+    TokenTerms,
+    entropy_bonus,
+    token_loss_and_grad,
+)
 from rgpo_fast.ops.backends import resolve_backend
 
 
@@ -34,9 +39,13 @@ class LinearPolicyLossFunction(torch.autograd.Function):
             ctx.needs_input_grad[1],
             bias is not None and ctx.needs_input_grad[2],
         )
-        loss, stats, dh, dw, db = backend.policy_loss_forward_backward(
-            hidden, weight, bias, targets, terms, opts.loss, needs, opts.with_entropy,
-            opts.chunk_size)
+        if opts.loss.entropy_coef > 0.0:
+            loss, stats, dh, dw, db = _with_entropy_bonus(
+                backend, hidden, weight, bias, targets, terms, opts, needs)
+        else:
+            loss, stats, dh, dw, db = backend.policy_loss_forward_backward(
+                hidden, weight, bias, targets, terms, opts.loss, needs, opts.with_entropy,
+                opts.chunk_size)
         ctx.save_for_backward(dh, dw, db)
         ctx.mark_non_differentiable(stats)
         return loss, stats
@@ -53,3 +62,24 @@ class LinearPolicyLossFunction(torch.autograd.Function):
             return t if bool(scale == 1.0) else (t.float() * scale).to(t.dtype)
 
         return scaled(dh), scaled(dw), scaled(db), None, None, None
+
+
+def _with_entropy_bonus(backend, hidden, weight, bias, targets, terms: TokenTerms,
+                        opts: PolicyLossOptions, needs):
+    """The policy loss plus the entropy bonus (LossConfig.entropy_coef > 0), composed from
+    the backend's fused log-prob kernels, which compute each token's entropy in the same
+    sweep as its log-prob and take an upstream entropy gradient in the backward: forward
+    (logp, lse, H) -> per-token loss and d/dlogp (algos/policy_loss.py) and the bonus and
+    d/dH -> one backward sweep. Logits are still never stored; the price against the
+    one-sweep path is the logits' recompute in the backward."""
+    cfg = opts.loss
+    logp, lse, ent = backend.logprob_forward(hidden, weight, bias, targets, cfg.temperature,
+                                             True, opts.chunk_size)
+    loss_t, g_logp, stats = token_loss_and_grad(logp, terms, cfg, ent)
+    bonus, g_ent = entropy_bonus(ent, terms, cfg)
+    dh = dw = db = None
+    if any(needs):
+        dh, dw, db = backend.logprob_backward(hidden, weight, bias, targets, lse, ent,
+                                              cfg.temperature, g_logp.float(), g_ent, needs,
+                                              opts.chunk_size)
+    return loss_t.sum() + bonus, stats, dh, dw, db

@@ -116,4 +116,7 @@ def summarise(runs: list[dict[str, float]], epochs: int) -> dict[str, float]:
     tokens = max(math.fsum(r["tokens/policy"] for r in runs), 1.0)
     for k in RATIO_METRICS:
         out[k] = math.fsum(r[k] * r["tokens/policy"] for r in runs) / tokens
+    active = [r["tokens/policy"] + r["tokens/sft"] for r in runs]
+    out["entropy/mean"] = (math.fsum(r["entropy/mean"] * a for r, a in zip(runs, active))
+                           / max(math.fsum(active), 1.0))
     return out

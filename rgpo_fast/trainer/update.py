@@ -27,7 +27,8 @@ GroupRows = Callable[[Sequence[int], int], "list[list[int]]"]
 # across micro-batches and ranks...
 SUM_METRICS = ("loss/pg", "loss/kl", "loss/sft", "tokens/policy", "tokens/sft")
 # ... and per-token means over policy tokens (clip fractions, importance ratio, KL to the
-# reference), averaged weighted by each micro-batch's policy tokens.
+# reference), averaged weighted by each micro-batch's policy tokens; `entropy/mean` is over
+# all trained tokens (policy and SFT), weighted by those.
 RATIO_METRICS = ("clip_frac/low", "clip_frac/high", "clip_frac/dual", "ratio/mean", "kl/mean")
 
 
@@ -135,13 +136,15 @@ def backward_batch(policy: torch.nn.Module, batch: TrainBatch, config: LossConfi
     """
     counts = all_reduce_sum(loss_counts(batch), info)  # (3,) global
     dummy = torch.zeros((1, 2), dtype=torch.long, device=info.device)  # batch may have no rows
+    # Entropy comes out of the fused log-prob sweep for little extra work: logged every step.
     kw = dict(config=config, num_global_tokens=counts[0], num_global_seqs=counts[1],
-              num_global_sft_tokens=counts[2], max_response_len=max_response_len)
+              num_global_sft_tokens=counts[2], max_response_len=max_response_len,
+              return_entropy=True)
     chunks = group_rows(batch.attention_mask.sum(-1).tolist(), micro)
     n = all_reduce_max_int(len(chunks), info)
     # loss, SUM_METRICS, RATIO_METRICS x policy tokens: one vector, one all-reduce, the same
     # on every rank (a rank without rows in this batch contributes zeros)
-    acc = torch.zeros(1 + len(SUM_METRICS) + len(RATIO_METRICS), dtype=torch.float64)
+    acc = torch.zeros(2 + len(SUM_METRICS) + len(RATIO_METRICS), dtype=torch.float64)
     for i in range(n):
         if i >= len(chunks):
             loss, _ = policy(dummy, None, None, mode="zero")
@@ -152,14 +155,17 @@ def backward_batch(policy: torch.nn.Module, batch: TrainBatch, config: LossConfi
                                loss_inputs={**kw, **mb.loss_inputs()})
         loss.backward()
         n_pol = float(metrics["tokens/policy"])
+        n_active = n_pol + float(metrics["tokens/sft"])  # entropy/mean's own denominator
         acc += torch.tensor([float(loss.detach())] + [float(metrics[k]) for k in SUM_METRICS]
-                            + [float(metrics[k]) * n_pol for k in RATIO_METRICS],
+                            + [float(metrics[k]) * n_pol for k in RATIO_METRICS]
+                            + [float(metrics["entropy/mean"]) * n_active],
                             dtype=torch.float64)  # fmt: skip
     g = all_reduce_sum(acc, info).tolist()
     out = {"loss/total": g[0], **dict(zip(SUM_METRICS, g[1 : 1 + len(SUM_METRICS)]))}
     n_policy = max(out["tokens/policy"], 1.0)
-    for k, v in zip(RATIO_METRICS, g[1 + len(SUM_METRICS) :]):
+    for k, v in zip(RATIO_METRICS, g[1 + len(SUM_METRICS) : -1]):
         out[k] = v / n_policy
+    out["entropy/mean"] = g[-1] / max(out["tokens/policy"] + out["tokens/sft"], 1.0)
     return out
 
 
