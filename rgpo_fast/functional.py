@@ -11,6 +11,7 @@ import torch
 
 from rgpo_fast.algos.aggregation import aggregation_weights, token_roles
 from rgpo_fast.algos.policy_loss import LossConfig, TokenTerms, metrics_from_stats
+from rgpo_fast.algos.sequence_loss import sequence_rollout_weights
 from rgpo_fast.ops.linear_logprob import LinearLogprobFunction, LogprobOptions
 from rgpo_fast.ops.linear_policy_loss import LinearPolicyLossFunction, PolicyLossOptions
 from rgpo_fast.validation import (
@@ -122,6 +123,16 @@ def build_token_terms(
         num_seqs=num_global_seqs,
         max_response_len=max_response_len,
     )
+    if rollout_logprobs is not None and cfg.rollout_correction != "token":
+        # Sequence-level correction: one detached weight per sequence, folded into the
+        # aggregation weights here, so every backend's kernels apply it unchanged.
+        if old_logprobs is None:
+            raise ValueError(f"rollout_correction={cfg.rollout_correction!r} needs "
+                             "old_logprobs (the trainer's log-probs the ratio is taken to)")
+        seq_w = sequence_rollout_weights(policy, old_logprobs.float(), rollout_logprobs.float(),
+                                         cfg)
+        pg_w = pg_w * seq_w[:, None]
+        rollout_logprobs = None  # no token-level weight on top
     n_sft = sft_tok.sum().float() if num_global_sft_tokens is None else num_global_sft_tokens
     n_sft = torch.as_tensor(n_sft, dtype=torch.float32, device=mask.device).clamp(min=1)
     sft_w = sft_tok.float() * (cfg.sft_coef / n_sft)
@@ -140,6 +151,7 @@ def build_token_terms(
         old_logprobs=flat(old_logprobs),
         ref_logprobs=flat(ref_logprobs),
         rollout_logprobs=flat(rollout_logprobs),
+        seq_index=flat(torch.arange(B, device=mask.device), torch.long),
     )
     return terms, active
 

@@ -124,13 +124,40 @@ def naive_policy_loss(
     pg = torch.max(surr1, surr2)
     if clip_ratio_c is not None:
         pg = torch.where(adv < 0, torch.min(pg, -adv * clip_ratio_c), pg)
+    if c.objective == "cispo":  # detached clipped weight times the log-prob
+        weight_is = torch.clamp(ratio, 1 - clip_low, 1 + clip_high).detach()
+        pg = -adv * weight_is * logp
+    elif c.objective == "gspo":  # one ratio per sequence: the geometric mean of its tokens'
+        n_tok = ratio_tok.sum(-1).clamp(min=1)
+        s_log = ((logp - old) * ratio_tok).sum(-1) / n_tok
+        s_ratio = torch.exp(torch.clamp(s_log, -20.0, 20.0))
+        a_seq = (adv * ratio_tok).sum(-1) / n_tok
+        pg_seq = torch.max(-a_seq * s_ratio,
+                           -a_seq * torch.clamp(s_ratio, 1 - clip_low, 1 + clip_high))
+        if clip_ratio_c is not None:
+            pg_seq = torch.where(a_seq < 0, torch.min(pg_seq, -a_seq * clip_ratio_c), pg_seq)
+        pg = pg_seq[:, None].expand(B, T)
+        ratio = s_ratio[:, None].expand(B, T)
+    if c.objective != "ppo" and bool(off_tok.any()):
+        raise ValueError(f"objective={c.objective!r} does not combine with offpolicy_mask")
     # LUFFY: f = pi / (pi + gamma) on the off-policy slot, no clipping.
     p = torch.exp(logp)
     pg = torch.where(off_tok, -adv * p / (p + c.luffy_gamma), pg)
 
     w = aggregation_weights(policy, c.loss_agg, max_response_len=max_response_len).to(dt)
-    w_agg = w
-    if rollout_logprobs is not None:
+    if rollout_logprobs is not None and c.rollout_correction != "token":
+        if old_logprobs is None:
+            raise ValueError("a sequence-level rollout correction needs old_logprobs")
+        q = rollout_logprobs.to(dt)
+        log_rho = ((old - q) * policy).sum(-1) / policy.sum(-1).clamp(min=1)
+        rho = torch.exp(torch.clamp(log_rho, -20.0, 20.0))
+        if c.rollout_correction == "seq_truncate":
+            seq_w = rho.clamp(max=c.tis_cap)
+        else:  # seq_mask
+            seq_w = ((rho <= c.tis_cap) & (rho >= 1 / c.tis_cap)).to(dt)
+        w = w * seq_w[:, None]
+    w_agg = w  # the entropy bonus: aggregation and sequence weights, no token weight
+    if rollout_logprobs is not None and c.rollout_correction == "token":
         tis = torch.exp(old.detach() - rollout_logprobs.to(dt)).clamp(max=c.tis_cap)
         w = torch.where(ratio_tok, w * tis, w)
 

@@ -117,6 +117,11 @@ CASES = [
     ("dapo", {"epsilon_high": 0.28, "beta": 0.04, "use_bias_correction_kl": False}),
     ("grpo", {"delta": 1.5, "beta": 0.1, "use_bias_correction_kl": False}),
     ("bnpo", {"old": False}),
+    # CISPO: the detached weight capped at epsilon_high (ScaleRL's 5.0; 1.2 here so the cap acts)
+    ("cispo", {"epsilon_high": 1.2}),
+    # GSPO: the sequence-level ratio (the paper's clip range is tiny: 3e-4 / 4e-4)
+    ("grpo", {"importance_sampling_level": "sequence", "epsilon": 3e-4, "epsilon_high": 4e-4}),
+    ("dapo", {"importance_sampling_level": "sequence", "epsilon": 0.02, "epsilon_high": 0.03}),
 ]
 
 
@@ -129,7 +134,9 @@ def test_fused_loss_and_grads_equal_trl(model_dir, tmp_path, loss_type, opts):
     for k, v in opts.items():
         setattr(trainer.args, k, v)
     trainer.beta = trainer.args.beta
+    trainer.epsilon_low = trainer.args.epsilon
     trainer.epsilon_high = trainer.args.epsilon_high or trainer.args.epsilon
+    trainer.importance_sampling_level = trainer.args.importance_sampling_level
     inputs = _batch(trainer)
     if not use_old:
         del inputs["old_per_token_logps"]
@@ -181,6 +188,15 @@ def test_option_mapping():
     assert o == {"clip_low": 0.2, "clip_high": 0.28, "clip_ratio_c": 3.0, "beta": 0.01,
                  "kl_estimator": "k3", "loss_agg": "seq-mean-token-sum-norm",
                  "temperature": 0.7}  # fmt: skip
+    cispo = trl_loss_options(trl.GRPOConfig(output_dir="/tmp/unused", loss_type="cispo",
+                                            epsilon_high=5.0, delta=3.0, report_to="none",
+                                            use_cpu=True))  # fmt: skip
+    assert (cispo["objective"], cispo["clip_low"], cispo["clip_high"], cispo["clip_ratio_c"],
+            cispo["loss_agg"]) == ("cispo", 1.0, 4.0, None, "token-mean")
+    gspo = trl_loss_options(trl.GRPOConfig(output_dir="/tmp/unused", loss_type="grpo",
+                                           importance_sampling_level="sequence",
+                                           report_to="none", use_cpu=True))  # fmt: skip
+    assert gspo["objective"] == "gspo" and gspo["loss_agg"] == "seq-mean-token-mean"
     with pytest.raises(ValueError, match="cispo"):
         trl_loss_options(args, "cispo")
 

@@ -73,6 +73,20 @@ CASES = {
     "entropy bonus, k3, seq-mean-token-mean": dict(
         entropy_coef=0.2, beta=0.1, loss_agg="seq-mean-token-mean", temperature=0.7
     ),
+    # sequence-level objectives and rollout correction (composed path / folded weights)
+    "cispo, tis, sft": dict(old=True, objective="cispo", clip_low=1.0, clip_high=0.3,
+                            rollout=True, sft=True, hint=True),
+    "gspo, dual, k3, seq-mean-token-mean": dict(
+        old=True, objective="gspo", clip_low=0.05, clip_high=0.08, clip_ratio_c=1.04,
+        beta=0.1, loss_agg="seq-mean-token-mean", hint=True
+    ),
+    "gspo on-policy, token-mean, per-token adv, entropy": dict(
+        objective="gspo", token_adv=True, entropy_coef=0.1, sft=True
+    ),
+    "seq truncate": dict(old=True, rollout=True, rollout_correction="seq_truncate",
+                         tis_cap=1.03),
+    "seq mask, gspo": dict(old=True, rollout=True, rollout_correction="seq_mask", tis_cap=1.03,
+                           objective="gspo", clip_low=0.05, clip_high=0.05),
 }
 
 

@@ -129,6 +129,7 @@ def test_flash_attention_requested_without_it_is_one_error_line(tmp_path, capsys
 @pytest.mark.parametrize("extra, culprit", [
     (["--algo.clip_ratio_c", "3"], "algo.clip_ratio_c=3.0 never acts"),
     (["--algo.tis_cap", "5"], "algo.tis_cap=5.0 never acts"),
+    (["--algo.rollout_correction", "seq_mask"], "algo.rollout_correction=seq_mask never acts"),
 ])
 def test_loss_options_that_cannot_act_are_refused(tmp_path, capsys, extra, culprit):
     assert main(tiny_args(tmp_path / "run", tmp_path / "cache", extra=extra)) == 2

@@ -14,7 +14,13 @@ def test_every_field_has_help():
 
 
 def test_presets_hold_their_defining_choices():
-    assert preset_names() == ["dapo", "dr_grpo", "ghpo", "grpo", "guide", "luffy", "rgpo"]
+    assert preset_names() == ["cispo", "dapo", "dr_grpo", "ghpo", "grpo", "gspo", "guide",
+                              "luffy", "rgpo"]
+    gspo, cispo = get_preset("gspo"), get_preset("cispo")
+    assert (gspo.objective, gspo.clip_low, gspo.clip_high, gspo.loss_agg) == (
+        "gspo", 3e-4, 4e-4, "seq-mean-token-mean")
+    assert (cispo.objective, cispo.clip_low, cispo.clip_high) == ("cispo", 1.0, 4.0)
+    assert gspo.guidance == cispo.guidance == "none"
     assert AlgoConfig() == get_preset("rgpo").__class__(
         **{**AlgoConfig().to_dict(), "name": "rgpo"}
     )
@@ -81,7 +87,7 @@ def test_bad_fields_are_named(override, field):
 
 
 def test_unknown_preset_and_field():
-    with pytest.raises(ValueError, match="valid names: dapo, dr_grpo"):
+    with pytest.raises(ValueError, match="valid names: cispo, dapo, dr_grpo"):
         get_preset("ppo")
     with pytest.raises(ValueError, match="bogus"):
         get_preset("rgpo", bogus=1)

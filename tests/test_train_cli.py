@@ -41,7 +41,8 @@ def test_tiny_rgpo_run_writes_all_outputs(tmp_path, cache, capsys):
     assert "accepted transfers" in printed and "hard_accuracy" in printed
 
 
-@pytest.mark.parametrize("algo", ["grpo", "dapo", "ghpo", "luffy", "guide", "dr_grpo"])
+@pytest.mark.parametrize("algo", ["grpo", "dapo", "ghpo", "luffy", "guide", "dr_grpo", "gspo",
+                                  "cispo"])
 def test_every_preset_runs_one_step(tmp_path, cache, algo):
     out = tmp_path / algo
     assert main(tiny_args(out, cache, steps=1, sft_steps=0,

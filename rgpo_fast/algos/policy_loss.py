@@ -22,6 +22,18 @@ from rgpo_fast.algos.aggregation import check_agg_mode
 from rgpo_fast.algos.registry import Registry
 
 KL_ESTIMATORS = ("k1", "k2", "k3")
+# Policy-gradient objectives. "ppo": the clipped token ratio (GRPO, DAPO, ...); "cispo":
+# the clipped, stop-gradient importance weight times the log-prob (MiniMax-M1); "gspo": the
+# clipped sequence-level ratio, the geometric mean of its tokens' ratios (Qwen's GSPO).
+# Only "ppo" runs in the kernels' one-sweep path; the others depend on more than the
+# token's own log-prob in the ratio's gradient (gspo) or are rarer (cispo) and take the
+# composed path of ops/linear_policy_loss.py, on every backend.
+OBJECTIVES = ("ppo", "cispo", "gspo")
+# Rollout/trainer mismatch correction with the engine's log-probs q and the trainer's o:
+# "token": each token weighted by min(exp(o - q), tis_cap) (truncated IS); "seq_truncate" /
+# "seq_mask": one weight per sequence from the geometric mean of its tokens' ratios,
+# truncated at tis_cap, or 0 when outside [1 / tis_cap, tis_cap] (a masked sequence).
+ROLLOUT_CORRECTIONS = ("token", "seq_truncate", "seq_mask")
 # The one code table of the KL estimators, passed to the Triton, C++ and CUDA kernels
 # (0 means "no KL term": beta = 0 or no reference log-probs). csrc/common/token_loss.h
 # holds the same values; tests/test_loss_constants.py checks that they agree.
@@ -65,10 +77,13 @@ class LossConfig:
     luffy_gamma: float = 0.1
     tis_cap: float = 2.0
     entropy_coef: float = 0.0  # entropy bonus: - coef * sum_t w_t H_t over policy tokens
+    objective: str = "ppo"  # OBJECTIVES
+    rollout_correction: str = "token"  # ROLLOUT_CORRECTIONS
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.clip_low < 1.0:
-            raise ValueError(f"clip_low must be in [0, 1), got {self.clip_low}")
+        # clip_low = 1 puts the lower bound at a ratio of 0: no lower clip (CISPO's default)
+        if not 0.0 <= self.clip_low <= 1.0:
+            raise ValueError(f"clip_low must be in [0, 1], got {self.clip_low}")
         if self.clip_high < 0.0:
             raise ValueError(f"clip_high must be >= 0, got {self.clip_high}")
         if self.clip_ratio_c is not None and self.clip_ratio_c <= 1.0:
@@ -90,6 +105,15 @@ class LossConfig:
             raise ValueError(f"tis_cap must be > 0, got {self.tis_cap}")
         if self.entropy_coef < 0.0:
             raise ValueError(f"entropy_coef must be >= 0, got {self.entropy_coef}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(
+                f"objective={self.objective!r} is unknown; valid: {', '.join(OBJECTIVES)}")
+        if self.rollout_correction not in ROLLOUT_CORRECTIONS:
+            raise ValueError(f"rollout_correction={self.rollout_correction!r} is unknown; "
+                             f"valid: {', '.join(ROLLOUT_CORRECTIONS)}")
+        if self.objective == "cispo" and self.clip_ratio_c is not None:
+            raise ValueError("clip_ratio_c (dual clip) has no meaning for objective='cispo': "
+                             "its importance weight is already clipped and detached")
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -127,6 +151,7 @@ class TokenTerms:
     old_logprobs: torch.Tensor | None = None  # (N,) fp32
     ref_logprobs: torch.Tensor | None = None  # (N,) fp32
     rollout_logprobs: torch.Tensor | None = None  # (N,) fp32, engine log-probs for TIS
+    seq_index: torch.Tensor | None = None  # (N,) long: the row of each token (gspo)
 
     def slice(self, start: int, end: int) -> TokenTerms:
         def s(t):
@@ -191,6 +216,24 @@ def clipped_ratio_term(logp, old, adv, cfg: LossConfig):
     return pg, grad, ratio, clip_low, clip_high, dual
 
 
+@POLICY_TERMS.register("cispo")
+def cispo_term(logp, old, adv, cfg: LossConfig):
+    """CISPO per token: -sg(clip(rho, 1 - eps_low, 1 + eps_high)) * A * l. The clipped
+    weight is detached, so every token keeps a gradient -c A (none is dropped by a clip).
+
+    Returns (pg, dpg/dl, ratio, clipped_low, clipped_high, dual) like the clipped term.
+    """
+    if old is None:
+        ratio = torch.ones_like(logp)
+    else:
+        ratio = torch.exp((logp - old).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+    c = ratio.clamp(1.0 - cfg.clip_low, 1.0 + cfg.clip_high)
+    # clip fractions counted as for PPO (the clip limits a push beyond the bound)
+    clip_low = (adv < 0) & (ratio < 1.0 - cfg.clip_low)
+    clip_high = (adv > 0) & (ratio > 1.0 + cfg.clip_high)
+    return -c * adv * logp, -c * adv, ratio, clip_low, clip_high, torch.zeros_like(clip_low)
+
+
 @POLICY_TERMS.register("shaped")
 def shaped_ratio_term(logp, old, adv, cfg: LossConfig):
     """LUFFY's off-policy term: -A * f, f = p / (p + gamma), p = exp(l); no clipping, no old.
@@ -224,14 +267,9 @@ def token_loss_and_grad(
     ratio_tok = policy & ~off
     off_tok = policy & off
 
-    clipped, shaped = POLICY_TERMS.get("clipped"), POLICY_TERMS.get("shaped")
-    pg, grad, ratio, c_low, c_high, dual = clipped(logp, terms.old_logprobs, adv, cfg)
-    if off_tok.any():
-        pg_off, grad_off, f = shaped(logp, None, adv, cfg)
-        pg = torch.where(off_tok, pg_off, pg)
-        grad = torch.where(off_tok, grad_off, grad)
-        ratio = torch.where(off_tok, f, ratio)
-
+    if cfg.objective != "ppo" and off_tok.any():
+        raise ValueError(f"objective={cfg.objective!r} does not combine with LUFFY's "
+                         "off-policy tokens (offpolicy_mask): their shaped ratio is token-level")
     w = terms.pg_weight
     if terms.rollout_logprobs is not None:
         # Truncated importance sampling against the rollout engine's own log-probs:
@@ -241,8 +279,20 @@ def token_loss_and_grad(
         w = w * torch.where(ratio_tok, tis.clamp(max=cfg.tis_cap), torch.ones_like(tis))
     w = torch.where(policy, w, torch.zeros_like(w))
 
-    loss_pg = w * pg
-    grad_t = w * grad
+    if cfg.objective == "gspo":
+        from rgpo_fast.algos.sequence_loss import sequence_clipped_term
+
+        loss_pg, grad_t, ratio, c_low, c_high, dual = sequence_clipped_term(logp, terms, w, cfg)
+    else:
+        term = POLICY_TERMS.get("cispo" if cfg.objective == "cispo" else "clipped")
+        pg, grad, ratio, c_low, c_high, dual = term(logp, terms.old_logprobs, adv, cfg)
+        if off_tok.any():
+            pg_off, grad_off, f = POLICY_TERMS.get("shaped")(logp, None, adv, cfg)
+            pg = torch.where(off_tok, pg_off, pg)
+            grad = torch.where(off_tok, grad_off, grad)
+            ratio = torch.where(off_tok, f, ratio)
+        loss_pg = w * pg
+        grad_t = w * grad
     kl = torch.zeros_like(logp)
     loss_kl = torch.zeros_like(logp)
     if cfg.beta > 0.0 and terms.ref_logprobs is not None:

@@ -48,6 +48,18 @@ class AlgoConfig:
         default=None, metadata={"help": "Dual-clip constant c for A<0 (e.g. 3.0); None = off."}
     )
     beta: float = field(default=0.0, metadata={"help": "KL coefficient to the reference policy."})
+    objective: str = field(
+        default="ppo",
+        metadata={"help": "Policy-gradient objective: ppo (clipped token ratio), cispo "
+                          "(clipped detached IS weight x log-prob), gspo (clipped sequence "
+                          "ratio)."},
+    )
+    rollout_correction: str = field(
+        default="token",
+        metadata={"help": "Rollout/trainer mismatch correction at tis_cap: token (truncated "
+                          "per-token IS), seq_truncate or seq_mask (geometric-mean sequence "
+                          "ratio)."},
+    )
     entropy_coef: float = field(
         default=0.0,
         metadata={"help": "Entropy bonus: minus this times the entropy of the policy tokens, "
@@ -222,6 +234,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     # LUFFY: mixed on/off-policy group, advantages without std normalisation.
     "luffy": {"guidance": "luffy", "advantage": "dr_grpo", "luffy_gamma": 0.1},
     "guide": {"guidance": "rgpo", "trigger": "all_fail", "transfer": "is"},
+    # GSPO (Qwen): the clipped sequence ratio, clip 3e-4 / 4e-4, each sequence weighted 1/B.
+    "gspo": {"guidance": "none", "objective": "gspo", "clip_low": 3e-4, "clip_high": 4e-4,
+             "loss_agg": "seq-mean-token-mean"},
+    # CISPO (MiniMax-M1): detached IS weight capped at 1 + 4 = 5 (ScaleRL's / TRL's
+    # epsilon_max), no lower cap, token-mean.
+    "cispo": {"guidance": "none", "objective": "cispo", "clip_low": 1.0, "clip_high": 4.0,
+              "loss_agg": "token-mean"},
     "rgpo": {"guidance": "rgpo", "trigger": "level_or_fail", "transfer": "sft"},
 }
 

@@ -64,6 +64,7 @@ TRL_LOSS_AGG = {
     "bnpo": "token-mean",  # tokens of the local micro-batch
     "dr_grpo": "seq-mean-token-sum-norm",  # / (B * max_completion_length)
     "dapo": "token-mean",  # tokens of the whole generation batch (global count)
+    "cispo": "token-mean",  # as dapo; objective cispo (trl_loss_options)
 }
 
 # Batch keys whose presence means a multimodal model; the fused path has no image inputs.
@@ -91,7 +92,7 @@ def trl_loss_options(args: Any, loss_type: str | None = None) -> dict[str, Any]:
         raise ValueError(f"loss_type {lt!r} has no fused equivalent; supported: "
                          f"{', '.join(TRL_LOSS_AGG)}")  # fmt: skip
     eps_high = args.epsilon_high if args.epsilon_high is not None else args.epsilon
-    return {
+    opts = {
         "clip_low": float(args.epsilon),
         "clip_high": float(eps_high),
         "clip_ratio_c": None if args.delta is None else float(args.delta),
@@ -100,6 +101,17 @@ def trl_loss_options(args: Any, loss_type: str | None = None) -> dict[str, Any]:
         "loss_agg": TRL_LOSS_AGG[lt],
         "temperature": float(args.temperature),
     }
+    if lt == "cispo":
+        # TRL caps the detached weight at epsilon_high itself (ScaleRL's eps_max), with no
+        # lower cap and no delta: our clip(rho, 1 - 1, 1 + (eps_high - 1)).
+        if eps_high < 1.0:
+            raise ValueError(f"loss_type 'cispo' with epsilon_high={eps_high} < 1 has no "
+                             "fused equivalent")
+        opts.update(objective="cispo", clip_low=1.0, clip_high=float(eps_high) - 1.0,
+                    clip_ratio_c=None)
+    elif getattr(args, "importance_sampling_level", "token") == "sequence":
+        opts["objective"] = "gspo"  # TRL's sequence-level ratio: GSPO, clipped like PPO
+    return opts
 
 
 def unsupported_settings(trainer: GRPOTrainer, inputs: dict | None = None) -> list[str]:
@@ -108,8 +120,11 @@ def unsupported_settings(trainer: GRPOTrainer, inputs: dict | None = None) -> li
     why = []
     if trainer.loss_type not in TRL_LOSS_AGG:
         why.append(f"loss_type={trainer.loss_type!r}")
-    if trainer.importance_sampling_level != "token":
-        why.append(f"importance_sampling_level={trainer.importance_sampling_level!r}")
+    level = trainer.importance_sampling_level
+    if level not in ("token", "sequence") or (level == "sequence" and trainer.loss_type == "cispo"):
+        why.append(f"importance_sampling_level={level!r} with loss_type={trainer.loss_type!r}")
+    if trainer.loss_type == "cispo" and (a.epsilon_high or a.epsilon) < 1.0:
+        why.append(f"loss_type='cispo' with epsilon_high={a.epsilon_high or a.epsilon} < 1")
     if trainer.top_entropy_quantile < 1.0:
         why.append("top_entropy_quantile < 1")
     if trainer._entropy_bonus_enabled:
@@ -124,6 +139,10 @@ def unsupported_settings(trainer: GRPOTrainer, inputs: dict | None = None) -> li
         why.append("MoE router aux loss")
     if a.delta is not None and a.delta <= 1.0:
         why.append(f"delta={a.delta} <= 1")
+    elif a.delta is not None and trainer.loss_type != "cispo" and \
+            a.delta < 1.0 + (a.epsilon_high if a.epsilon_high is not None else a.epsilon):
+        # below 1 + epsilon_high TRL's cap binds for A > 0 too; the dual clip is A < 0 only
+        why.append(f"delta={a.delta} < 1 + epsilon_high")
     if not 0.0 <= a.epsilon < 1.0:
         why.append(f"epsilon={a.epsilon} outside [0, 1)")
     if inputs is not None:
@@ -261,7 +280,7 @@ class RGPOFusedGRPOTrainer(GRPOTrainer):
             out["max_response_len"] = int(self.max_completion_length)
         if lt == "bnpo":
             out["num_global_tokens"] = policy_tok.sum().float().clamp(min=1) * ga
-        if lt == "dapo":
+        if lt in ("dapo", "cispo"):
             n = inputs["num_items_in_batch"].float().clamp(min=1) / nproc * window
             out["num_global_tokens"] = n
         if sft is not None and SFT_TOKENS_KEY in inputs:

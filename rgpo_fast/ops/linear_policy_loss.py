@@ -39,8 +39,8 @@ class LinearPolicyLossFunction(torch.autograd.Function):
             ctx.needs_input_grad[1],
             bias is not None and ctx.needs_input_grad[2],
         )
-        if opts.loss.entropy_coef > 0.0:
-            loss, stats, dh, dw, db = _with_entropy_bonus(
+        if opts.loss.entropy_coef > 0.0 or opts.loss.objective != "ppo":
+            loss, stats, dh, dw, db = _composed(
                 backend, hidden, weight, bias, targets, terms, opts, needs)
         else:
             loss, stats, dh, dw, db = backend.policy_loss_forward_backward(
@@ -64,22 +64,25 @@ class LinearPolicyLossFunction(torch.autograd.Function):
         return scaled(dh), scaled(dw), scaled(db), None, None, None
 
 
-def _with_entropy_bonus(backend, hidden, weight, bias, targets, terms: TokenTerms,
-                        opts: PolicyLossOptions, needs):
-    """The policy loss plus the entropy bonus (LossConfig.entropy_coef > 0), composed from
-    the backend's fused log-prob kernels, which compute each token's entropy in the same
-    sweep as its log-prob and take an upstream entropy gradient in the backward: forward
-    (logp, lse, H) -> per-token loss and d/dlogp (algos/policy_loss.py) and the bonus and
-    d/dH -> one backward sweep. Logits are still never stored; the price against the
-    one-sweep path is the logits' recompute in the backward."""
+def _composed(backend, hidden, weight, bias, targets, terms: TokenTerms,
+              opts: PolicyLossOptions, needs):
+    """The policy loss composed from the backend's fused log-prob kernels, for what the
+    one-sweep path does not cover: the entropy bonus (entropy_coef > 0) and the objectives
+    other than "ppo" (GSPO's ratio is a mean over the sequence, so a token's gradient is
+    known only once all its sequence's log-probs are). Forward sweep (logp, lse, and H when
+    needed) -> per-token loss and d/dlogp over all N tokens (algos/policy_loss.py), the
+    bonus and d/dH -> one backward sweep. Logits are still never stored; the price against
+    the one-sweep path is the logits' recompute in the backward."""
     cfg = opts.loss
+    with_ent = opts.with_entropy or cfg.entropy_coef > 0.0
     logp, lse, ent = backend.logprob_forward(hidden, weight, bias, targets, cfg.temperature,
-                                             True, opts.chunk_size)
+                                             with_ent, opts.chunk_size)
     loss_t, g_logp, stats = token_loss_and_grad(logp, terms, cfg, ent)
-    bonus, g_ent = entropy_bonus(ent, terms, cfg)
+    bonus, g_ent = entropy_bonus(ent, terms, cfg) if cfg.entropy_coef > 0.0 else (0.0, None)
     dh = dw = db = None
     if any(needs):
-        dh, dw, db = backend.logprob_backward(hidden, weight, bias, targets, lse, ent,
+        dh, dw, db = backend.logprob_backward(hidden, weight, bias, targets, lse,
+                                              ent if g_ent is not None else None,
                                               cfg.temperature, g_logp.float(), g_ent, needs,
                                               opts.chunk_size)
     return loss_t.sum() + bonus, stats, dh, dw, db

@@ -96,8 +96,9 @@ def check_loss_options(cfg: RunConfig) -> None:
     - `algo.clip_ratio_c` (dual clip, A < 0 and ratio > c): with one update per rollout
       batch the policy that computes the loss is the one that sampled, so the ratio is 1
       (RGPO's `is` transfers aside: their ratio is to the hinted context).
-    - `algo.tis_cap`: truncated importance weights exist only where rollout log-probs come
-      from elsewhere than the trainer (the vLLM engine, `is` transfers).
+    - `algo.tis_cap`, `algo.rollout_correction`: importance weights for the rollout/trainer
+      mismatch exist only where rollout log-probs come from elsewhere than the trainer (the
+      vLLM engine, `is` transfers).
     (`algo.beta` > 0 always applies: the trainer keeps a reference policy, ref_policy.py.)
     """
     a = cfg.algo
@@ -108,6 +109,11 @@ def check_loss_options(cfg: RunConfig) -> None:
             f"algo.clip_ratio_c={a.clip_ratio_c} never acts with one update per rollout batch "
             "(the ratio is 1); set train.ppo_epochs or train.mini_batches above 1, or leave "
             "it unset")
+    if a.rollout_correction != "token" and cfg.rollout.engine != "vllm" and not is_transfer:
+        raise ConfigError(
+            f"algo.rollout_correction={a.rollout_correction} never acts with "
+            f"rollout.engine={cfg.rollout.engine} and no `is` transfer: there is no rollout/"
+            "trainer mismatch to correct; leave it at 'token'")
     default_cap = type(a).__dataclass_fields__["tis_cap"].default
     if a.tis_cap not in (None, default_cap) and cfg.rollout.engine != "vllm" and not is_transfer:
         raise ConfigError(
