@@ -4,7 +4,10 @@ Every term here is a function of one token's log-prob l_t only, given detached i
 (advantage, old/ref/rollout log-probs, aggregation weight). That is what lets the fused
 kernels compute d(loss)/d(l_t) in the same pass as l_t, so the backward never needs the
 [tokens x vocab] logits again. The Triton and C++ kernels implement exactly
-`token_loss_and_grad`; tests compare its gradient with autograd through `reference.py`.
+`token_loss_and_grad` for the default objective ("ppo"); CISPO, GSPO (whose ratio is a
+sequence mean: algos/sequence_loss.py) and the entropy bonus run it in the composed path
+of ops/linear_policy_loss.py. Tests compare its gradient with autograd through
+`reference.py`.
 
 Statistics are returned as a vector of sums (`STAT_NAMES`) so a kernel can accumulate them
 with atomics and the caller turns them into means once, after all chunks.
