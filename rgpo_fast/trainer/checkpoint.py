@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from rgpo_fast.trainer.distributed import DistInfo, barrier, broadcast_object, is_sharded
-from rgpo_fast.trainer.run_dir import RunDirError, reason
+from rgpo_fast.trainer.distributed import DistInfo, is_sharded
+from rgpo_fast.trainer.run_dir import rank0_write, reason
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 HASH_LIMIT = 2 * 2**30  # files above 2 GiB are checked by size only (hashing is slow)
@@ -100,19 +100,14 @@ def save_checkpoint(
     root = Path(root)
     model_sd, optim_sd = _model_and_optim_state(policy, optimizer)
     final = root / f"step_{step:06d}"
-    failure = None
-    if info.is_main:
-        tmp = root / f".tmp-step_{step:06d}"
-        try:
-            _write(root, tmp, final, step, model_sd, optim_sd, scheduler, trainer_state, keep)
-        except (OSError, RuntimeError) as e:  # torch.save reports a full disk as RuntimeError
-            shutil.rmtree(tmp, ignore_errors=True)
-            failure = _save_failure(root, step, e)
-    # Every rank learns whether rank 0's write failed: they stop together, none waits.
-    failure = broadcast_object(failure, info)
-    if failure is not None:
-        raise RunDirError(failure)
-    barrier(info)
+    tmp = root / f".tmp-step_{step:06d}"
+
+    def failure(e: BaseException) -> str:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return _save_failure(root, step, e)
+
+    rank0_write(info, lambda: _write(root, tmp, final, step, model_sd, optim_sd, scheduler,
+                                     trainer_state, keep), failure)  # fmt: skip
     return final if info.is_main else None
 
 

@@ -73,30 +73,28 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """Sum over ranks (returns a new tensor; identity in a world of one)."""
+def _all_reduce(t: torch.Tensor, info: DistInfo, op) -> torch.Tensor:
+    """`op` over ranks on a copy of `t` (on the process-group device and back); identity
+    in a world of one."""
     if not info.enabled:
         return t
     out = t.detach().clone().to(info.device)
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    dist.all_reduce(out, op=op)
     return out.to(t.device)
+
+
+def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum over ranks (returns a new tensor; identity in a world of one)."""
+    return _all_reduce(t, info, dist.ReduceOp.SUM)
 
 
 def all_reduce_max(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Element-wise max over ranks (returns a new tensor; identity in a world of one)."""
-    if not info.enabled:
-        return t
-    out = t.detach().clone().to(info.device)
-    dist.all_reduce(out, op=dist.ReduceOp.MAX)
-    return out.to(t.device)
+    return _all_reduce(t, info, dist.ReduceOp.MAX)
 
 
 def all_reduce_max_int(value: int, info: DistInfo) -> int:
-    if not info.enabled:
-        return value
-    t = torch.tensor([value], dtype=torch.long, device=info.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t.item())
+    return int(all_reduce_max(torch.tensor([value], dtype=torch.long), info).item())
 
 
 def broadcast_object(obj, info: DistInfo):

@@ -19,8 +19,7 @@ from pathlib import Path
 import torch
 
 from rgpo_fast.trainer import run_dir
-from rgpo_fast.trainer.distributed import DistInfo, barrier, broadcast_object, full_state_dict
-from rgpo_fast.trainer.run_dir import RunDirError
+from rgpo_fast.trainer.distributed import DistInfo, full_state_dict
 
 POLICY_PREFIX = "lm."  # PolicyModule holds the HF model as `lm`
 
@@ -63,17 +62,13 @@ def write_hf_dir(lm_config, generation_config, tokenizer, state: dict[str, torch
 def save_hf(policy: torch.nn.Module, tokenizer, out: Path, info: DistInfo) -> Path | None:
     """Gather the policy (collective under FSDP2) and write it to `out` on rank 0."""
     state = full_state_dict(policy)  # full tensors on rank 0 (cpu offload)
-    failure = None
-    if info.is_main:
-        lm = policy.lm
-        try:
-            write_hf_dir(lm.config, getattr(lm, "generation_config", None), tokenizer,
-                         hf_state_dict(state), out, dtype=policy.compute_dtype)
-        except (OSError, RuntimeError) as e:  # a full disk, a read-only directory
-            shutil.rmtree(out.with_name(f".tmp-{out.name}"), ignore_errors=True)
-            failure = f"cannot write the model to {out}: {run_dir.reason(e)}"
-    failure = broadcast_object(failure, info)  # every rank stops together
-    if failure is not None:
-        raise RunDirError(failure)
-    barrier(info)
+    lm = policy.lm
+
+    def failure(e: BaseException) -> str:
+        shutil.rmtree(out.with_name(f".tmp-{out.name}"), ignore_errors=True)
+        return f"cannot write the model to {out}: {run_dir.reason(e)}"
+
+    run_dir.rank0_write(info, lambda: write_hf_dir(
+        lm.config, getattr(lm, "generation_config", None), tokenizer, hf_state_dict(state), out,
+        dtype=policy.compute_dtype), failure)  # fmt: skip
     return out if info.is_main else None

@@ -22,8 +22,6 @@ import torch
 from rgpo_fast.trainer import run_dir
 from rgpo_fast.trainer.distributed import (
     DistInfo,
-    barrier,
-    broadcast_object,
     full_state_dict,
     is_sharded,
     shard_model,
@@ -59,22 +57,19 @@ def copy_weights(ref: torch.nn.Module, policy: torch.nn.Module) -> None:
 def save_ref_policy(ref: torch.nn.Module, ckpt_dir: Path, info: DistInfo) -> None:
     """Write the reference's full weights once (collective under FSDP2; rank 0 writes)."""
     sd = full_state_dict(ref)
-    failure = None
-    if info.is_main:
-        path = ckpt_dir / REF_FILE
-        tmp = path.with_suffix(".tmp")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(sd, tmp)
-            os.replace(tmp, path)
-        except (OSError, RuntimeError) as e:  # torch.save reports a full disk as RuntimeError
-            tmp.unlink(missing_ok=True)
-            failure = f"cannot write the reference policy to {path}: {run_dir.reason(e)}"
-    # Every rank learns whether rank 0's write failed: they stop together, none waits.
-    failure = broadcast_object(failure, info)
-    if failure is not None:
-        raise RunDirError(failure)
-    barrier(info)
+    path = ckpt_dir / REF_FILE
+    tmp = path.with_suffix(".tmp")
+
+    def write() -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(sd, tmp)
+        os.replace(tmp, path)
+
+    def failure(e: BaseException) -> str:
+        tmp.unlink(missing_ok=True)
+        return f"cannot write the reference policy to {path}: {run_dir.reason(e)}"
+
+    run_dir.rank0_write(info, write, failure)
 
 
 def load_ref_policy(ref: torch.nn.Module, ckpt_dir: Path) -> None:

@@ -8,6 +8,8 @@
   network filesystem shared by several hosts it does not exclude the other hosts.
 - `writing`: turns an OSError of a run-directory write (a full disk, a read-only mount)
   into a RunDirError that says what was being written.
+- `rank0_write`: the same for a write that rank 0 does on behalf of all ranks (checkpoints,
+  the reference policy, the exported model): every rank learns whether it failed.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rgpo_fast.errors import UserError
@@ -57,6 +60,25 @@ def writing(what: str):
         yield
     except OSError as e:
         raise RunDirError(f"cannot write {what}: {reason(e)}") from None
+
+
+def rank0_write(info, write: Callable[[], None], failure: Callable[[BaseException], str]) -> None:
+    """`write()` on rank 0 only, as one collective step of all ranks (`info`: DistInfo).
+    An OSError, or the RuntimeError that torch.save raises for a full disk, becomes
+    RunDirError(`failure(e)`) on every rank (`failure` also cleans up what was half
+    written), so the ranks stop together and none waits at the barrier."""
+    from rgpo_fast.trainer.distributed import barrier, broadcast_object
+
+    message = None
+    if info.is_main:
+        try:
+            write()
+        except (OSError, RuntimeError) as e:
+            message = failure(e)
+    message = broadcast_object(message, info)
+    if message is not None:
+        raise RunDirError(message)
+    barrier(info)
 
 
 class RunLock:
