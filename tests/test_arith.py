@@ -4,7 +4,8 @@ import re
 
 import pytest
 
-from rgpo_fast.data.arith import LEVELS, SPLITS, arith_splits, is_heldout, make_arith
+from rgpo_fast.data.arith import LEVELS, SPLITS, arith_splits, make_arith
+from rgpo_fast.data.generated import is_heldout
 from rgpo_fast.rewards import exact_reward
 
 _STEP = re.compile(r"^(\d+)([-+*])(\d+)=(\d+)$")

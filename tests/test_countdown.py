@@ -8,10 +8,10 @@ from rgpo_fast.data.countdown import (
     check_solution,
     countdown_reward,
     good_first_steps,
-    is_heldout,
     make_countdown,
     parse_problem,
 )
+from rgpo_fast.data.generated import is_heldout
 from rgpo_fast.data.tasks import TASKS, task_of
 from rgpo_fast.rewards import get_reward_fn
 from rgpo_fast.trainer.data_sources import DataSourceError, load_source

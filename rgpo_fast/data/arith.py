@@ -31,10 +31,10 @@ held-out sets never share a problem whatever seeds are used.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from dataclasses import dataclass
 
+from rgpo_fast.data.generated import check_count, problem_hash, sample_examples
 from rgpo_fast.data.types import Example
 
 
@@ -63,17 +63,6 @@ SPLITS: dict[str, tuple[int, ...]] = {
 }
 
 # One problem in HELDOUT_MOD goes to held-out evaluation (by hash of its text).
-HELDOUT_MOD = 8
-MAX_REPEAT_MISSES = 200
-
-
-def _hash(text: str) -> int:
-    return int(hashlib.sha1(text.encode("utf-8")).hexdigest()[:12], 16)
-
-
-def is_heldout(problem: str) -> bool:
-    """True if `problem` belongs to the held-out evaluation partition."""
-    return _hash(problem) % HELDOUT_MOD == 0
 
 
 def _one_problem(rng: random.Random, level: ArithLevel) -> tuple[str, list[str], int] | None:
@@ -127,39 +116,20 @@ def make_arith(
     without repeats as long as the level has distinct problems left (level 1 is small).
     Same arguments, same list.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"n must be a non-negative int, got {n!r}")
-    levels = _levels_of(difficulty)
-    rng = random.Random(f"arith:{seed}:{int(heldout)}")
-    out: list[Example] = []
-    seen: set[str] = set()
-    misses = 0  # consecutive draws rejected for being a repeat
-    while len(out) < n:
-        level = levels[len(out) % len(levels)]
-        drawn = _one_problem(rng, LEVELS[level])
-        if drawn is None:
-            continue
-        problem, lines, answer = drawn
-        if is_heldout(problem) != heldout:
-            continue
-        # Held-out sets avoid repeats, but level 1 has only ~130 distinct problems (~16
-        # held out): after MAX_REPEAT_MISSES repeats in a row a repeat is accepted.
-        if heldout and problem in seen and misses < MAX_REPEAT_MISSES:
-            misses += 1
-            continue
-        misses = 0
-        seen.add(problem)
-        rationale = "\n".join([*lines, f"Answer: {answer}"])
-        out.append(
-            Example(
-                problem=problem,
-                rationale=rationale,
-                answer=str(answer),
-                uid=f"arith-{_hash(problem):012x}",
-                meta={"task": "arith", "level": level, "steps": len(lines)},
-            )
-        )
-    return out
+    check_count(n)
+    return sample_examples("arith", seed, n, _levels_of(difficulty), heldout, _draw_example)
+
+
+def _draw_example(rng: random.Random, level: int) -> Example | None:
+    """One problem of `level` with its worked solution; None when the random walk left the
+    allowed value range."""
+    drawn = _one_problem(rng, LEVELS[level])
+    if drawn is None:
+        return None
+    problem, lines, answer = drawn
+    return Example(problem=problem, rationale="\n".join([*lines, f"Answer: {answer}"]),
+                   answer=str(answer), uid=f"arith-{problem_hash(problem):012x}",
+                   meta={"task": "arith", "level": level, "steps": len(lines)})
 
 
 def arith_splits(seed: int = 0, n_train: int = 1024, n_eval: int = 128) -> dict[str, list[Example]]:

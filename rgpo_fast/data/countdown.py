@@ -37,11 +37,11 @@ by a hash of the problem text (not by seed), so train and held-out sets never sh
 from __future__ import annotations
 
 import functools
-import hashlib
 import random
 import re
 from dataclasses import dataclass
 
+from rgpo_fast.data.generated import check_count, problem_hash, sample_examples
 from rgpo_fast.data.types import Example
 
 
@@ -73,21 +73,10 @@ SPLITS: dict[str, tuple[str, ...]] = {
     "warm": ("2", "3", "4"),
 }
 OPS = "+-*"
-HELDOUT_MOD = 8
-MAX_REPEAT_MISSES = 200
 
 # "a op b=c", optionally followed by "| the numbers left" (a note the verifier ignores).
 _STEP = re.compile(r"^\s*(-?\d+)\s*([+\-*])\s*(-?\d+)\s*=\s*(-?\d+)\s*(?:\|[^\n]*)?$")
 _SPEC = re.compile(r"^\s*((?:\d+\s+)*\d+)\s*->\s*(\d+)\s*$")
-
-
-def _hash(text: str) -> int:
-    return int(hashlib.sha1(text.encode("utf-8")).hexdigest()[:12], 16)
-
-
-def is_heldout(problem: str) -> bool:
-    """True if `problem` belongs to the held-out evaluation partition."""
-    return _hash(problem) % HELDOUT_MOD == 0
 
 
 def problem_text(numbers: list[int], target: int) -> str:
@@ -199,31 +188,21 @@ def make_countdown(seed: int = 0, n: int = 256, difficulty: int | str = "easy", 
     the training partition, `heldout=True` from the disjoint evaluation partition without
     repeats (as long as the level has distinct problems left). Same arguments, same list.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"n must be a non-negative int, got {n!r}")
-    levels = _levels_of(difficulty)
-    rng = random.Random(f"countdown:{seed}:{int(heldout)}")
-    out: list[Example] = []
-    seen: set[str] = set()
-    misses = 0
-    while len(out) < n:
-        level = levels[len(out) % len(levels)]
-        drawn = _one_problem(rng, LEVELS[level])
-        if drawn is None:
-            continue
-        numbers, target, lines = drawn
-        cap = LEVELS[level].max_good_first_steps
-        if cap is not None and good_first_steps(numbers, target) > cap:
-            continue
-        problem = problem_text(numbers, target)
-        if is_heldout(problem) != heldout:
-            continue
-        if heldout and problem in seen and misses < MAX_REPEAT_MISSES:
-            misses += 1
-            continue
-        misses = 0
-        seen.add(problem)
-        out.append(Example(problem=problem, rationale="\n".join(lines), answer=problem,
-                           uid=f"countdown-{_hash(problem):012x}",
-                           meta={"task": "countdown", "level": level, "steps": len(lines)}))
-    return out
+    check_count(n)
+    return sample_examples("countdown", seed, n, _levels_of(difficulty), heldout, _draw_example)
+
+
+def _draw_example(rng: random.Random, level: str) -> Example | None:
+    """One problem of `level` with its reference solution; None when the draw left the
+    value range or, for a filtered level, has too many good first steps."""
+    drawn = _one_problem(rng, LEVELS[level])
+    if drawn is None:
+        return None
+    numbers, target, lines = drawn
+    cap = LEVELS[level].max_good_first_steps
+    if cap is not None and good_first_steps(numbers, target) > cap:
+        return None
+    problem = problem_text(numbers, target)
+    return Example(problem=problem, rationale="\n".join(lines), answer=problem,
+                   uid=f"countdown-{problem_hash(problem):012x}",
+                   meta={"task": "countdown", "level": level, "steps": len(lines)})
