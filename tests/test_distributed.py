@@ -24,6 +24,7 @@ from rgpo_fast.data.types import Sample
 from rgpo_fast.trainer.config import OptimConfig
 from rgpo_fast.trainer.ref_policy import copy_weights
 from rgpo_fast.trainer.rl_update import rl_update
+from rgpo_fast.trainer.testing import tiny_model_dir, tiny_policy
 from rgpo_fast.trainer.update import backward_batch, make_optimizer, optimizer_step
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,11 +76,7 @@ def ppo_step(policy, samples, micro: int, info):
 
 
 def build(model_dir, compute_dtype=None):
-    from rgpo_fast.trainer.policy import PolicyModule
-    from rgpo_fast.trainer.tiny_model import load_model_and_tokenizer
-
-    lm, _ = load_model_and_tokenizer(model_dir)
-    return PolicyModule(lm, impl="torch", compute_dtype=compute_dtype)
+    return tiny_policy(model_dir, compute_dtype=compute_dtype)
 
 
 def worker(model_dir: str, out_file: str, mode: str = "fp32") -> None:
@@ -119,16 +116,7 @@ def worker(model_dir: str, out_file: str, mode: str = "fp32") -> None:
 
 
 def _tiny(tmp_path):
-    from rgpo_fast.trainer.tiny_model import TinyModelSpec, ensure_tiny_model
-
-    spec = TinyModelSpec(
-        num_hidden_layers=2,
-        hidden_size=32,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        intermediate_size=64,
-    )
-    return ensure_tiny_model(spec, tmp_path / "cache")
+    return tiny_model_dir(tmp_path / "cache", layers=2)
 
 
 def _launch(model_dir, out, mode: str) -> subprocess.Popen:

@@ -18,7 +18,7 @@ from rgpo_fast.trainer.config import OptimConfig
 from rgpo_fast.trainer.distributed import DistInfo
 from rgpo_fast.trainer.ref_policy import REF_FILE, copy_weights, load_ref_policy, save_ref_policy
 from rgpo_fast.trainer.rl_update import rl_update
-from rgpo_fast.trainer.testing import tiny_args
+from rgpo_fast.trainer.testing import tiny_args, tiny_model_dir, tiny_policy
 from rgpo_fast.trainer.update import compute_old_logprobs, make_optimizer
 
 
@@ -35,18 +35,10 @@ def test_beta_without_reference_logprobs_is_an_error():
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from rgpo_fast.trainer.tiny_model import TinyModelSpec, ensure_tiny_model
-
-    spec = TinyModelSpec(num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
-                         num_key_value_heads=1, intermediate_size=64)
-    return ensure_tiny_model(spec, tmp_path_factory.mktemp("cache"))
+    return tiny_model_dir(tmp_path_factory.mktemp("cache"))
 
 
-def _policy(model_dir):
-    from rgpo_fast.trainer.policy import PolicyModule
-    from rgpo_fast.trainer.tiny_model import load_model_and_tokenizer
-
-    return PolicyModule(load_model_and_tokenizer(model_dir)[0], impl="torch")
+_policy = tiny_policy
 
 
 def _kl(policy, ref, batch) -> float:

@@ -12,6 +12,7 @@ from rgpo_fast.data.types import Sample
 from rgpo_fast.trainer.config import ConfigError, TrainConfig
 from rgpo_fast.trainer.distributed import DistInfo
 from rgpo_fast.trainer.rl_update import mini_batch_rows, rl_update
+from rgpo_fast.trainer.testing import tiny_model_dir, tiny_policy
 from rgpo_fast.trainer.update import backward_batch, make_optimizer, optimizer_step
 
 
@@ -48,17 +49,7 @@ def test_mini_batch_count_is_checked():
 
 
 def _policy(tmp_path):
-    from rgpo_fast.trainer.policy import PolicyModule
-    from rgpo_fast.trainer.tiny_model import (
-        TinyModelSpec,
-        ensure_tiny_model,
-        load_model_and_tokenizer,
-    )
-
-    spec = TinyModelSpec(num_hidden_layers=2, hidden_size=32, num_attention_heads=2,
-                         num_key_value_heads=1, intermediate_size=64)
-    lm, _ = load_model_and_tokenizer(ensure_tiny_model(spec, tmp_path / "cache"))
-    return PolicyModule(lm, impl="torch")
+    return tiny_policy(tiny_model_dir(tmp_path / "cache", layers=2))
 
 
 def _batch(vocab: int, algo):

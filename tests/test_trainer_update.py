@@ -7,6 +7,7 @@ from rgpo_fast.algos.presets import get_preset
 from rgpo_fast.batch import assemble_batch
 from rgpo_fast.data.types import Sample
 from rgpo_fast.trainer.distributed import DistInfo
+from rgpo_fast.trainer.testing import tiny_model_dir, tiny_policy
 from rgpo_fast.trainer.update import backward_batch, compute_old_logprobs, micro_batches
 
 
@@ -42,19 +43,9 @@ def _samples(vocab: int) -> list[Sample]:
 
 
 def test_step_gradients_do_not_depend_on_micro_batching(tmp_path):
-    from rgpo_fast.trainer.policy import PolicyModule
-    from rgpo_fast.trainer.tiny_model import (
-        TinyModelSpec,
-        ensure_tiny_model,
-        load_model_and_tokenizer,
-    )
-
-    spec = TinyModelSpec(num_hidden_layers=2, hidden_size=32, num_attention_heads=2,
-                         num_key_value_heads=1, intermediate_size=64)
-    lm, _ = load_model_and_tokenizer(ensure_tiny_model(spec, tmp_path / "cache"))
-    policy = PolicyModule(lm, impl="torch")
+    policy = tiny_policy(tiny_model_dir(tmp_path / "cache", layers=2))
     algo = get_preset("rgpo", sft_coef=0.5)
-    batch = assemble_batch(_samples(lm.config.vocab_size), algo, pad_token_id=0)
+    batch = assemble_batch(_samples(policy.lm.config.vocab_size), algo, pad_token_id=0)
     results = {}
     for micro in (64, 2):
         policy.zero_grad(set_to_none=True)
