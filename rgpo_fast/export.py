@@ -22,12 +22,13 @@ from rgpo_fast.errors import UserError
 def export(run: Path, step: int | None = None, out: Path | None = None,
            dtype: str = "float32") -> Path:
     import torch
+    from transformers import AutoConfig, GenerationConfig
 
     from rgpo_fast.trainer import checkpoint as ckpt
     from rgpo_fast.trainer.build import resolve_model_dir
     from rgpo_fast.trainer.config import load_yaml, resolve
     from rgpo_fast.trainer.hf_export import hf_state_dict, write_hf_dir
-    from rgpo_fast.trainer.tiny_model import load_model_and_tokenizer
+    from rgpo_fast.trainer.tiny_model import load_tokenizer
 
     cfg_file = run / "config.yaml"
     if not cfg_file.is_file():
@@ -44,11 +45,16 @@ def export(run: Path, step: int | None = None, out: Path | None = None,
     except ckpt.CheckpointError as e:
         raise UserError(f"checkpoint {steps[step]} is unusable: {e}") from None
     cfg = resolve(load_yaml(cfg_file), None, {})
-    lm, tok = load_model_and_tokenizer(resolve_model_dir(cfg))
+    base = resolve_model_dir(cfg)
+    # The base model's config and tokenizer only: its weights are replaced by the checkpoint's.
+    try:
+        generation = GenerationConfig.from_pretrained(str(base))
+    except OSError:  # no generation_config.json: the model's defaults
+        generation = None
     state = torch.load(steps[step] / "model.pt", map_location="cpu", weights_only=True)
     out = out or run / "hf" / f"step_{step:06d}"
-    return write_hf_dir(lm.config, lm.generation_config, tok, hf_state_dict(state), out,
-                        dtype=getattr(torch, dtype))
+    return write_hf_dir(AutoConfig.from_pretrained(str(base)), generation, load_tokenizer(base),
+                        hf_state_dict(state), out, dtype=getattr(torch, dtype))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -183,14 +183,22 @@ def _load_tokenizer(path, auto_cls):
     return auto_cls.from_pretrained(str(path))
 
 
-def load_model_and_tokenizer(path: str | Path, dtype=None):
-    """Load any causal LM + tokenizer through the standard `from_pretrained` path."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer(path: str | Path):
+    """The tokenizer of a model directory, set up for generation (a pad token, left padding)."""
+    from transformers import AutoTokenizer
 
     tokenizer = _load_tokenizer(path, AutoTokenizer)
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_model_and_tokenizer(path: str | Path, dtype=None):
+    """Load any causal LM + tokenizer through the standard `from_pretrained` path."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(path)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32)
     return model, tokenizer
