@@ -251,17 +251,11 @@ def worker_rgpo_learn(a) -> dict:
 
 
 def rgpo_learn_argv(s, model: str, out: str, seed: int, threads: int) -> list[str]:
-    """`python -m rgpo_fast.train` arguments for GRPO with the learning settings `s` (the
-    TRL worker's GRPOConfig mirrors them)."""
-    return ["--model", model, "--algo", "grpo", "--output-dir", out, "--seed", str(seed),
-            "--max-steps", str(s.steps), "--data", s.train_data, "--data.sft", "",
-            "--data.eval", s.eval_data, "--data.n_eval", str(s.n_eval),
-            "--data.n_train", str(s.n_train), "--train.prompts_per_step",
-            str(s.prompts_per_step), "--rollout.n", str(s.group_size),
-            "--rollout.max_new_tokens", str(s.max_new_tokens), "--optim.lr", str(s.lr),
-            "--optim.schedule", s.schedule, "--train.sft_steps", "0", "--eval.pass_k", "0",
-            "--train.threads", str(threads), "--train.save_every", "0",
-            "--logging.progress", "false", "--logging.plots", "false"]  # fmt: skip
+    """`python -m rgpo_fast.train` arguments of the learning benchmark's own GRPO run with the
+    settings `s` (the TRL worker's GRPOConfig mirrors them)."""
+    from learning_settings import Variant, train_args
+
+    return train_args(Variant("grpo", "grpo"), seed, s, Path(model), Path(out), threads)
 
 
 def learning_main(a) -> None:

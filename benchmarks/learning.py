@@ -73,6 +73,7 @@ from learning_settings import (  # noqa: E402,F401
     Variant,
     sft_coef_variants,
     slug,
+    train_args,
     variants,
 )
 from learning_warm_start import warm_start, warm_start_worker  # noqa: E402
@@ -80,20 +81,6 @@ from learning_warm_start import warm_start, warm_start_worker  # noqa: E402
 # ----------------------------------------------------------------------------- runs
 
 
-def train_args(v: Variant, seed: int, s: Settings, model: Path, out: Path) -> list[str]:
-    args = ["--model", str(model), "--data", s.train_data, "--algo", v.algo,
-            "--output-dir", str(out), "--seed", str(seed), "--max-steps", str(s.steps),
-            "--train.sft_steps", "0", "--data.sft", "", "--train.prompts_per_step",
-            str(s.prompts_per_step), "--rollout.n", str(s.group_size),
-            "--rollout.max_new_tokens", str(s.max_new_tokens), "--data.n_train", str(s.n_train),
-            "--optim.lr", str(s.lr), "--optim.schedule", s.schedule,
-            "--eval.every", str(s.eval_every), "--eval.pass_k", str(s.eval_pass_k),
-            "--data.n_eval", str(s.n_eval), "--data.eval", s.eval_data,
-            "--train.save_every", "0", "--train.keep_checkpoints", "1", "--train.threads", "1",
-            "--logging.progress", "false", "--logging.plots", "false"]  # fmt: skip
-    for k, val in v.overrides:
-        args += [f"--{k}", val]
-    return args
 
 
 @dataclass

@@ -96,6 +96,26 @@ def variants(s: Settings) -> list[Variant]:
     ]
 
 
+def train_args(v: Variant, seed: int, s: Settings, model: Path, out: Path,
+               threads: int = 1) -> list[str]:
+    """`python -m rgpo_fast.train` arguments of variant `v`, seed `seed`, from the warm start
+    `model` (also the TRL parity run's rgpo_fast side, benchmarks/e2e_vs_trl.py)."""
+    args = ["--model", str(model), "--data", s.train_data, "--algo", v.algo,
+            "--output-dir", str(out), "--seed", str(seed), "--max-steps", str(s.steps),
+            "--train.sft_steps", "0", "--data.sft", "", "--train.prompts_per_step",
+            str(s.prompts_per_step), "--rollout.n", str(s.group_size),
+            "--rollout.max_new_tokens", str(s.max_new_tokens), "--data.n_train", str(s.n_train),
+            "--optim.lr", str(s.lr), "--optim.schedule", s.schedule,
+            "--eval.every", str(s.eval_every), "--eval.pass_k", str(s.eval_pass_k),
+            "--data.n_eval", str(s.n_eval), "--data.eval", s.eval_data,
+            "--train.save_every", "0", "--train.keep_checkpoints", "1",
+            "--train.threads", str(threads),
+            "--logging.progress", "false", "--logging.plots", "false"]  # fmt: skip
+    for k, val in v.overrides:
+        args += [f"--{k}", val]
+    return args
+
+
 def sft_coef_variants(s: Settings, coefs: list[str]) -> list[Variant]:
     """GRPO, RGPO as in the main table (reused when already run) and RGPO at each other
     `sft_coef`: the weight of transferred samples."""
