@@ -98,7 +98,7 @@ def rl_update(policy: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: 
             if sizes[k] == 0:  # empty on every rank (prompts dropped): no optimizer step
                 continue
             m = backward_batch(policy, batch.select(parts[k]), config, micro, info,
-                               max_response_len=max_response_len)
+                               max_response_len=max_response_len, entropy=True)
             m["grad_norm"] = optimizer_step(policy, optimizer, None, grad_clip)
             runs.append(m)
     return summarise(runs, epochs) | (policy_drift(policy, batch, micro, info)

@@ -127,19 +127,21 @@ def fill_rollout_logprobs(
 
 def backward_batch(policy: torch.nn.Module, batch: TrainBatch, config: LossConfig,
                    micro: int, info: DistInfo, *, max_response_len: int | None = None,
-                   group_rows: GroupRows = micro_batches) -> dict[str, float]:
+                   group_rows: GroupRows = micro_batches,
+                   entropy: bool = False) -> dict[str, float]:
     """Forward + backward over micro-batches; gradients accumulate in .grad.
 
     `group_rows(lengths, micro)` forms the micro-batches (default `micro_batches`, rows of
     similar length together). Returns the global loss (summed over micro-batches and
-    ranks), the SUM_METRICS summed and the RATIO_METRICS as means over policy tokens.
+    ranks), the SUM_METRICS summed and the RATIO_METRICS as means over policy tokens; with
+    `entropy`, also `entropy/mean` over the trained tokens (the fused log-prob sweep computes
+    it for little extra work; the RL update logs it, the SFT warm start has no use for it).
     """
     counts = all_reduce_sum(loss_counts(batch), info)  # (3,) global
     dummy = torch.zeros((1, 2), dtype=torch.long, device=info.device)  # batch may have no rows
-    # Entropy comes out of the fused log-prob sweep for little extra work: logged every step.
     kw = dict(config=config, num_global_tokens=counts[0], num_global_seqs=counts[1],
               num_global_sft_tokens=counts[2], max_response_len=max_response_len,
-              return_entropy=True)
+              return_entropy=entropy)
     chunks = group_rows(batch.attention_mask.sum(-1).tolist(), micro)
     n = all_reduce_max_int(len(chunks), info)
     # loss, SUM_METRICS, RATIO_METRICS x policy tokens: one vector, one all-reduce, the same
@@ -158,14 +160,15 @@ def backward_batch(policy: torch.nn.Module, batch: TrainBatch, config: LossConfi
         n_active = n_pol + float(metrics["tokens/sft"])  # entropy/mean's own denominator
         acc += torch.tensor([float(loss.detach())] + [float(metrics[k]) for k in SUM_METRICS]
                             + [float(metrics[k]) * n_pol for k in RATIO_METRICS]
-                            + [float(metrics["entropy/mean"]) * n_active],
+                            + [float(metrics.get("entropy/mean", 0.0)) * n_active],
                             dtype=torch.float64)  # fmt: skip
     g = all_reduce_sum(acc, info).tolist()
     out = {"loss/total": g[0], **dict(zip(SUM_METRICS, g[1 : 1 + len(SUM_METRICS)]))}
     n_policy = max(out["tokens/policy"], 1.0)
     for k, v in zip(RATIO_METRICS, g[1 + len(SUM_METRICS) : -1]):
         out[k] = v / n_policy
-    out["entropy/mean"] = g[-1] / max(out["tokens/policy"] + out["tokens/sft"], 1.0)
+    if entropy:
+        out["entropy/mean"] = g[-1] / max(out["tokens/policy"] + out["tokens/sft"], 1.0)
     return out
 
 
