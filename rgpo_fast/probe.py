@@ -142,7 +142,7 @@ def _probe(a) -> list[LevelResult]:
     from rgpo_fast.algos.presets import get_preset
     from rgpo_fast.rewards import REWARDS, get_reward_fn
     from rgpo_fast.trainer.config import ConfigError
-    from rgpo_fast.trainer.data_sources import load_source
+    from rgpo_fast.trainer.data_sources import load_source, resolve_reward
     from rgpo_fast.trainer.tiny_model import load_model_and_tokenizer
 
     for name in ("n", "k", "segments", "max_new_tokens"):
@@ -158,12 +158,7 @@ def _probe(a) -> list[LevelResult]:
                           hint_placement=a.placement)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    reward = a.reward
-    if reward == "auto":
-        from rgpo_fast.data.tasks import task_of
-
-        task = task_of(a.data)
-        reward = task.reward if task is not None else "exact"
+    reward = resolve_reward(a.reward, a.data)
     if reward not in REWARDS:
         raise ConfigError(f"--reward {reward!r} is unknown; valid: auto, "
                           f"{', '.join(REWARDS.names())}")  # fmt: skip

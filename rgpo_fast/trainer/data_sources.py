@@ -50,13 +50,18 @@ def load_source(spec: str, *, n: int, seed: int, heldout: bool, tokenizer=None,
     return examples
 
 
-def reward_name(cfg) -> str:
-    """data.reward, with `auto` resolved: the training task's own verifier (arith: exact,
-    countdown: countdown), `exact` for files."""
-    if cfg.data.reward != "auto":
-        return cfg.data.reward
-    task = task_of(cfg.data.train)
+def resolve_reward(reward: str, data_spec: str) -> str:
+    """`reward`, with `auto` resolved for the data `data_spec`: a built-in task's own verifier
+    (arith: exact, countdown: countdown), `exact` for files."""
+    if reward != "auto":
+        return reward
+    task = task_of(data_spec)
     return task.reward if task is not None else "exact"
+
+
+def reward_name(cfg) -> str:
+    """data.reward of the run, `auto` resolved for its training data."""
+    return resolve_reward(cfg.data.reward, cfg.data.train)
 
 
 def check_data_paths(cfg) -> None:
