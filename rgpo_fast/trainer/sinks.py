@@ -43,6 +43,12 @@ def numbers(row: dict[str, Any]) -> dict[str, float]:
             if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def held_out_numbers(summary: dict[str, Any]) -> dict[str, float]:
+    """The summary's held-out metrics before and after RL, as `eval_before/<k>`, `eval/<k>`."""
+    return {f"{prefix}/{k}": v for prefix in ("eval_before", "eval")
+            for k, v in numbers(summary.get(prefix, {})).items()}
+
+
 class TensorBoardSink:
     def __init__(self, log_dir: Path, config: dict[str, Any]) -> None:
         try:
@@ -61,9 +67,8 @@ class TensorBoardSink:
         self.writer.flush()
 
     def summary(self, summary: dict[str, Any]) -> None:
-        for prefix in ("eval_before", "eval"):
-            for k, v in numbers(summary.get(prefix, {})).items():
-                self.writer.add_scalar(f"summary/{prefix}/{k}", v, int(summary["steps"]))
+        for k, v in held_out_numbers(summary).items():
+            self.writer.add_scalar(f"summary/{k}", v, int(summary["steps"]))
         self.writer.flush()
 
     def close(self) -> None:
@@ -91,9 +96,7 @@ class WandbSink:
         self.run.log(numbers(row), step=int(row["step"]))
 
     def summary(self, summary: dict[str, Any]) -> None:
-        for prefix in ("eval_before", "eval"):
-            for k, v in numbers(summary.get(prefix, {})).items():
-                self.run.summary[f"{prefix}/{k}"] = v
+        self.run.summary.update(held_out_numbers(summary))
 
     def close(self) -> None:
         self.run.finish()
