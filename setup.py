@@ -1,7 +1,10 @@
 """Build script for rgpo_fast.
 
-`kernels/` is installed as the sub-package `rgpo_fast.kernels` (a top-level `kernels`
-would collide with an unrelated PyPI package). The native extension `rgpo_fast._C`
+The Triton sources in `kernels/` are the sub-package `rgpo_fast.kernels`: a wheel gets copies
+of them in rgpo_fast/kernels/ (`BuildPyWithKernels`), an editable install or a bare source tree
+finds them through rgpo_fast/kernels/__init__.py. `kernels/` itself has no `__init__.py`, so it
+never shadows the PyPI package `kernels` (transformers imports it) when the repository root is
+on sys.path. The native extension `rgpo_fast._C`
 (csrc/) is added by `_native_extensions()`; torch is imported only there, inside the
 build step, so `pip install --no-build-isolation -e .` uses the torch already installed.
 """
@@ -11,6 +14,7 @@ import platform
 import sys
 
 from setuptools import setup
+from setuptools.command.build_py import build_py
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, ROOT)  # PEP 517 builds do not put the project root on sys.path
@@ -23,6 +27,22 @@ def _native_extensions():
     except ImportError:
         return [], {}
     return native_extensions(ROOT)
+
+
+class BuildPyWithKernels(build_py):
+    """build_py that also copies the Triton sources (kernels/*.py) into rgpo_fast/kernels/ of
+    the build, so a wheel carries them. An editable build skips the copy: there
+    rgpo_fast/kernels/__init__.py points the package at kernels/ itself."""
+
+    def run(self):
+        super().run()
+        if getattr(self, "editable_mode", False):
+            return
+        dest = os.path.join(self.build_lib, "rgpo_fast", "kernels")
+        self.mkpath(dest)
+        for name in sorted(os.listdir(os.path.join(ROOT, "kernels"))):
+            if name.endswith(".py"):
+                self.copy_file(os.path.join(ROOT, "kernels", name), os.path.join(dest, name))
 
 
 IS_LINUX_X86 = platform.system() == "Linux" and platform.machine() in ("x86_64", "AMD64")
@@ -80,9 +100,8 @@ setup(
         "rgpo_fast.integrations",
         "rgpo_fast.kernels",
     ],
-    package_dir={"rgpo_fast": "rgpo_fast", "rgpo_fast.kernels": "kernels"},
     install_requires=install_requires,
     extras_require=extras_require,
     ext_modules=ext_modules,
-    cmdclass=cmdclass,
+    cmdclass={**cmdclass, "build_py": BuildPyWithKernels},
 )
