@@ -1,6 +1,6 @@
 # Set-up and the everyday commands. Every target is idempotent: `make test` on a fresh
-# clone creates .venv, installs torch (the CPU 2.13.0 wheel on machines without a GPU, the
-# tested CUDA torch on a GPU machine), builds the package editable and runs the suite.
+# clone creates .venv, installs the locked versions (torch 2.13.0 on machines without a GPU,
+# the tested CUDA torch on a GPU machine), builds the package editable and runs the suite.
 # GPU users: `make install-gpu` (torch + vLLM, the tested pair), optionally
 # `make install-flash-attn`, then `make gpu-check`.
 PYTHON ?= python3
@@ -9,25 +9,40 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip --disable-pip-version-check
 STAMP  := $(VENV)/.rgpo_fast-installed
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
-# The GPU stack that was written against (rgpo_fast/versions.py: TESTED): vLLM pins torch
-# exactly, so torch is pinned too (a bare `torch` takes a newer one that vLLM rejects).
+# What a fresh clone installs is locked: every distribution, transitive ones included, at the
+# exact version of a committed lock (requirements/lock.py; `make lock` regenerates both
+# files from setup.py's ranges). The CPU lock serves machines without a GPU, the GPU lock
+# `make install-gpu` and `make install` on a GPU machine.
+CPU_LOCK := requirements/lock-cpu.txt
+GPU_LOCK := requirements/lock-gpu.txt
+LOCK     := $(if $(HAS_GPU),$(GPU_LOCK),$(CPU_LOCK))
+# torch is chosen here, not resolved: its build is a choice. The CPU lock takes 2.13.0; the
+# GPU stack the pair that vLLM was built for (rgpo_fast/versions.py: TESTED; vLLM pins torch
+# exactly, so a bare `torch` takes a newer one that vLLM rejects).
+CPU_TORCH := torch==2.13.0
 GPU_TORCH := torch==2.14.0
 GPU_VLLM  := vllm==0.33.0
-# A GPU machine gets the CUDA build of torch; CPU machines the 2.13.0 CPU wheel from local disk.
-TORCH_SPEC := $(if $(HAS_GPU),$(GPU_TORCH),torch==2.13.0)
+# On Linux the package index serves torch as a CUDA build (about 3 GB with its nvidia-*
+# wheels, which the locks pin too). For the CPU-only build of the same release, name
+# PyTorch's CPU index: `make install TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu`.
+TORCH_INDEX_URL ?=
+INDEX_ARGS := $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL))
 NATIVE_SRC := $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu csrc/*/*.h csrc/*/*.cuh _build_native.py)
 PYTEST_ARGS ?=
 
-.PHONY: install install-gpu install-flash-attn gpu-check test train bench bench-gpu lint clean
+.PHONY: install install-gpu install-flash-attn gpu-check test train bench bench-gpu lint clean \
+	lock test-latest test-floor
 
 install: $(STAMP)
 
-$(STAMP): setup.py pyproject.toml Makefile $(NATIVE_SRC)
+$(STAMP): setup.py pyproject.toml Makefile $(LOCK) requirements/lock.py $(NATIVE_SRC)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@echo "installing $(TORCH_SPEC) and rgpo_fast[test] into $(VENV) (log: $(VENV)/pip.log)"
-	$(PIP) install setuptools wheel "$(TORCH_SPEC)" > $(VENV)/pip.log 2>&1 || (cat $(VENV)/pip.log; exit 1)
-	$(PIP) install --no-build-isolation -e ".[test]" >> $(VENV)/pip.log 2>&1 \
+	@echo "installing rgpo_fast[test] into $(VENV) at the versions of $(LOCK) (log: $(VENV)/pip.log)"
+	$(PIP) install -c $(LOCK) $(INDEX_ARGS) setuptools wheel torch > $(VENV)/pip.log 2>&1 \
 		|| (cat $(VENV)/pip.log; exit 1)
+	$(PIP) install -c $(LOCK) $(INDEX_ARGS) --no-build-isolation -e ".[test]" \
+		>> $(VENV)/pip.log 2>&1 || (cat $(VENV)/pip.log; exit 1)
+	$(BIN)/python requirements/lock.py check $(LOCK)
 	$(BIN)/python -c "import rgpo_fast"
 	touch $(STAMP)
 
@@ -36,11 +51,43 @@ install-gpu:
 	@$(PYTHON) -c "import sys; sys.exit(0 if sys.version_info >= (3, 11) else \
 		'error: vllm 0.33 needs Python >= 3.11, this is ' + sys.version.split()[0])"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install setuptools wheel ninja "$(GPU_TORCH)"
-	$(PIP) install "$(GPU_VLLM)" "$(GPU_TORCH)"
-	$(PIP) install --no-build-isolation -e ".[test,gpu]" "$(GPU_TORCH)"
+	$(PIP) install -c $(GPU_LOCK) setuptools wheel ninja torch
+	$(PIP) install -c $(GPU_LOCK) vllm torch
+	$(PIP) install -c $(GPU_LOCK) --no-build-isolation -e ".[test,gpu]"
+	$(BIN)/python requirements/lock.py check $(GPU_LOCK)
 	$(BIN)/python -c "from rgpo_fast.versions import check_gpu_stack; check_gpu_stack()"
 	touch $(STAMP)
+
+# Regenerate both locks from setup.py's ranges (newest versions the ranges allow), then run
+# `make test` on the new CPU lock before committing it. Resolved by pip without installing.
+LOCK_RESOLVE := RGPO_FAST_SKIP_CPP_BUILD=1 $(PYTHON) requirements/lock.py
+lock:
+	$(LOCK_RESOLVE) compile $(CPU_LOCK) -- setuptools wheel $(CPU_TORCH) ".[test]"
+	$(LOCK_RESOLVE) compile $(GPU_LOCK) -- setuptools wheel ninja packaging psutil \
+		$(GPU_TORCH) $(GPU_VLLM) ".[test,gpu]"
+
+# Canaries, not part of CI: the suite in a throw-away copy of the tree (build/test-*, so the
+# in-place C++ build of .venv is untouched) with its own venv.
+#   make test-latest: the newest releases setup.py's ranges allow (torch: LATEST_TORCH,
+#                     the lock's by default; `LATEST_TORCH=torch` takes the newest).
+#   make test-floor:  every `>=` floor of setup.py exactly (torch 2.11 included).
+LATEST_TORCH ?= $(CPU_TORCH)
+COPY_TREE = rm -rf $(1) && mkdir -p $(1) && tar --exclude=./.git --exclude='./.venv*' \
+	--exclude=./build --exclude='*.so' --exclude='*.egg-info' --exclude=__pycache__ -cf - . \
+	| tar -xf - -C $(1) && $(PYTHON) -m venv $(1)/.venv
+test-latest:
+	$(call COPY_TREE,build/test-latest)
+	cd build/test-latest && .venv/bin/pip install -q $(INDEX_ARGS) setuptools wheel "$(LATEST_TORCH)" \
+		&& .venv/bin/pip install -q $(INDEX_ARGS) --no-build-isolation -e ".[test]" \
+		&& .venv/bin/pip list 2>/dev/null | grep -i -E "^(torch|transformers|triton|trl|kernels) " \
+		&& .venv/bin/python -m pytest -q $(PYTEST_ARGS)
+test-floor:
+	$(call COPY_TREE,build/test-floor)
+	cd build/test-floor && RGPO_FAST_SKIP_CPP_BUILD=1 $(PYTHON) requirements/lock.py floors \
+		floors.txt -- ".[test]" && cat floors.txt \
+		&& .venv/bin/pip install -q -c floors.txt $(INDEX_ARGS) setuptools wheel torch \
+		&& .venv/bin/pip install -q -c floors.txt $(INDEX_ARGS) --no-build-isolation -e ".[test]" \
+		&& .venv/bin/python -m pytest -q $(PYTEST_ARGS)
 
 # Optional: flash-attn's varlen kernels for the packed policy forward. It ships only an
 # sdist; its setup.py imports torch, packaging, psutil and ninja (no build isolation).

@@ -47,35 +47,38 @@ class BuildPyWithKernels(build_py):
 
 IS_LINUX_X86 = platform.system() == "Linux" and platform.machine() in ("x86_64", "AMD64")
 
+# Floors: the oldest versions tested (`make test-floor` runs the suite at exactly these; the
+# lent GPU image holds torch 2.11, transformers 5.17 and triton 3.6, so they are floors).
+# Exact versions of a fresh install: requirements/lock-cpu.txt and lock-gpu.txt (`make lock`).
 install_requires = [
-    "torch>=2.8",  # FSDP2's set_force_sum_reduction_for_comms (rgpo_fast/versions.py)
+    "torch>=2.11",  # also the GPU check's image; FSDP2 here needs >= 2.8 (rgpo_fast/versions.py)
     "packaging>=23",
-    "transformers>=4.51",
-    "tokenizers>=0.21",
-    "safetensors>=0.4",
+    "transformers>=5.17",
+    "tokenizers>=0.23.1",  # transformers 5.17's own floor
+    "safetensors>=0.8",  # transformers 5.17's own floor
     "numpy>=1.26",
     "pyyaml>=6.0",
     "tqdm>=4.66",
     "math-verify>=0.7",
     "matplotlib>=3.8",
-    "pandas>=2.0",
-    "pyarrow>=15",
-    "datasets>=3.0",
+    "pandas>=2.1.1",
+    "pyarrow>=21",
+    "datasets>=4.7",
 ]
 if IS_LINUX_X86:
-    install_requires.append("triton>=3.2")
+    install_requires.append("triton>=3.6")
 
 extras_require = {
-    "test": ["pytest>=8", "pytest-benchmark>=4", "liger-kernel>=0.6", "trl>=0.20", "ruff",
+    "test": ["pytest>=8", "pytest-benchmark>=4", "liger-kernel>=0.6", "trl>=1.16", "ruff",
              "tensorboard>=2.15", "wandb>=0.17"],
     # metrics sinks (logging.report_to); optional: a missing one is a clear start-up error
     "tensorboard": ["tensorboard>=2.15"],
     "wandb": ["wandb>=0.17"],
-    "bench": ["pytest-benchmark>=4", "liger-kernel>=0.6", "trl>=0.20", "psutil"],
+    "bench": ["pytest-benchmark>=4", "liger-kernel>=0.6", "trl>=1.16", "psutil"],
     # vLLM pins its torch exactly: install the tested pair with `make install-gpu`.
     # flash-attn is a separate, optional step (`make install-flash-attn`): it builds from
     # source against the installed torch and needs --no-build-isolation.
-    "gpu": ["vllm>=0.10.2", "liger-kernel>=0.6", "nvidia-ml-py>=12"],
+    "gpu": ["vllm>=0.33", "liger-kernel>=0.6", "nvidia-ml-py>=12"],
 }
 
 ext_modules, cmdclass = _native_extensions()
@@ -88,7 +91,7 @@ setup(
     if os.path.exists(os.path.join(ROOT, "README.md"))
     else "",
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    python_requires=">=3.11",  # tested: 3.11 (the lock, CI), 3.12 (the GPU image)
     packages=[
         "rgpo_fast",
         "rgpo_fast.ops",

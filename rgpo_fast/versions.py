@@ -17,7 +17,7 @@ TESTED = {"torch": "2.14.0", "vllm": "0.33.0"}
 # Oldest vLLM with logprobs_mode="processed_logprobs" (log-probs after temperature, the
 # quantity the trainer recomputes for truncated importance sampling).
 MIN_VLLM = "0.10.2"
-MIN_TORCH = "2.8"  # FSDP2's set_force_sum_reduction_for_comms (trainer/distributed.py)
+MIN_TORCH = "2.11"  # setup.py's floor (the GPU image's torch); FSDP2 here needs >= 2.8
 
 
 class VersionError(UserError, RuntimeError):
@@ -61,8 +61,8 @@ def check_gpu_stack(torch_version: str | None = None, vllm_version: str | None =
     if torch_version is None:
         raise VersionError(f"torch is not installed; {fix}")
     if _parse(torch_version).release < _parse(MIN_TORCH).release:
-        raise VersionError(f"torch {torch_version} is older than {MIN_TORCH}, which FSDP2 "
-                           f"here needs; {fix}")
+        raise VersionError(f"torch {torch_version} is older than {MIN_TORCH}, the oldest "
+                           f"tested (setup.py); {fix}")
     if vllm_version is None:
         raise VersionError(f"rollout.engine=vllm but vllm is not installed; {fix}")
     if _parse(vllm_version) < _parse(MIN_VLLM):

@@ -84,8 +84,8 @@ def test_version_checks():
         check_gpu_stack("2.15.0", "0.33.0", VLLM_REQ)
     with pytest.raises(VersionError, match="make install-gpu"):
         check_gpu_stack("2.14.0", "0.9.2", VLLM_REQ)
-    with pytest.raises(VersionError, match="older than 2.8"):
-        check_gpu_stack("2.7.1", "0.33.0", VLLM_REQ)
+    with pytest.raises(VersionError, match="older than 2.11"):
+        check_gpu_stack("2.10.0", "0.33.0", VLLM_REQ)
     makefile = (ROOT / "Makefile").read_text()  # install-gpu installs the tested pair
     assert f"torch=={TESTED['torch']}" in makefile and f"vllm=={TESTED['vllm']}" in makefile
 
