@@ -44,7 +44,7 @@ $(STAMP): setup.py pyproject.toml Makefile $(LOCK) requirements/lock.py $(NATIVE
 		>> $(VENV)/pip.log 2>&1 || (cat $(VENV)/pip.log; exit 1)
 	$(BIN)/python requirements/lock.py check $(LOCK)
 	$(BIN)/python -c "import rgpo_fast"
-	touch $(STAMP)
+	echo $(LOCK) > $(STAMP)
 
 # vLLM needs Python >= 3.11. The native extensions are rebuilt against this torch.
 install-gpu:
@@ -56,7 +56,7 @@ install-gpu:
 	$(PIP) install -c $(GPU_LOCK) --no-build-isolation -e ".[test,gpu]"
 	$(BIN)/python requirements/lock.py check $(GPU_LOCK)
 	$(BIN)/python -c "from rgpo_fast.versions import check_gpu_stack; check_gpu_stack()"
-	touch $(STAMP)
+	echo $(GPU_LOCK) > $(STAMP)
 
 # Regenerate both locks from setup.py's ranges (newest versions the ranges allow), then run
 # `make test` on the new CPU lock before committing it. Resolved by pip without installing.
