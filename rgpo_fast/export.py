@@ -7,7 +7,9 @@ Reads the run's config.yaml to find its base model and tokenizer (the built-in t
 is rebuilt from its spec, bit-identical), loads `checkpoints/step_<n>/model.pt` (checksums
 verified) and writes `config.json`, `model.safetensors` and the tokenizer to `--out`
 (default `<run>/hf/step_<n>`), loadable by `AutoModelForCausalLM` / `AutoTokenizer` and
-servable by vLLM (rgpo_fast/trainer/hf_export.py). Bad input: exit 2 and one `error:` line.
+servable by vLLM (rgpo_fast/trainer/hf_export.py). `--out` must be absent or empty, or an
+earlier export with `--overwrite`: nothing else is ever replaced. Bad input: exit 2 and one
+`error:` line.
 """
 
 from __future__ import annotations
@@ -20,14 +22,14 @@ from rgpo_fast.errors import UserError
 
 
 def export(run: Path, step: int | None = None, out: Path | None = None,
-           dtype: str = "float32") -> Path:
+           dtype: str = "float32", overwrite: bool = False) -> Path:
     import torch
     from transformers import AutoConfig, GenerationConfig
 
     from rgpo_fast.trainer import checkpoint as ckpt
     from rgpo_fast.trainer.build import resolve_model_dir
     from rgpo_fast.trainer.config import load_yaml, resolve
-    from rgpo_fast.trainer.hf_export import hf_state_dict, write_hf_dir
+    from rgpo_fast.trainer.hf_export import check_target, hf_state_dict, write_hf_dir
     from rgpo_fast.trainer.tiny_model import load_tokenizer
 
     cfg_file = run / "config.yaml"
@@ -44,6 +46,8 @@ def export(run: Path, step: int | None = None, out: Path | None = None,
         ckpt.verify(steps[step])
     except ckpt.CheckpointError as e:
         raise UserError(f"checkpoint {steps[step]} is unusable: {e}") from None
+    out = out or run / "hf" / f"step_{step:06d}"
+    check_target(out, overwrite)  # before minutes of loading
     cfg = resolve(load_yaml(cfg_file), None, {})
     base = resolve_model_dir(cfg)
     # The base model's config and tokenizer only: its weights are replaced by the checkpoint's.
@@ -52,9 +56,13 @@ def export(run: Path, step: int | None = None, out: Path | None = None,
     except OSError:  # no generation_config.json: the model's defaults
         generation = None
     state = torch.load(steps[step] / "model.pt", map_location="cpu", weights_only=True)
-    out = out or run / "hf" / f"step_{step:06d}"
-    return write_hf_dir(AutoConfig.from_pretrained(str(base)), generation, load_tokenizer(base),
-                        hf_state_dict(state), out, dtype=getattr(torch, dtype))
+    try:
+        return write_hf_dir(AutoConfig.from_pretrained(str(base)), generation,
+                            load_tokenizer(base), hf_state_dict(state), out,
+                            dtype=getattr(torch, dtype), overwrite=overwrite,
+                            source={"run": str(run), "step": step})
+    except OSError as e:
+        raise UserError(f"cannot write the model to {out}: {e.strerror or e}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,9 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
     p.add_argument("--out", type=Path, default=None, help="output directory")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier export at --out (never anything else)")
     a = p.parse_args(argv)
     try:
-        out = export(a.run, a.step, a.out, a.dtype)
+        out = export(a.run, a.step, a.out, a.dtype, a.overwrite)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -76,3 +76,40 @@ def test_export_any_checkpoint(run, tmp_path, capsys):
 def test_hf_state_dict_rejects_other_dicts():
     with pytest.raises(ValueError, match="not a policy state dict"):
         hf_state_dict({"model.embed_tokens.weight": torch.zeros(1)})
+
+
+def _listing(root):
+    return sorted((str(p.relative_to(root)), p.stat().st_size) for p in root.rglob("*")
+                  if p.is_file() and p.name != ".lock")
+
+
+def test_export_never_replaces_what_it_did_not_write(run, tmp_path, capsys):
+    """A folder of other models and the run directory itself are refused with one error
+    line and left byte for byte as they were; --overwrite does not change that."""
+    models = tmp_path / "models"
+    (models / "someone_elses").mkdir(parents=True)
+    (models / "someone_elses" / "model.safetensors").write_bytes(b"weights")
+    for target in (models, run, run / "checkpoints" / "step_000002"):
+        before = _listing(target)
+        for extra in ([], ["--overwrite"]):
+            capsys.readouterr()
+            assert export_main([str(run), "--out", str(target), *extra]) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and "is not an earlier export" in err[0], err
+            assert _listing(target) == before
+
+
+def test_export_replaces_an_earlier_export_only_with_overwrite(run, tmp_path, capsys):
+    out = tmp_path / "exp"
+    assert export_main([str(run), "--step", "1", "--out", str(out)]) == 0
+    marker = json.loads((out / "rgpo_fast_export.json").read_text())
+    assert marker["step"] == 1 and marker["run"] == str(run)
+    capsys.readouterr()
+    assert export_main([str(run), "--step", "2", "--out", str(out)]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert json.loads((out / "rgpo_fast_export.json").read_text())["step"] == 1
+    assert export_main([str(run), "--step", "2", "--out", str(out), "--overwrite"]) == 0
+    assert json.loads((out / "rgpo_fast_export.json").read_text())["step"] == 2
+    model, _ = _auto(out)
+    _same_weights(model, torch.load(run / "checkpoints" / "step_000002" / "model.pt"))
+    assert not any(p.name.startswith((".tmp-", ".old-")) for p in tmp_path.iterdir())

@@ -29,7 +29,6 @@ pytestmark = pytest.mark.skipif(
 if "triton" in available_backends(DEV):
     from rgpo_fast.kernels import linear_logprob as klp
     from rgpo_fast.kernels import policy_loss as kpl
-
     from rgpo_fast.ops import triton_backend
 
 # Small blocks so that the ragged shapes below leave partial tiles in every dimension:

@@ -9,11 +9,20 @@ servable by vLLM. The weights are gathered from the FSDP2 shards and written by 
 the compute dtype (what the rollout engine samples with: bf16 on GPU, fp32 on CPU).
 `python -m rgpo_fast.export RUN_DIR [--step N]` writes the same directory from any
 checkpoint step.
+
+Nothing but an earlier export is ever replaced: every export directory holds a marker file
+(EXPORT_MARKER), and a target that exists is refused unless it is empty or holds that
+marker, and `overwrite` is set (the trainer sets it for its own `final/` and `hf/step_<n>/`,
+rebuilt on resume). A folder of other models, or a run directory, is never touched. The
+model is written to a temporary sibling and renamed into place, so a reader never sees half
+a model and a failed write leaves the earlier export as it was.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -22,6 +31,29 @@ from rgpo_fast.trainer import run_dir
 from rgpo_fast.trainer.distributed import DistInfo, full_state_dict
 
 POLICY_PREFIX = "lm."  # PolicyModule holds the HF model as `lm`
+EXPORT_MARKER = "rgpo_fast_export.json"
+
+
+class ExportTargetError(run_dir.RunDirError):
+    """The export's target directory holds something an export must not replace."""
+
+
+def check_target(out: Path, overwrite: bool) -> None:
+    """Raise ExportTargetError unless writing an export to `out` destroys nothing: `out` is
+    absent or empty, or an earlier export (its marker) and `overwrite` is set."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ExportTargetError(f"{out} exists and is not a directory; choose another --out")
+    if not any(out.iterdir()):
+        return
+    if not (out / EXPORT_MARKER).is_file():
+        raise ExportTargetError(
+            f"{out} is not empty and is not an earlier export (no {EXPORT_MARKER}); nothing "
+            "there is replaced: choose another --out")
+    if not overwrite:
+        raise ExportTargetError(f"{out} holds an earlier export; pass --overwrite to replace "
+                                "it, or choose another --out")
 
 
 def hf_state_dict(policy_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -32,11 +64,15 @@ def hf_state_dict(policy_state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 
 
 def write_hf_dir(lm_config, generation_config, tokenizer, state: dict[str, torch.Tensor],
-                 out: Path, dtype: torch.dtype | None = None) -> Path:
+                 out: Path, dtype: torch.dtype | None = None, overwrite: bool = False,
+                 source: dict | None = None) -> Path:
     """Build the HF model of `lm_config` on the CPU, load `state` (HF names) into it and
-    save it with `tokenizer` to `out`, atomically (a temporary sibling renamed into place,
-    so a reader never sees half a model; an existing `out` is replaced)."""
+    save it with `tokenizer` to `out`, atomically (a temporary sibling renamed into place).
+    `out` must pass `check_target(out, overwrite)`; `source` (run, step) goes into the
+    marker file."""
     from transformers import AutoModelForCausalLM
+
+    check_target(out, overwrite)
 
     model = AutoModelForCausalLM.from_config(lm_config, dtype=torch.float32)
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -49,13 +85,21 @@ def write_hf_dir(lm_config, generation_config, tokenizer, state: dict[str, torch
     if generation_config is not None:
         model.generation_config = generation_config
     tmp = out.with_name(f".tmp-{out.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)  # ours: a leftover of a failed export
     tmp.mkdir(parents=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    marker = {"written_by": "rgpo_fast", "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "dtype": str(dtype or torch.float32).removeprefix("torch."), **(source or {})}
+    (tmp / EXPORT_MARKER).write_text(json.dumps(marker, indent=1) + "\n")
+    if out.exists():  # empty, or an earlier export (check_target): set aside, then dropped
+        old = out.with_name(f".old-{out.name}")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
     return out
 
 
@@ -68,7 +112,9 @@ def save_hf(policy: torch.nn.Module, tokenizer, out: Path, info: DistInfo) -> Pa
         shutil.rmtree(out.with_name(f".tmp-{out.name}"), ignore_errors=True)
         return f"cannot write the model to {out}: {run_dir.reason(e)}"
 
+    # The run's own exports (final/, hf/step_<n>/) are rebuilt on resume: overwrite=True,
+    # which still refuses a directory that is not an earlier export.
     run_dir.rank0_write(info, lambda: write_hf_dir(
         lm.config, getattr(lm, "generation_config", None), tokenizer, hf_state_dict(state), out,
-        dtype=policy.compute_dtype), failure)  # fmt: skip
+        dtype=policy.compute_dtype, overwrite=True), failure)  # fmt: skip
     return out if info.is_main else None

@@ -73,7 +73,7 @@ def rank0_write(info, write: Callable[[], None], failure: Callable[[BaseExceptio
     if info.is_main:
         try:
             write()
-        except (OSError, RuntimeError) as e:
+        except (OSError, RuntimeError, RunDirError) as e:
             message = failure(e)
     message = broadcast_object(message, info)
     if message is not None:
