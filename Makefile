@@ -27,6 +27,9 @@ GPU_VLLM  := vllm==0.33.0
 # PyTorch's CPU index: `make install TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu`.
 TORCH_INDEX_URL ?=
 INDEX_ARGS := $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL))
+# The CUDA extension is built where a GPU can run it: a CUDA build of torch on a machine
+# without one (Linux's default, see above) would otherwise compile it for minutes, unused.
+NATIVE_ENV := $(if $(HAS_GPU),,RGPO_FAST_SKIP_CUDA_BUILD=1)
 NATIVE_SRC := $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu csrc/*/*.h csrc/*/*.cuh _build_native.py)
 PYTEST_ARGS ?=
 
@@ -40,7 +43,7 @@ $(STAMP): setup.py pyproject.toml Makefile $(LOCK) requirements/lock.py $(NATIVE
 	@echo "installing rgpo_fast[test] into $(VENV) at the versions of $(LOCK) (log: $(VENV)/pip.log)"
 	$(PIP) install -c $(LOCK) $(INDEX_ARGS) setuptools wheel torch > $(VENV)/pip.log 2>&1 \
 		|| (cat $(VENV)/pip.log; exit 1)
-	$(PIP) install -c $(LOCK) $(INDEX_ARGS) --no-build-isolation -e ".[test]" \
+	$(NATIVE_ENV) $(PIP) install -c $(LOCK) $(INDEX_ARGS) --no-build-isolation -e ".[test]" \
 		>> $(VENV)/pip.log 2>&1 || (cat $(VENV)/pip.log; exit 1)
 	$(BIN)/python requirements/lock.py check $(LOCK)
 	$(BIN)/python -c "import rgpo_fast"
@@ -78,7 +81,7 @@ COPY_TREE = rm -rf $(1) && mkdir -p $(1) && tar --exclude=./.git --exclude='./.v
 test-latest:
 	$(call COPY_TREE,build/test-latest)
 	cd build/test-latest && .venv/bin/pip install -q $(INDEX_ARGS) setuptools wheel "$(LATEST_TORCH)" \
-		&& .venv/bin/pip install -q $(INDEX_ARGS) --no-build-isolation -e ".[test]" \
+		&& $(NATIVE_ENV) .venv/bin/pip install -q $(INDEX_ARGS) --no-build-isolation -e ".[test]" \
 		&& .venv/bin/pip list 2>/dev/null | grep -i -E "^(torch|transformers|triton|trl|kernels) " \
 		&& .venv/bin/python -m pytest -q $(PYTEST_ARGS)
 test-floor:
@@ -86,7 +89,8 @@ test-floor:
 	cd build/test-floor && RGPO_FAST_SKIP_CPP_BUILD=1 $(PYTHON) requirements/lock.py floors \
 		floors.txt -- ".[test]" && cat floors.txt \
 		&& .venv/bin/pip install -q -c floors.txt $(INDEX_ARGS) setuptools wheel torch \
-		&& .venv/bin/pip install -q -c floors.txt $(INDEX_ARGS) --no-build-isolation -e ".[test]" \
+		&& $(NATIVE_ENV) .venv/bin/pip install -q -c floors.txt $(INDEX_ARGS) --no-build-isolation \
+		-e ".[test]" \
 		&& .venv/bin/python -m pytest -q $(PYTEST_ARGS)
 
 # Optional: flash-attn's varlen kernels for the packed policy forward. It ships only an

@@ -2,8 +2,9 @@
 
 - rgpo_fast._C (CppExtension): op schemas + CPU kernels. Built by default.
 - rgpo_fast._C_cuda (CUDAExtension): CUDA kernels + their binding. Built only when the
-  installed torch is a CUDA build and nvcc is found (CUDA_HOME), and _C is built too (the
-  CUDA module only adds implementations to the schemas that _C defines).
+  installed torch is a CUDA build and nvcc and its headers are found (CUDA_HOME), and _C is
+  built too (the CUDA module only adds implementations to the schemas that _C defines).
+  `make install` skips it on a machine without a GPU.
 
 Environment switches (value "1"):
   RGPO_FAST_SKIP_CPP_BUILD   skip both extensions (the package runs on the PyTorch path)
@@ -21,7 +22,6 @@ from __future__ import annotations
 import glob
 import os
 import sys
-
 
 DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
 
@@ -91,6 +91,12 @@ def native_extensions(root: str):
         want_cuda = False
     elif want_cuda and CUDA_HOME is None:
         _notice("nvcc not found (CUDA_HOME unset): skipping the CUDA extension")
+        want_cuda = False
+    elif want_cuda and not os.path.exists(os.path.join(CUDA_HOME, "include", "cuda_runtime_api.h")):
+        # torch guesses CUDA_HOME from nvcc's path; an nvcc linked into /usr/local/bin gives
+        # /usr/local, which has no CUDA headers. Fail here with a notice, not in the compiler.
+        _notice(f"no CUDA headers under CUDA_HOME={CUDA_HOME} (set CUDA_HOME to the toolkit): "
+                "skipping the CUDA extension")
         want_cuda = False
     if want_cuda:
         os.environ.setdefault(

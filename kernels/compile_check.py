@@ -64,6 +64,7 @@ def jobs(archs: list[int], quick: bool) -> list[tuple[str, object, int, dict, di
     kernels in every flag combination. Quick: every bf16 config with flags on, the first
     fp32 config, the policy-loss kernel with every flag on."""
     import torch
+
     from rgpo_fast.kernels import linear_logprob as klp
     from rgpo_fast.kernels import policy_loss as kpl
 
