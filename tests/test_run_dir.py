@@ -19,6 +19,7 @@ import torch
 from rgpo_fast import train
 from rgpo_fast.train import main
 from rgpo_fast.trainer import checkpoint as ckpt
+from rgpo_fast.trainer import run_dir
 from rgpo_fast.trainer.run_dir import RunDirError, RunLock
 from rgpo_fast.trainer.testing import tiny_args
 
@@ -161,3 +162,85 @@ def test_a_bug_shows_its_traceback_and_how_to_report_it(tmp_path, capsys, monkey
 def test_user_errors_show_a_traceback_only_with_debug(tmp_path):
     with pytest.raises(RunDirError):
         main(["--output-dir", "/proc/nope/run", "--debug"])
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
+def test_a_fresh_run_never_mixes_with_an_earlier_one(tmp_path, cache, capsys):
+    """A second run without --resume in a directory that holds a run is refused before
+    anything is written: checkpoints, metrics and config.yaml stay byte for byte."""
+    out = tmp_path / "run"
+    args = tiny_args(out, cache, extra=["--logging.plots", "false"])
+    assert main(args) == 0
+    before = _snapshot(out)
+    capsys.readouterr()
+    assert main(args) == 2
+    line = _one_error_line(capsys)
+    assert str(out) in line and "--resume" in line and "checkpoints step 0, 2" in line
+    assert _snapshot(out) == before
+
+
+def test_resume_without_a_usable_checkpoint_is_refused_where_a_run_lies(tmp_path, cache, capsys):
+    out = tmp_path / "run"
+    args = tiny_args(out, cache, extra=["--logging.plots", "false"])
+    assert main(args) == 0
+    for _, path in ckpt.list_checkpoints(out / "checkpoints"):
+        (path / "manifest.json").unlink()  # every checkpoint incomplete
+    before = _snapshot(out)
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 2
+    assert "no usable checkpoint" in _one_error_line(capsys)
+    assert _snapshot(out) == before
+
+
+def test_the_default_directory_moves_on_instead_of_refusing(tmp_path, monkeypatch):
+    """`make train` twice just works: only the built-in default runs/default moves on to the
+    next free runs/default-<k>; any other directory is refused, and --resume stays put."""
+    monkeypatch.chdir(tmp_path)
+    ok = lambda d: True  # noqa: E731
+    assert run_dir.choose("runs/default", False, ok) == Path("runs/default")
+    (tmp_path / "runs" / "default").mkdir(parents=True)
+    (tmp_path / "runs" / "default" / "config.yaml").write_text("x: 1\n")
+    assert run_dir.choose("runs/default", False, ok) == Path("runs/default")  # nothing run yet
+    (tmp_path / "runs" / "default" / "metrics.jsonl").write_text('{"step": 1}\n')
+    assert run_dir.choose("runs/default", False, ok) == Path("runs/default-2")
+    (tmp_path / "runs" / "default-2" / "checkpoints" / "step_000000").mkdir(parents=True)
+    assert run_dir.choose("runs/default", False, ok) == Path("runs/default-3")
+    assert run_dir.choose("runs/default", True, ok) == Path("runs/default")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "summary.json").write_text("{}")
+    with pytest.raises(RunDirError, match="continue it with --resume"):
+        run_dir.choose("mine", False, ok)
+
+
+def test_resume_keeps_the_options_that_define_the_run(tmp_path, cache, capsys):
+    """A resume with another algorithm, learning rate or model size is refused with the
+    differing keys, and config.yaml is left as it was; a longer run is allowed and its
+    change recorded in config_history.jsonl."""
+    out = tmp_path / "run"
+    args = tiny_args(out, cache, extra=["--logging.plots", "false"])
+    assert main(args) == 0
+    saved = (out / "config.yaml").read_bytes()
+    for extra, key in ((["--algo", "grpo"], "algo.name"), (["--optim.lr", "0.05"], "optim.lr"),
+                       (["--model.tiny_hidden", "64"], "model.tiny_hidden")):
+        capsys.readouterr()
+        assert main([*args, "--resume", *extra]) == 2
+        line = _one_error_line(capsys)
+        assert key in line and "another --output-dir" in line, line
+        assert (out / "config.yaml").read_bytes() == saved
+    assert not (out / "config_history.jsonl").exists()
+    longer = [*tiny_args(out, cache, steps=3, extra=["--logging.plots", "false"]), "--resume"]
+    assert main(longer) == 0
+    history = [json.loads(x) for x in (out / "config_history.jsonl").read_text().splitlines()]
+    assert history[-1]["changed"] == {"train.max_steps": {"was": 2, "now": 3}}
+    assert "max_steps: 3" in (out / "config.yaml").read_text()
+
+
+def test_a_start_that_fails_its_checks_writes_no_config(tmp_path, cache, capsys):
+    out = tmp_path / "run"
+    assert main(tiny_args(out, cache, extra=["--data.train", str(tmp_path / "nope.jsonl")])) == 2
+    _one_error_line(capsys)
+    assert not (out / "config.yaml").exists()

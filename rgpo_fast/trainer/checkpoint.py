@@ -200,6 +200,17 @@ def verify(path: Path) -> None:
             raise CheckpointError(f"{name} is corrupt (checksum mismatch)")
 
 
+def has_usable_checkpoint(root: str | Path) -> bool:
+    """Whether `root` holds a checkpoint that passes `verify` (what load_latest can use)."""
+    for _, path in list_checkpoints(root):
+        try:
+            verify(path)
+            return True
+        except CheckpointError:
+            continue
+    return False
+
+
 def load_latest(
     root: str | Path, policy, optimizer, scheduler, info: DistInfo, log=print
 ) -> dict[str, Any] | None:

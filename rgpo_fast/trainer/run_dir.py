@@ -10,6 +10,17 @@
   into a RunDirError that says what was being written.
 - `rank0_write`: the same for a write that rank 0 does on behalf of all ranks (checkpoints,
   the reference policy, the exported model): every rank learns whether it failed.
+- `choose`: one run per directory. A fresh run (no `--resume`) never starts in a directory
+  that holds an earlier run's work (`run_contents`): it is refused, and told how to continue
+  (`--resume`) or start elsewhere; only the built-in default `runs/default` moves on to the
+  next free `runs/default-<k>`, so `make train` run twice just works. `--resume` in a
+  directory whose work has no usable checkpoint is refused too: starting fresh there would
+  mix two runs.
+- `resume_conflicts`: a resumed run is the same run. Options that define it (model, data,
+  algorithm and loss, optimizer and schedule, seed, batch shape, ...) must equal the saved
+  config.yaml's; only RESUMABLE options (how long, how often to save, log and evaluate,
+  where and how fast to compute) may change. The trainer writes config.yaml only after every
+  start-up check passed, and appends each resume's changes to config_history.jsonl.
 """
 
 from __future__ import annotations
@@ -27,6 +38,10 @@ from pathlib import Path
 from rgpo_fast.errors import UserError
 
 LOCK_NAME = ".lock"
+DEFAULT_DIR = "runs/default"  # TrainConfig.output_dir's default
+# What a run writes that makes a directory "hold a run" (config.yaml alone does not: it is
+# rewritten from the same options by a start that failed before training).
+RUN_FILES = ("metrics.jsonl", "summary.json", "final", "hf", "plots", "tensorboard", "wandb")
 
 
 class RunDirError(UserError):
@@ -51,6 +66,74 @@ def create(path: str | Path) -> Path:
         raise RunDirError(f"the output directory {path} is not writable; choose another "
                           "--output-dir")  # fmt: skip
     return path
+
+
+# Options a resume may change: they do not change what the run trains. Anything else is
+# compared with the saved config.yaml.
+RESUMABLE = (
+    "train.output_dir", "train.resume", "train.max_steps", "train.save_every",
+    "train.keep_checkpoints", "train.save_hf_every", "train.device", "train.impl",
+    "train.threads", "train.micro_batch_size", "train.sft_micro_batch_size",
+    "model.cache_dir", "model.gradient_checkpointing", "rollout.sync_bucket_mb",
+    "eval.", "logging.",
+)  # fmt: skip
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_changes(saved: dict, new: dict) -> dict[str, tuple[object, object]]:
+    """{dotted key: (saved, new)} of every option whose value differs."""
+    a, b = _flat(saved), _flat(new)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def resume_conflicts(changes: dict[str, tuple[object, object]]) -> list[str]:
+    """'key: saved -> new' of the changes a resume may not make."""
+    return [f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items()
+            if not any(k == r or (r.endswith(".") and k.startswith(r)) for r in RESUMABLE)]
+
+
+def run_contents(path: Path) -> list[str]:
+    """What of an earlier run `path` holds: checkpoint steps and RUN_FILES (empty: none)."""
+    from rgpo_fast.trainer.checkpoint import list_checkpoints
+
+    found = [f"checkpoints step {', '.join(str(s) for s, _ in steps)}"
+             for steps in [list_checkpoints(path / "checkpoints")] if steps]
+    for name in RUN_FILES:
+        p = path / name
+        if p.is_file() and p.stat().st_size > 0 or p.is_dir() and any(p.iterdir()):
+            found.append(name)
+    return found
+
+
+def choose(path: str | Path, resume: bool, has_checkpoint: Callable[[Path], bool]) -> Path:
+    """The directory this run may write to, or RunDirError (see the module docstring).
+    `has_checkpoint(dir)`: whether a usable checkpoint exists there (what --resume loads)."""
+    path = Path(path)
+    held = run_contents(path) if path.is_dir() else []
+    if resume:
+        if held and not has_checkpoint(path):
+            raise RunDirError(f"--resume: {path} holds an earlier run ({', '.join(held)}) but "
+                              "no usable checkpoint; starting fresh there would mix two runs: "
+                              "choose another --output-dir")  # fmt: skip
+        return path
+    if not held:
+        return path
+    if path.as_posix().rstrip("/") == DEFAULT_DIR:
+        k = 2
+        while Path(f"{DEFAULT_DIR}-{k}").is_dir() and run_contents(Path(f"{DEFAULT_DIR}-{k}")):
+            k += 1
+        return Path(f"{DEFAULT_DIR}-{k}")
+    raise RunDirError(f"{path} holds an earlier run ({', '.join(held)}); continue it with "
+                      "--resume, or choose another --output-dir (nothing there is replaced)")
 
 
 @contextlib.contextmanager

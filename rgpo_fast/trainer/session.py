@@ -17,16 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from rgpo_fast.algos.guidance import HintLevels
 from rgpo_fast.data.types import Example
+from rgpo_fast.errors import UserError
 from rgpo_fast.rewards import get_reward_fn
 from rgpo_fast.rollout.base import SamplingParams
 from rgpo_fast.trainer import checkpoint as ckpt
 from rgpo_fast.trainer import run_dir
 from rgpo_fast.trainer.build import build_engine, load_policy, resolve_model_dir
 from rgpo_fast.trainer.collect import CollectContext
-from rgpo_fast.trainer.config import RunConfig
+from rgpo_fast.trainer.config import ConfigError, RunConfig, load_yaml
 from rgpo_fast.trainer.data_sources import (
     PromptSampler,
     check_data_paths,
@@ -34,7 +36,12 @@ from rgpo_fast.trainer.data_sources import (
     load_source,
     reward_name,
 )
-from rgpo_fast.trainer.distributed import DistInfo, init_distributed, shard_model
+from rgpo_fast.trainer.distributed import (
+    DistInfo,
+    broadcast_object,
+    init_distributed,
+    shard_model,
+)
 from rgpo_fast.trainer.evaluation import evaluate_all
 from rgpo_fast.trainer.hf_export import save_hf
 from rgpo_fast.trainer.metrics import MetricsLog, summary_table
@@ -120,10 +127,29 @@ def set_up(cfg: RunConfig) -> Session:
     owns the run directory from here on (released by `Session.close`, or on failure)."""
     t_start = time.perf_counter()
     info = init_distributed(cfg.train.device)
-    out_dir = Path(cfg.train.output_dir)
-    lock = None
+    lock, decision, failure = None, None, None
     if info.is_main:  # the run directory is this run's before anything is written into it
-        lock = RunLock(run_dir.create(out_dir)).acquire()
+        try:
+            out_dir = run_dir.choose(cfg.train.output_dir, cfg.train.resume,
+                                     lambda d: ckpt.has_usable_checkpoint(d / "checkpoints"))
+            lock = RunLock(run_dir.create(out_dir)).acquire()
+            if not cfg.train.resume and run_dir.run_contents(out_dir):  # written meanwhile
+                raise run_dir.RunDirError(f"{out_dir} was taken by another run; start again")
+            _check_resume_options(cfg, out_dir)
+            decision = ("dir", str(out_dir))
+        except UserError as e:  # the directory, or options a resume may not change
+            if lock is not None:
+                lock.release()
+            decision, failure = ("error", str(e)), e
+    kind, value = broadcast_object(decision, info)  # every rank stops, or none
+    if kind == "error":
+        raise failure if failure is not None else UserError(value)
+    out_dir = Path(value)
+    if str(out_dir) != cfg.train.output_dir:
+        if info.is_main:
+            print(f"{cfg.train.output_dir} holds an earlier run: this run writes to {out_dir} "
+                  f"(resume it with --output-dir {out_dir} --resume)", flush=True)
+        cfg.train.output_dir = str(out_dir)
     try:
         return _build(cfg, info, out_dir, lock, t_start)
     except BaseException:
@@ -138,9 +164,6 @@ def _build(cfg: RunConfig, info: DistInfo, out_dir: Path, lock: RunLock | None,
         torch.set_num_threads(cfg.train.threads)
     random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
-    if info.is_main:
-        with run_dir.writing(f"{out_dir / 'config.yaml'}"):
-            cfg.save(out_dir / "config.yaml")
     # Fail fast, before minutes of model loading and before anything is on the GPU.
     check_data_paths(cfg)
     check_engine(cfg, info)
@@ -174,6 +197,8 @@ def _build(cfg: RunConfig, info: DistInfo, out_dir: Path, lock: RunLock | None,
         keep_rollout_logprobs=engine.name == "vllm",
         max_prompt_len=cfg.data.max_prompt_tokens + cfg.rollout.max_hint_tokens,
     )
+    if info.is_main:  # every check passed and everything loaded: now the run's record
+        _save_config(cfg, out_dir)
     sinks = open_sinks(cfg.logging.report_to, out_dir, cfg.to_dict()) if info.is_main else []
     return Session(
         cfg=cfg, info=info, out_dir=out_dir, policy=policy, tokenizer=tok, model_dir=model_dir,
@@ -183,6 +208,43 @@ def _build(cfg: RunConfig, info: DistInfo, out_dir: Path, lock: RunLock | None,
         optimizer=optimizer, scheduler=scheduler, metrics=MetricsLog(out_dir / "metrics.jsonl"),
         collect=collect, t_start=t_start, lock=lock, ref_policy=ref, sinks=sinks,
     )  # fmt: skip
+
+
+def _saved_config(out_dir: Path) -> dict | None:
+    path = out_dir / "config.yaml"
+    return load_yaml(path) if path.is_file() else None
+
+
+def _check_resume_options(cfg: RunConfig, out_dir: Path) -> None:
+    """--resume keeps the run's defining options (run_dir.resume_conflicts)."""
+    saved = _saved_config(out_dir) if cfg.train.resume else None
+    if saved is None:
+        return
+    new = yaml.safe_load(yaml.safe_dump(cfg.to_dict(), sort_keys=False))  # as saved
+    bad = run_dir.resume_conflicts(run_dir.config_changes(saved, new))
+    if bad:
+        raise ConfigError(f"--resume: options that define the run differ from "
+                          f"{out_dir / 'config.yaml'}: {'; '.join(bad)}. Resume with the run's "
+                          "options, or start a new run in another --output-dir")  # fmt: skip
+
+
+def _save_config(cfg: RunConfig, out_dir: Path) -> None:
+    """config.yaml (the options in force) and, on a resume that changed options, one line
+    of config_history.jsonl with what changed (a fresh run's directory holds no run, so
+    a config.yaml there is a failed start's and simply replaced)."""
+    saved = _saved_config(out_dir) if cfg.train.resume else None
+    new = yaml.safe_load(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    changes = run_dir.config_changes(saved, new) if saved is not None else {}
+    changes.pop("train.resume", None)
+    with run_dir.writing(f"{out_dir / 'config.yaml'}"):
+        if changes:
+            line = {"time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                    "changed": {k: {"was": a, "now": b} for k, (a, b) in changes.items()}}
+            with open(out_dir / "config_history.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(line) + "\n")
+        tmp = out_dir / ".config.yaml.tmp"  # renamed into place: never half a config
+        cfg.save(tmp)
+        tmp.replace(out_dir / "config.yaml")
 
 
 def _load_data(cfg: RunConfig, tok):
@@ -244,9 +306,6 @@ def resume(s: Session) -> int | None:
 
 def start_fresh(s: Session) -> int:
     """SFT warm start, the baseline evaluation, and checkpoint 0 (never redone on resume)."""
-    if s.info.is_main and s.metrics.path.exists():
-        with run_dir.writing(f"{s.metrics.path} (a fresh run starts it anew)"):
-            s.metrics.path.unlink()
     if s.sft_set:
         t0 = time.perf_counter()
         loss = sft_warm_start(s.policy, s.sft_set, s.tokenizer, s.cfg, s.info)
