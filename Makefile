@@ -116,7 +116,7 @@ bench-gpu: install
 	$(BIN)/python benchmarks/bench_linear_logprob.py --gpu --dtype bfloat16
 
 lint: install
-	$(BIN)/ruff check rgpo_fast kernels benchmarks tests
+	$(BIN)/ruff check rgpo_fast kernels benchmarks tests requirements
 
 clean:
 	rm -rf build *.egg-info rgpo_fast/*.so
