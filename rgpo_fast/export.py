@@ -27,6 +27,7 @@ def export(run: Path, step: int | None = None, out: Path | None = None,
     from transformers import AutoConfig, GenerationConfig
 
     from rgpo_fast.trainer import checkpoint as ckpt
+    from rgpo_fast.trainer import run_dir
     from rgpo_fast.trainer.build import resolve_model_dir
     from rgpo_fast.trainer.config import load_yaml, resolve
     from rgpo_fast.trainer.hf_export import check_target, hf_state_dict, write_hf_dir
@@ -56,13 +57,11 @@ def export(run: Path, step: int | None = None, out: Path | None = None,
     except OSError:  # no generation_config.json: the model's defaults
         generation = None
     state = torch.load(steps[step] / "model.pt", map_location="cpu", weights_only=True)
-    try:
+    with run_dir.writing(f"the model to {out}"):  # OSError -> one error line
         return write_hf_dir(AutoConfig.from_pretrained(str(base)), generation,
                             load_tokenizer(base), hf_state_dict(state), out,
                             dtype=getattr(torch, dtype), overwrite=overwrite,
                             source={"run": str(run), "step": step})
-    except OSError as e:
-        raise UserError(f"cannot write the model to {out}: {e.strerror or e}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
