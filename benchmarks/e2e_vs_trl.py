@@ -119,9 +119,9 @@ def worker_rgpo(a) -> dict:
     import torch
 
     torch.set_num_threads(a.threads)
-    from rgpo_fast.train import quiet_libraries
     from rgpo_fast.trainer import session
     from rgpo_fast.trainer.cli import parse_args
+    from rgpo_fast.trainer.progress import quiet_libraries
     from rgpo_fast.trainer.rl_step import rl_step
 
     argv = [

@@ -26,8 +26,8 @@ def hint_probe_worker(model_dir: Path, s: Settings) -> None:
     from rgpo_fast.probe import run_probe
     from rgpo_fast.rewards import get_reward_fn
     from rgpo_fast.rollout.hf import HFEngine
-    from rgpo_fast.train import quiet_libraries
     from rgpo_fast.trainer.data_sources import eval_sources, load_source
+    from rgpo_fast.trainer.progress import quiet_libraries
     from rgpo_fast.trainer.tiny_model import load_model_and_tokenizer
 
     quiet_libraries()

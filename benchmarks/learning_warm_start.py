@@ -38,11 +38,11 @@ def warm_start_worker(out: Path, s: Settings) -> None:
     """The warm start itself, in its own process (the driver's --warm-start-worker)."""
     import torch
 
-    from rgpo_fast.train import quiet_libraries
     from rgpo_fast.trainer.build import load_policy
     from rgpo_fast.trainer.cli import parse_args
     from rgpo_fast.trainer.data_sources import load_source
     from rgpo_fast.trainer.distributed import init_distributed
+    from rgpo_fast.trainer.progress import quiet_libraries
     from rgpo_fast.trainer.warm_start import sft_warm_start
 
     quiet_libraries()

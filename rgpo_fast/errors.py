@@ -11,3 +11,8 @@ from __future__ import annotations
 
 class UserError(Exception):
     """A problem the user can fix; its message names what is wrong and what to change."""
+
+
+class NonFiniteError(UserError):
+    """A loss, gradient norm, weight or logit that is NaN or infinite: the run diverged
+    (rgpo_fast/trainer/nonfinite.py)."""

@@ -56,6 +56,7 @@ def export(run: Path, step: int | None = None, out: Path | None = None,
         generation = GenerationConfig.from_pretrained(str(base))
     except OSError:  # no generation_config.json: the model's defaults
         generation = None
+    print(f"exporting {steps[step]} to {out}", flush=True)
     state = torch.load(steps[step] / "model.pt", map_location="cpu", weights_only=True)
     with run_dir.writing(f"the model to {out}"):  # OSError -> one error line
         return write_hf_dir(AutoConfig.from_pretrained(str(base)), generation,
@@ -74,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier export at --out (never anything else)")
     a = p.parse_args(argv)
+    from rgpo_fast.trainer.progress import quiet_libraries
+
+    quiet_libraries()  # our lines only, as in the trainer: no per-file bars in a log
     try:
         out = export(a.run, a.step, a.out, a.dtype, a.overwrite)
     except UserError as e:

@@ -37,9 +37,9 @@ from rgpo_fast.trainer.cli import parse_args
 from rgpo_fast.trainer.config import RunConfig
 from rgpo_fast.trainer.distributed import barrier, shutdown
 from rgpo_fast.trainer.hf_export import save_hf
+from rgpo_fast.trainer.progress import Progress, close_all, quiet_libraries
 from rgpo_fast.trainer.rl_step import rl_step
 from rgpo_fast.trainer.session import (
-    Session,
     evaluate,
     finish,
     record,
@@ -57,7 +57,8 @@ def run(cfg: RunConfig) -> int:
         start = resume(s) if cfg.train.resume else None
         if start is None:
             start = start_fresh(s)  # SFT warm start, eval before RL, checkpoint 0
-        bar = _progress(s, start)
+        bar = (Progress(cfg.train.max_steps, "RL", initial=start)
+               if cfg.logging.progress and s.info.is_main else None)
         for step in range(start + 1, cfg.train.max_steps + 1):
             row = rl_step(s, step)  # collect -> rollout log-probs -> assemble -> update -> sync
             if cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.train.max_steps:
@@ -70,7 +71,10 @@ def run(cfg: RunConfig) -> int:
                 save(s, step)
             if cfg.train.save_hf_every and step % cfg.train.save_hf_every == 0:
                 save_hf(s.policy, s.tokenizer, s.out_dir / "hf" / f"step_{step:06d}", s.info)
-            _advance(bar, row)
+            if bar is not None:
+                bar.update(1, reward=f"{row['reward/mean']:.2f}",
+                           acc=f"{row['accuracy/mean']:.2f}", guided=int(row["guided/prompts"]),
+                           accepted=int(row["guided/accepted"]))
         if bar is not None:
             bar.close()
         finish(s)  # final evaluation, <output_dir>/final (HF format), summary.json, plots
@@ -81,32 +85,7 @@ def run(cfg: RunConfig) -> int:
     return 0
 
 
-def _progress(s: Session, start: int):
-    if not (s.cfg.logging.progress and s.info.is_main):
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=s.cfg.train.max_steps, initial=start, desc="RL", dynamic_ncols=True)
-
-
-def _advance(bar, row: dict) -> None:
-    if bar is None:
-        return
-    bar.set_postfix(reward=f"{row['reward/mean']:.2f}", acc=f"{row['accuracy/mean']:.2f}",
-                    guided=int(row["guided/prompts"]), accepted=int(row["guided/accepted"]))
-    bar.update(1)
-
-
 # ------------------------------------------------------------------ entry point
-
-
-def quiet_libraries() -> None:
-    """No per-file progress bars from transformers / hub: our bar and `error:` lines only."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
 
 
 REPORT = ("rgpo_fast: this is a bug, not a problem with your input. Please report it with "
@@ -124,14 +103,17 @@ def main(argv: list[str] | None = None) -> int:
         _, cfg = parse_args(argv)
         return run(cfg)
     except UserError as e:
+        close_all()  # the error on a line of its own, not after a bar's last frame
         if debug:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        close_all()
+        print("error: interrupted (resume with the same command and --resume)", file=sys.stderr)
         return 130
     except Exception:  # noqa: BLE001 - anything else is a bug: keep it visible
+        close_all()
         traceback.print_exc()
         print(REPORT, file=sys.stderr)
         return 1

@@ -66,7 +66,7 @@ def test_json_column_dict_layout(tmp_path):
 def test_missing_answer_raises_naming_file_row_field(tmp_path, fmt):
     rows = [ROWS[0], {"q": "3+3=?", "sol": "x", "ans": ""}]
     path = _write(tmp_path, fmt, rows)
-    with pytest.raises(DataError, match=r"d\.\w+: row 1: missing or empty field 'ans'"):
+    with pytest.raises(DataError, match=r"d\.\w+: row 1: field 'ans' is missing or empty"):
         load_examples(path, FIELDS)
 
 
@@ -75,8 +75,32 @@ def test_skip_mode_counts_invalid_rows(tmp_path):
     path = _write(tmp_path, "jsonl", rows)
     examples, summary = load_examples(path, FIELDS, on_error="skip", verbose=False)
     assert [e.problem for e in examples] == ["1+2=?", "5-1=?"]
-    assert summary.skipped_invalid == 2 and "'q'" in summary.errors[0]
-    assert "'ans'" in summary.errors[1]
+    assert summary.dropped == {"missing problem": 1, "missing answer": 1}
+    assert "row 1: field 'q'" in summary.errors[0] and "row 2: field 'ans'" in summary.errors[1]
+    assert "2 kept; dropped: 1 missing problem, 1 missing answer" in str(summary)
+
+
+@pytest.mark.parametrize("field,value", [("q", {"text": "1+1"}), ("q", ["1", "+1"]),
+                                         ("ans", [2]), ("ans", True), ("sol", 3.5)])
+def test_fields_of_the_wrong_type_are_refused_with_file_row_field(tmp_path, field, value):
+    """A dict problem would otherwise become its Python repr as prompt text; skip mode does
+    not hide it either."""
+    path = _write(tmp_path, "jsonl", [ROWS[0], {**ROWS[2], field: value}])
+    with pytest.raises(DataError, match=rf"d\.jsonl: row 1: field '{field}' must be text"):
+        load_examples(path, FIELDS, on_error="skip", verbose=False)
+
+
+def test_numbers_become_their_text(tmp_path):
+    path = _write(tmp_path, "jsonl", [{"q": 12, "sol": "", "ans": 4.0}, {"q": "x", "ans": 0.5}])
+    examples, _ = load_examples(path, FIELDS, verbose=False)
+    assert [(e.problem, e.answer) for e in examples] == [("12", "4"), ("x", "0.5")]
+
+
+def test_required_rationale_drops_and_counts(tmp_path):
+    path = _write(tmp_path, "jsonl", ROWS)  # ROWS[1] has an empty rationale
+    examples, summary = load_examples(path, FIELDS, verbose=False, require_rationale=True)
+    assert len(examples) == 2 and summary.dropped == {"no rationale": 1}
+    assert summary.empty_rationale == 0
 
 
 def test_malformed_files(tmp_path):
@@ -114,8 +138,9 @@ def test_long_prompts_skipped_and_counted(tmp_path):
         path, FIELDS, max_prompt_tokens=6, tokenizer=tok, verbose=False
     )
     assert [e.problem for e in examples] == ["1+2=?"]
-    assert summary.skipped_too_long == 1 and summary.empty_rationale == 0
+    assert summary.dropped == {"prompt over the length limit": 1}
+    assert summary.empty_rationale == 0
     _, summary = load_examples(path, FIELDS, max_prompt_tokens=5, tokenizer=tok, verbose=False)
-    assert summary.kept == 0 and summary.skipped_too_long == 2
+    assert summary.kept == 0 and summary.dropped == {"prompt over the length limit": 2}
     with pytest.raises(ValueError, match="tokenizer"):
         load_examples(path, FIELDS, max_prompt_tokens=5)

@@ -1,12 +1,16 @@
 """Dataset readers: JSONL, JSON, Parquet, CSV and `datasets.save_to_disk` directories.
 
 Every row goes through one validation path:
+- a field of the wrong type is an error naming file, row and field, whatever `on_error`:
+  problem and answer are text, or numbers, which become their text (2.0 -> "2"); the
+  rationale is text or absent. A list, a dict or a bool is never guessed into a prompt;
 - missing/empty problem or answer: an error naming file, row and field
-  (`on_error="raise"`), or the row is skipped and counted (`on_error="skip"`);
-- empty rationale: allowed and counted (that prompt is never guided);
+  (`on_error="raise"`), or the row is dropped and counted (`on_error="skip"`);
+- empty rationale: allowed and counted (that prompt is never guided), or with
+  `require_rationale` (SFT data) dropped and counted;
 - prompt longer than `max_prompt_tokens` (after the prompt template, measured with the
-  tokenizer): skipped and counted.
-`load_examples` returns the examples and a `ReadSummary`, and prints the summary.
+  tokenizer): dropped and counted.
+`load_examples` returns the examples and a `ReadSummary` (counts by reason), and prints it.
 """
 
 from __future__ import annotations
@@ -32,23 +36,38 @@ class FieldMap:
     answer: str = "answer"
 
 
+# Why a row is dropped (ReadSummary.dropped's keys).
+MISSING_PROBLEM = "missing problem"
+MISSING_ANSWER = "missing answer"
+NOT_AN_OBJECT = "not an object"
+TOO_LONG = "prompt over the length limit"
+NO_RATIONALE = "no rationale"
+
+
 @dataclass
 class ReadSummary:
     path: str
     format: str
     rows: int = 0
     kept: int = 0
-    skipped_invalid: int = 0
-    skipped_too_long: int = 0
-    empty_rationale: int = 0
-    errors: list[str] = field(default_factory=list)  # first few skip reasons
+    dropped: dict[str, int] = field(default_factory=dict)  # reason -> rows
+    empty_rationale: int = 0  # kept rows without a rationale (never guided)
+    errors: list[str] = field(default_factory=list)  # the first few drops, with their row
+
+    def drop(self, reason: str, message: str | None = None) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        if message and len(self.errors) < 5:
+            self.errors.append(message)
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "rows": self.rows, "kept": self.kept,
+                "dropped": dict(self.dropped), "without_rationale": self.empty_rationale}
 
     def __str__(self) -> str:
-        return (
-            f"read {self.path} ({self.format}): {self.rows} rows, {self.kept} kept, "
-            f"{self.skipped_invalid} skipped invalid, {self.skipped_too_long} skipped over the "
-            f"prompt length limit, {self.empty_rationale} without rationale (never guided)"
-        )
+        dropped = ", ".join(f"{n} {why}" for why, n in self.dropped.items()) or "none"
+        return (f"read {self.path} ({self.format}): {self.rows} rows, {self.kept} kept; "
+                f"dropped: {dropped}; {self.empty_rationale} kept without rationale "
+                "(never guided)")
 
 
 class DataError(ValueError):
@@ -123,13 +142,18 @@ def _iter_rows(path: Path, fmt: str) -> Iterator[dict[str, Any]]:
         raise DataError(f"{path}: unsupported format {fmt!r}; supported: {', '.join(FORMATS)}")
 
 
-def _text(value: Any) -> str:
-    """Cell -> str; None/NaN -> "" (missing). Numbers (answers) become their text."""
+def _text(value: Any, where: str, numbers: bool = True) -> str:
+    """Cell -> str; None/NaN -> "" (missing). With `numbers`, an int or float becomes its
+    text (2.0 -> "2"); anything else that is not a string (a list, a dict, a bool) is a
+    DataError naming `where` (file, row, field)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value).strip() if not isinstance(value, str) else value.strip()
+    if isinstance(value, str):
+        return value.strip()
+    if numbers and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+    kind = "text or a number" if numbers else "text"
+    raise DataError(f"{where} must be {kind}, got {type(value).__name__} {value!r:.60}")
 
 
 def load_examples(
@@ -143,6 +167,7 @@ def load_examples(
     fmt: str | None = None,
     limit: int | None = None,
     verbose: bool = True,
+    require_rationale: bool = False,
 ) -> tuple[list[Example], ReadSummary]:
     """Read and validate a dataset file; see the module docstring for the rules.
 
@@ -163,34 +188,39 @@ def load_examples(
     summary = ReadSummary(path=str(p), format=fmt)
     examples: list[Example] = []
 
-    def bad(msg: str) -> None:
+    def bad(reason: str, msg: str) -> None:
         if on_error == "raise":
             raise DataError(msg)
-        summary.skipped_invalid += 1
-        if len(summary.errors) < 5:
-            summary.errors.append(msg)
+        summary.drop(reason, msg)
 
     for i, row in enumerate(_iter_rows(p, fmt)):
         if limit is not None and summary.kept >= limit:
             break
         summary.rows += 1
         if not isinstance(row, dict):
-            bad(f"{p}: row {i}: expected an object, got {type(row).__name__}")
+            bad(NOT_AN_OBJECT, f"{p}: row {i}: expected an object, got {type(row).__name__}")
             continue
-        problem = _text(row.get(fields.problem))
-        answer = _text(row.get(fields.answer))
-        missing = [n for n, v in ((fields.problem, problem), (fields.answer, answer)) if not v]
-        if missing:
-            bad(f"{p}: row {i}: missing or empty field {missing[0]!r}")
+        at = f"{p}: row {i}: field"
+        problem = _text(row.get(fields.problem), f"{at} {fields.problem!r}")
+        answer = _text(row.get(fields.answer), f"{at} {fields.answer!r}")
+        rationale = (_text(row.get(fields.rationale), f"{at} {fields.rationale!r}", numbers=False)
+                     if fields.rationale else "")  # fmt: skip
+        if not problem:
+            bad(MISSING_PROBLEM, f"{at} {fields.problem!r} is missing or empty")
             continue
-        rationale = _text(row.get(fields.rationale)) if fields.rationale else ""
+        if not answer:
+            bad(MISSING_ANSWER, f"{at} {fields.answer!r} is missing or empty")
+            continue
+        if require_rationale and not rationale:
+            summary.drop(NO_RATIONALE)
+            continue
         if max_prompt_tokens is not None:
             from rgpo_fast.data.prompts import build_prompt  # noqa: PLC0415
 
             text = build_prompt(tokenizer, problem, **(prompt_kwargs or {}))
             n_tok = len(tokenizer(text, add_special_tokens=False)["input_ids"])
             if n_tok > max_prompt_tokens:
-                summary.skipped_too_long += 1
+                summary.drop(TOO_LONG)
                 continue
         if not rationale:
             summary.empty_rationale += 1  # among kept rows

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
+from rgpo_fast.errors import NonFiniteError
 from rgpo_fast.precision import autocast_to
 from rgpo_fast.rollout.base import Completion, RequestOutput, SamplingParams
 
@@ -37,22 +38,32 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
+def _check_finite(t: torch.Tensor) -> None:
+    if not bool(torch.isfinite(t).all()):
+        raise NonFiniteError("the policy's next-token distribution holds NaN or inf while "
+                             "sampling: the weights have diverged; lower the learning rate "
+                             "(optim.lr, train.sft_lr)")
+
+
 def sample_next(
     logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick the next token of each row; return (ids (B,), log-probs (B,) float32).
 
     The log-prob is taken under softmax(logits / T) before top-p truncation, matching what
-    the trainer recomputes; greedy (T = 0) reports the T = 1 log-prob.
+    the trainer recomputes; greedy (T = 0) reports the T = 1 log-prob. A NaN/inf
+    distribution (weights that diverged) is an error, not a silently arbitrary token.
     """
     logits = logits.float()
     if temperature == 0:
+        _check_finite(logits)
         ids = logits.argmax(-1)
         logp = torch.log_softmax(logits, -1)
     else:
         scaled = logits / temperature
         logp = torch.log_softmax(scaled, -1)
         probs = torch.softmax(top_p_filter(scaled, top_p), -1)
+        _check_finite(probs)  # NaN logits, or finite ones so large that softmax gives NaN
         ids = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
     return ids, logp.gather(-1, ids[:, None]).squeeze(-1)
 

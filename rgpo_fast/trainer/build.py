@@ -10,6 +10,7 @@ import importlib.util
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from rgpo_fast.trainer.config import ConfigError, RunConfig
 from rgpo_fast.trainer.distributed import DistInfo
@@ -47,7 +48,13 @@ def resolve_model_dir(cfg: RunConfig) -> Path:
             intermediate_size=m.tiny_intermediate,
             seed=cfg.train.seed,
         )
-        return ensure_tiny_model(spec, cfg.model.cache_dir)
+        try:
+            return ensure_tiny_model(spec, cfg.model.cache_dir)
+        except OSError as e:  # a read-only or full cache: the model cannot be built there
+            where = cfg.model.cache_dir or "the default cache ($RGPO_FAST_CACHE or ~/.cache)"
+            raise ConfigError(f"cannot build the tiny model in {where}: "
+                              f"{e.strerror or e} ({e.filename or where}); set "
+                              "--model.cache_dir to a writable directory") from None
     p = Path(cfg.model.path)
     if not p.is_dir():
         raise ConfigError(
@@ -57,6 +64,20 @@ def resolve_model_dir(cfg: RunConfig) -> Path:
     if not (p / "config.json").is_file():
         raise ConfigError(f"model directory {cfg.model.path} has no config.json")
     return p
+
+
+def load_failure(cfg: RunConfig, model_dir: Path, e: BaseException) -> str:
+    """The error line of a model directory that does not load: which files, and for the
+    built-in model's cache, that deleting the entry rebuilds it."""
+    weights = sorted(p.name for p in Path(model_dir).glob("*.safetensors"))
+    files = f" (weights: {', '.join(weights)})" if weights else ""
+    if isinstance(e, SafetensorError):
+        what = f"a weight file is damaged or truncated: {e}"
+    else:
+        what = str(e).splitlines()[0] if str(e) else type(e).__name__
+    fix = (f"; it is the built-in model's cache entry: delete {model_dir} and it is rebuilt"
+           if cfg.model.path is None else "")
+    return f"cannot load model {model_dir}{files}: {what}{fix}"
 
 
 def compute_dtype(cfg: RunConfig, info: DistInfo) -> torch.dtype:
@@ -94,8 +115,8 @@ def load_policy(cfg: RunConfig, info: DistInfo, model_dir: Path | None = None):
     try:
         # fp32 master weights whatever the compute dtype (policy.py, distributed.shard_model).
         lm, tok = load_model_and_tokenizer(model_dir, dtype=torch.float32)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"cannot load model {model_dir}: {e}") from None
+    except (OSError, ValueError, SafetensorError) as e:
+        raise ConfigError(load_failure(cfg, model_dir, e)) from None
     if tok.eos_token_id is None:
         raise ConfigError(f"tokenizer of {model_dir} has no eos token")
     lm.config._attn_implementation = attn

@@ -17,6 +17,7 @@ from rgpo_fast.algos.dynamic_sampling import dynamic_sampling
 from rgpo_fast.data.prompts import encode_prompt, encode_text
 from rgpo_fast.data.types import Example, Sample
 from rgpo_fast.guided_round import GuidedJob, PromptGroup, guided_round
+from rgpo_fast.rewards.contract import score
 from rgpo_fast.rollout.base import Completion, SamplingParams
 
 # Offsets of the sampling seeds of a step's generation calls (guided round, GHPO rounds,
@@ -44,7 +45,7 @@ class CollectContext:
     engine: object
     tokenizer: object
     algo: object  # AlgoConfig
-    reward_fn: Callable[[str, str], float]
+    reward_fn: Callable[[str, str], float]  # the trainer's: a CheckedReward (rewards/contract.py)
     sampling: SamplingParams
     system_prompt: str | None = None
     keep_rollout_logprobs: bool = False  # True for vLLM (TIS); hf shares the trainer's weights
@@ -86,9 +87,9 @@ def unguided_groups(ctx: CollectContext, examples: Sequence[Example], seed: int,
     for ex, prompt, comps in zip(examples, prompts, generate(ctx, prompts, n or ctx.sampling.n,
                                                              seed)):  # fmt: skip
         samples, rewards = [], []
-        for c in comps:
+        for k, c in enumerate(comps):
             text = _decode(tok, c.token_ids)
-            r = float(ctx.reward_fn(text, ex.answer))
+            r = score(ctx.reward_fn, text, ex.answer, f"sample {k} of problem {ex.uid}")
             rewards.append(r)
             samples.append(Sample(
                 prompt_ids=list(prompt), response_ids=list(c.token_ids),
@@ -106,7 +107,8 @@ def luffy_groups(ctx: CollectContext, examples: Sequence[Example], seed: int) ->
     for g in groups:
         if not g.example.rationale.strip() or slots < 1:
             continue
-        r = float(ctx.reward_fn(g.example.rationale, g.example.answer))
+        r = score(ctx.reward_fn, g.example.rationale, g.example.answer,
+                  f"the reference of problem {g.example.uid}")
         for _ in range(slots):
             g.samples.append(reference_sample(g.samples[0].prompt_ids, g.example.rationale,
                                               ctx.tokenizer, reward=r, uid=g.example.uid))
@@ -140,15 +142,16 @@ def rgpo_round(ctx: CollectContext, groups: list[Group], levels: guidance.HintLe
         return encode_prompt(tok, groups[i].example.problem, hint,
                              hint_template=ctx.algo.hint_template, system=ctx.system_prompt)
 
-    def score(jobs: list[GuidedJob], samples: list[list[Sample]]) -> list[list[float]]:
-        return [[float(ctx.reward_fn(s.text, groups[j.index].example.answer)) for s in row]
+    def score_jobs(jobs: list[GuidedJob], samples: list[list[Sample]]) -> list[list[float]]:
+        return [[score(ctx.reward_fn, s.text, groups[j.index].example.answer,
+                       f"guided sample {k} of problem {s.uid}") for k, s in enumerate(row)]
                 for j, row in zip(jobs, samples)]  # fmt: skip
 
     def sample(prompts: list[list[int]], k: int) -> list[list[Completion]]:
         return generate(ctx, prompts, k, seed + GUIDED_SEED_OFFSET)
 
     return guided_round(prompt_groups, levels, ctx.algo, tok, group_size=ctx.sampling.n,
-                        hinted_prompt=hinted_prompt, generate=sample, score=score,
+                        hinted_prompt=hinted_prompt, generate=sample, score=score_jobs,
                         max_prompt_len=ctx.max_prompt_len)  # fmt: skip
 
 
@@ -181,10 +184,10 @@ def ghpo_regroup(ctx: CollectContext, groups: list[Group], seed: int) -> tuple[d
             stages[i] = nxt[i]
             guided += 1
             ex, samples, rewards = groups[i].example, [], []
-            for c in comps:
+            for k, c in enumerate(comps):
                 generated += len(c.token_ids)
                 text = _decode(tok, c.token_ids)
-                r = float(ctx.reward_fn(text, ex.answer))
+                r = score(ctx.reward_fn, text, ex.answer, f"hinted sample {k} of problem {ex.uid}")
                 rewards.append(r)
                 samples.append(Sample(prompt_ids=list(prompt), response_ids=list(c.token_ids),
                                       text=text, kind="guided", reward=r, uid=ex.uid,

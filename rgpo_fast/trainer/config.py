@@ -136,9 +136,23 @@ class DataConfig:
     reward: str = field(
         default="auto",
         metadata=_help(
-            "Reward function: auto (a built-in task's own verifier, else exact), exact, "
-            "math_verify, countdown, format."
+            "Reward function: auto (each dataset's own: a built-in task's verifier, else "
+            "exact), exact, math_verify, countdown, format, or your own as "
+            "package.module:function or path/to/file.py:function (fn(completion, answer) -> "
+            "number in [0, 1], or in the function's reward_range attribute)."
         ),
+    )
+    reward_timeout_s: float = field(
+        default=5.0,
+        metadata=_help("Time limit of every reward call (s); a call over it scores the "
+                       "bottom of the reward's range and is counted (reward/timeouts)."),
+    )
+    reward_errors: str = field(
+        default="stop",
+        metadata=_help("A reward that raises, returns a non-number, NaN or a value outside "
+                       "its range: stop (the run, naming the reward, sample and value) or "
+                       "zero (score the sample the bottom of the range, count it: "
+                       "reward/zeroed)."),
     )
     format_weight: float = field(
         default=0.0,
@@ -158,8 +172,12 @@ class DataConfig:
         if not 0.0 <= self.format_weight <= 1.0:
             raise ConfigError(f"data.format_weight={self.format_weight} must be in [0, 1]")
         from rgpo_fast.rewards import REWARDS
+        from rgpo_fast.rewards.contract import ON_ERROR, is_import_spec
 
-        _choice("data", "reward", self.reward, ("auto", *REWARDS.names()))
+        if not is_import_spec(self.reward):  # module:function is imported at start-up
+            _choice("data", "reward", self.reward, ("auto", *REWARDS.names()))
+        _positive("data", "reward_timeout_s", self.reward_timeout_s)
+        _choice("data", "reward_errors", self.reward_errors, ON_ERROR)
 
 
 @dataclass
@@ -251,6 +269,10 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         _positive("optim", "lr", self.lr)
+        for name in ("beta1", "beta2"):  # AdamW's averages: 1 would never forget the start
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"optim.{name}={getattr(self, name)} must be in [0, 1)")
+        _positive("optim", "eps", self.eps)  # 0 divides by zero where a gradient is 0
         _choice("optim", "schedule", self.schedule, ("constant", "cosine", "linear"))
         if self.grad_clip < 0 or self.warmup_steps < 0 or self.weight_decay < 0:
             raise ConfigError(
@@ -322,6 +344,15 @@ class TrainConfig:
             "a hint placed in the response needs none)."
         ),
     )
+    max_nonfinite_skips: int = field(
+        default=0,
+        metadata=_help(
+            "A NaN/inf loss or gradient norm stops the run with an error naming the phase and "
+            "step (0, the default); N > 0: drop up to N such updates in the run (counted in "
+            "metrics nonfinite/skipped and summary.json totals), the next one stops it. "
+            "Weights are checked before every checkpoint and export either way."
+        ),
+    )
     device: str = field(default="auto", metadata=_help("auto, cpu or cuda."))
     impl: str = field(
         default="auto", metadata=_help("Fused-loss backend: auto, torch, triton, cuda, cpp.")
@@ -343,10 +374,12 @@ class TrainConfig:
             raise ConfigError(f"train.mini_batches={self.mini_batches} must be <= "
                               f"train.prompts_per_step={self.prompts_per_step} (a mini-batch "
                               "holds whole prompts)")
-        for name in ("save_every", "save_hf_every", "sft_steps", "threads"):
+        for name in ("save_every", "save_hf_every", "sft_steps", "threads",
+                     "max_nonfinite_skips"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 0")
         _positive("train", "keep_checkpoints", self.keep_checkpoints)
+        _positive("train", "sft_lr", self.sft_lr)
         if not 0 <= self.sft_hint_prob <= 1:
             raise ConfigError(f"train.sft_hint_prob={self.sft_hint_prob} must be in [0, 1]")
         _choice("train", "device", self.device, ("auto", "cpu", "cuda"))
@@ -369,6 +402,11 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.every < 0 or self.pass_k < 0:
             raise ConfigError("eval.every and eval.pass_k must be >= 0")
+        if self.max_new_tokens is not None:
+            _positive("eval", "max_new_tokens", self.max_new_tokens)
+        if self.pass_k and not self.temperature > 0:
+            raise ConfigError(f"eval.temperature={self.temperature} must be > 0 for pass@k "
+                              "(eval.pass_k > 0 samples)")
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from rgpo_fast.data.readers import DataError, load_examples
+from rgpo_fast.data.readers import NO_RATIONALE, TOO_LONG, DataError, load_examples
 from rgpo_fast.data.tasks import check_split, task_of
 from rgpo_fast.data.types import Example
 from rgpo_fast.errors import UserError
@@ -23,7 +23,12 @@ class DataSourceError(UserError, ValueError):
 
 def load_source(spec: str, *, n: int, seed: int, heldout: bool, tokenizer=None,
                 max_prompt_tokens: int | None = None, system: str | None = None,
-                limit: int | None = None) -> list[Example]:
+                limit: int | None = None, require_rationale: bool = False,
+                report: dict[str, dict] | None = None, role: str = "") -> list[Example]:
+    """The examples of `spec`. A file's rows that cannot be used are dropped and counted
+    by reason; with `report`, `report[role]` gets those counts (ReadSummary.to_dict) and
+    the line for the start-up log (`report[role]["line"]`). `require_rationale` (SFT data)
+    drops rows without one and refuses a file that has none."""
     spec = spec.strip()
     task = task_of(spec)
     if task is not None:
@@ -32,21 +37,38 @@ def load_source(spec: str, *, n: int, seed: int, heldout: bool, tokenizer=None,
             check_split(task, split, spec)
         except ValueError as e:
             raise DataSourceError(str(e)) from None
-        return task.make(seed, n, split, heldout=heldout)
+        examples = task.make(seed, n, split, heldout=heldout)
+        if report is not None:
+            report[role] = {"source": spec, "generated": len(examples)}
+        return examples
     path = Path(spec)
     if not path.exists():
         raise DataSourceError(f"dataset not found: {spec}")
     try:
         examples, summary = load_examples(
             path, on_error="skip", max_prompt_tokens=max_prompt_tokens, tokenizer=tokenizer,
-            prompt_kwargs={"system": system} if system else None, limit=limit, verbose=False)
+            prompt_kwargs={"system": system} if system else None, limit=limit, verbose=False,
+            require_rationale=require_rationale)
     except (DataError, ValueError, OSError) as e:
         raise DataSourceError(f"cannot read dataset {spec}: {e}") from None
+    dropped = ", ".join(f"{k} {why}" for why, k in summary.dropped.items()) or "none"
+    if report is not None:
+        line = (f"data {role}: {spec}: {summary.rows} rows, {summary.kept} used; dropped: "
+                f"{dropped}" + (f" (over data.max_prompt_tokens={max_prompt_tokens})"
+                                if TOO_LONG in summary.dropped else "")
+                + (f"; {summary.empty_rationale} without rationale (never guided)"
+                   if summary.empty_rationale else ""))  # fmt: skip
+        report[role] = {"source": spec, **summary.to_dict(), "line": line}
     if not examples:
+        if require_rationale and summary.dropped.get(NO_RATIONALE):
+            raise DataSourceError(
+                f"{spec} has no row with a rationale ({summary.rows} rows read): the SFT warm "
+                "start trains on rationales, so it would learn to stop at once. Give the rows "
+                "a `rationale`, or set --data.sft '' (or --train.sft_steps 0) to skip the "
+                "warm start")
         why = f" (first problem: {summary.errors[0]})" if summary.errors else ""
         raise DataSourceError(f"dataset {spec} has no usable rows: {summary.rows} rows read, "
-                              f"{summary.skipped_invalid} invalid, {summary.skipped_too_long} "
-                              f"over the prompt length limit{why}")
+                              f"dropped: {dropped}{why}")
     return examples
 
 
@@ -64,6 +86,16 @@ def reward_name(cfg) -> str:
     return resolve_reward(cfg.data.reward, cfg.data.train)
 
 
+def checked_reward_for(cfg, data_spec: str):
+    """The reward that scores `data_spec` (data.reward, `auto` resolved for it) under the
+    reward contract (rewards/contract.py)."""
+    from rgpo_fast.rewards.contract import checked_reward
+
+    return checked_reward(resolve_reward(cfg.data.reward, data_spec),
+                          format_weight=cfg.data.format_weight,
+                          timeout_s=cfg.data.reward_timeout_s, on_error=cfg.data.reward_errors)
+
+
 def check_data_paths(cfg) -> None:
     """Every file-based source named in the config exists (built-in tasks always do)."""
     specs = [cfg.data.train] + ([cfg.data.sft] if cfg.data.sft else [])
@@ -75,11 +107,18 @@ def check_data_paths(cfg) -> None:
 
 def eval_sources(spec: str) -> list[tuple[str, str]]:
     """'arith:easy,arith:hard' -> [('easy', 'arith:easy'), ('hard', 'arith:hard')]; a file's
-    name is its stem."""
-    out = []
+    name is its stem. The names key the metrics (`<name>_accuracy`), so two sets with one
+    name are refused rather than one silently replacing the other."""
+    out, seen = [], {}
     for part in (p.strip() for p in spec.split(",")):
         if part:
             name = part.split(":", 1)[1] if task_of(part) else Path(part).stem
+            if name in seen:
+                raise DataSourceError(
+                    f"data.eval: {seen[name]} and {part} would both be reported as {name!r} "
+                    "(a built-in task's set is named by its split, a file by its stem); "
+                    "rename a file, or evaluate one of them")
+            seen[name] = part
             out.append((name, part))
     return out
 

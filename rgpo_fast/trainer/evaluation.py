@@ -6,12 +6,13 @@ the numbers do not depend on the number of ranks.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
 from rgpo_fast.data.prompts import encode_prompt
 from rgpo_fast.data.types import Example
+from rgpo_fast.rewards.contract import score
 from rgpo_fast.rollout.base import SamplingParams
 from rgpo_fast.trainer.distributed import DistInfo, all_reduce_sum
 
@@ -19,8 +20,12 @@ from rgpo_fast.trainer.distributed import DistInfo, all_reduce_sum
 def evaluate_set(engine, tokenizer, examples: Sequence[Example],
                  reward_fn: Callable[[str, str], float], *, max_new_tokens: int, pass_k: int,
                  temperature: float, seed: int, info: DistInfo, system: str | None = None,
-                 threshold: float = 0.5) -> dict[str, float]:
-    """{'accuracy': greedy accuracy, 'pass@k': share with >= 1 success in k samples}."""
+                 threshold: float | None = None) -> dict[str, float]:
+    """{'accuracy': greedy accuracy, 'pass@k': share with >= 1 success in k samples}. A
+    sample is correct when its reward reaches `threshold` (default: the reward's own, the
+    middle of its range (rewards/contract.py), else 0.5)."""
+    if threshold is None:
+        threshold = getattr(reward_fn, "threshold", 0.5)
     shard = list(examples)[info.rank::info.world_size]
     prompts = [encode_prompt(tokenizer, ex.problem, system=system) for ex in shard]
     correct = passed = 0
@@ -29,15 +34,17 @@ def evaluate_set(engine, tokenizer, examples: Sequence[Example],
                                                          temperature=0.0, seed=seed))
         for ex, out in zip(shard, greedy):
             text = tokenizer.decode(out.completions[0].token_ids, skip_special_tokens=True)
-            correct += reward_fn(text, ex.answer) >= threshold
+            correct += score(reward_fn, text, ex.answer,
+                             f"the greedy answer to held-out problem {ex.uid}") >= threshold
         if pass_k > 0:
             sampled = engine.generate(prompts, SamplingParams(
                 n=pass_k, max_new_tokens=max_new_tokens, temperature=temperature,
                 seed=seed + 1))
             for ex, out in zip(shard, sampled):
                 passed += any(
-                    reward_fn(tokenizer.decode(c.token_ids, skip_special_tokens=True),
-                              ex.answer) >= threshold for c in out.completions)
+                    score(reward_fn, tokenizer.decode(c.token_ids, skip_special_tokens=True),
+                          ex.answer, f"sample {k} of held-out problem {ex.uid}") >= threshold
+                    for k, c in enumerate(out.completions))
     counts = all_reduce_sum(torch.tensor([correct, passed, len(shard)], dtype=torch.float64), info)
     n = max(float(counts[2]), 1.0)
     res = {"accuracy": float(counts[0]) / n}
@@ -49,10 +56,12 @@ def evaluate_set(engine, tokenizer, examples: Sequence[Example],
 def evaluate_all(engine, tokenizer, sets: dict[str, list[Example]], reward_fn, *,
                  max_new_tokens: int, pass_k: int, temperature: float, seed: int,
                  info: DistInfo, system: str | None = None) -> dict[str, float]:
-    """Flat metrics: {'<set>_accuracy': ..., '<set>_pass@k': ...} for every eval set."""
+    """Flat metrics: {'<set>_accuracy': ..., '<set>_pass@k': ...} for every eval set.
+    `reward_fn`: one reward for every set, or a mapping set name -> that set's reward."""
     out: dict[str, float] = {}
     for name, examples in sets.items():
-        res = evaluate_set(engine, tokenizer, examples, reward_fn, max_new_tokens=max_new_tokens,
+        fn = reward_fn[name] if isinstance(reward_fn, Mapping) else reward_fn
+        res = evaluate_set(engine, tokenizer, examples, fn, max_new_tokens=max_new_tokens,
                            pass_k=pass_k, temperature=temperature, seed=seed, info=info,
                            system=system)
         for k, v in res.items():

@@ -29,6 +29,7 @@ import torch
 
 from rgpo_fast.trainer import run_dir
 from rgpo_fast.trainer.distributed import DistInfo, full_state_dict
+from rgpo_fast.trainer.nonfinite import check_finite_weights
 
 POLICY_PREFIX = "lm."  # PolicyModule holds the HF model as `lm`
 EXPORT_MARKER = "rgpo_fast_export.json"
@@ -103,14 +104,18 @@ def write_hf_dir(lm_config, generation_config, tokenizer, state: dict[str, torch
     return out
 
 
-def save_hf(policy: torch.nn.Module, tokenizer, out: Path, info: DistInfo) -> Path | None:
-    """Gather the policy (collective under FSDP2) and write it to `out` on rank 0."""
+def save_hf(policy: torch.nn.Module, tokenizer, out: Path, info: DistInfo,
+            on_failure: str = "") -> Path | None:
+    """Gather the policy (collective under FSDP2) and write it to `out` on rank 0. Weights
+    holding NaN/inf are never exported (trainer/nonfinite.py); `on_failure` is added to the
+    error of a failed write (what is intact, how to write it again)."""
+    check_finite_weights(policy, info, f"before the export to {out}")
     state = full_state_dict(policy)  # full tensors on rank 0 (cpu offload)
     lm = policy.lm
 
     def failure(e: BaseException) -> str:
         shutil.rmtree(out.with_name(f".tmp-{out.name}"), ignore_errors=True)
-        return f"cannot write the model to {out}: {run_dir.reason(e)}"
+        return f"cannot write the model to {out}: {run_dir.reason(e)}{on_failure}"
 
     # The run's own exports (final/, hf/step_<n>/) are rebuilt on resume: overwrite=True,
     # which still refuses a directory that is not an earlier export.

@@ -72,12 +72,15 @@ def rl_step(s: Session, step: int, timer: PhaseTimer | None = None) -> dict:
                            prompt_index=batch.group_ids * info.world_size + info.rank,
                            num_prompts=per_rank * info.world_size,
                            seed=step_seed(cfg.train.seed, step, 0, salt="mini-batches"),
-                           max_response_len=cfg.rollout.max_new_tokens)  # fmt: skip
+                           max_response_len=cfg.rollout.max_new_tokens,
+                           guard=s.rl_guard, step=step)  # fmt: skip
         s.scheduler.step()  # once per RL step, whatever the number of optimizer steps
     with timer("sync"):
         s.sync()
     row = step_row(step, collected, batch, update, timer.pop(), time.perf_counter() - t0,
                    s.scheduler.get_last_lr()[0], info)  # fmt: skip
+    counts = s.reward_fn.pop_counts()  # this step's (rewards/contract.py)
+    row.update({"reward/timeouts": counts["timeouts"], "reward/zeroed": counts["zeroed"]})
     if hasattr(s.engine, "memory_report"):  # colocated vLLM: memory after sleep / wakes
         row.update(s.engine.memory_report())
     return row

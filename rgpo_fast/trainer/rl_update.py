@@ -26,6 +26,7 @@ from rgpo_fast.algos.aggregation import token_roles
 from rgpo_fast.algos.policy_loss import LossConfig
 from rgpo_fast.batch import TrainBatch
 from rgpo_fast.trainer.distributed import DistInfo, all_reduce_max, all_reduce_sum
+from rgpo_fast.trainer.nonfinite import NonFiniteGuard
 from rgpo_fast.trainer.update import (
     RATIO_METRICS,
     SUM_METRICS,
@@ -70,14 +71,17 @@ def rl_update(policy: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: 
               config: LossConfig, *, micro: int, info: DistInfo, grad_clip: float,
               epochs: int = 1, mini_batches: int = 1, prompt_index: torch.Tensor | None = None,
               num_prompts: int | None = None, seed: int = 0,
-              max_response_len: int | None = None) -> dict[str, float]:
+              max_response_len: int | None = None, guard: NonFiniteGuard | None = None,
+              step: int = 0) -> dict[str, float]:
     """Run the step's updates (module docstring) and return their metrics: loss terms and
     grad norm as means over updates, token counts of one pass, clip fractions and ratio mean
     over every update's policy tokens, and with more than one update `ppo/approx_kl` and
     `ppo/ratio_max` of the final policy against the old one. `prompt_index` (B,) numbers
     the rows' prompts in the step's global list (default: `batch.group_ids`); `num_prompts`
     is that list's length; `seed` (the same on every rank) orders the mini-batches of each
-    pass."""
+    pass. With a `guard` (trainer/nonfinite.py) an update with a non-finite loss or gradient
+    norm stops the run or, in skip mode, is dropped: `nonfinite/skipped` counts those, and
+    the other metrics are over the applied updates."""
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     updates = epochs * mini_batches
@@ -92,17 +96,22 @@ def rl_update(policy: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: 
         parts = mini_batch_rows(index, num_prompts, mini_batches)
     sizes = all_reduce_sum(torch.tensor([len(p) for p in parts], dtype=torch.float64), info)
     order = torch.Generator().manual_seed(seed)
-    runs = []
+    runs, skipped = [], 0
     for _ in range(epochs):
         for k in torch.randperm(len(parts), generator=order).tolist():
             if sizes[k] == 0:  # empty on every rank (prompts dropped): no optimizer step
                 continue
             m = backward_batch(policy, batch.select(parts[k]), config, micro, info,
                                max_response_len=max_response_len, entropy=True)
-            m["grad_norm"] = optimizer_step(policy, optimizer, None, grad_clip)
+            before = guard.skipped if guard is not None else 0
+            m["grad_norm"] = optimizer_step(policy, optimizer, None, grad_clip, guard=guard,
+                                            step=step, loss=m["loss/total"])
+            if guard is not None and guard.skipped > before:
+                skipped += 1
+                continue
             runs.append(m)
-    return summarise(runs, epochs) | (policy_drift(policy, batch, micro, info)
-                                      if updates > 1 else {})
+    return (summarise(runs, epochs) | {"nonfinite/skipped": float(skipped)}
+            | (policy_drift(policy, batch, micro, info) if updates > 1 and runs else {}))
 
 
 def summarise(runs: list[dict[str, float]], epochs: int) -> dict[str, float]:

@@ -74,6 +74,7 @@ RESUMABLE = (
     "train.output_dir", "train.resume", "train.max_steps", "train.save_every",
     "train.keep_checkpoints", "train.save_hf_every", "train.device", "train.impl",
     "train.threads", "train.micro_batch_size", "train.sft_micro_batch_size",
+    "train.max_nonfinite_skips", "data.reward_timeout_s", "data.reward_errors",
     "model.cache_dir", "model.gradient_checkpointing", "rollout.sync_bucket_mb",
     "eval.", "logging.",
 )  # fmt: skip

@@ -22,7 +22,7 @@ import yaml
 from rgpo_fast.algos.guidance import HintLevels
 from rgpo_fast.data.types import Example
 from rgpo_fast.errors import UserError
-from rgpo_fast.rewards import get_reward_fn
+from rgpo_fast.rewards.contract import probe
 from rgpo_fast.rollout.base import SamplingParams
 from rgpo_fast.trainer import checkpoint as ckpt
 from rgpo_fast.trainer import run_dir
@@ -32,9 +32,9 @@ from rgpo_fast.trainer.config import ConfigError, RunConfig, load_yaml
 from rgpo_fast.trainer.data_sources import (
     PromptSampler,
     check_data_paths,
+    checked_reward_for,
     eval_sources,
     load_source,
-    reward_name,
 )
 from rgpo_fast.trainer.distributed import (
     DistInfo,
@@ -45,6 +45,7 @@ from rgpo_fast.trainer.distributed import (
 from rgpo_fast.trainer.evaluation import evaluate_all
 from rgpo_fast.trainer.hf_export import save_hf
 from rgpo_fast.trainer.metrics import MetricsLog, summary_table
+from rgpo_fast.trainer.nonfinite import NonFiniteGuard, check_finite_weights
 from rgpo_fast.trainer.plots import write_plots
 from rgpo_fast.trainer.preflight import (
     check_engine,
@@ -61,7 +62,7 @@ from rgpo_fast.trainer.ref_policy import (
 from rgpo_fast.trainer.run_dir import RunLock
 from rgpo_fast.trainer.sinks import MetricsSink, open_sinks
 from rgpo_fast.trainer.update import make_optimizer, make_scheduler
-from rgpo_fast.trainer.warm_start import sft_warm_start
+from rgpo_fast.trainer.warm_start import sft_guard, sft_warm_start
 from rgpo_fast.trainer.weight_sync import sync_engine
 
 
@@ -78,9 +79,11 @@ class Session:
     features: dict[str, Any]
     engine: Any
     shares_weights: bool  # the engine decodes with the trainer's own module (no sync)
-    reward_fn: Any
+    reward_fn: Any  # the training data's CheckedReward (rewards/contract.py)
     sft_set: list[Example]
     eval_sets: dict[str, list[Example]]
+    eval_rewards: dict[str, Any]  # each eval set scored with its own dataset's reward
+    data_report: dict[str, dict]  # per source: rows read, used, dropped by reason
     sampler: PromptSampler
     levels: HintLevels
     optimizer: torch.optim.Optimizer
@@ -93,7 +96,9 @@ class Session:
     sinks: list[MetricsSink] = field(default_factory=list)  # rank 0: tensorboard, wandb
     eval_before: dict[str, float] = field(default_factory=dict)
     totals: dict[str, float] = field(default_factory=lambda: {
-        "guided_prompts": 0, "accepted": 0, "gen_tokens": 0, "rl_time_s": 0.0})  # fmt: skip
+        "guided_prompts": 0, "accepted": 0, "gen_tokens": 0, "rl_time_s": 0.0,
+        "nonfinite_skipped": 0, "reward_timeouts": 0, "reward_zeroed": 0})  # fmt: skip
+    rl_guard: NonFiniteGuard | None = None  # the check before every RL update
 
     @property
     def ckpt_dir(self) -> Path:
@@ -168,14 +173,26 @@ def _build(cfg: RunConfig, info: DistInfo, out_dir: Path, lock: RunLock | None,
     check_data_paths(cfg)
     check_engine(cfg, info)
     check_loss_options(cfg)
+    reward_fn = checked_reward_for(cfg, cfg.data.train)  # imports a custom reward
+    eval_rewards = {name: checked_reward_for(cfg, spec)
+                    for name, spec in eval_sources(cfg.data.eval)}  # fmt: skip
     model_dir = resolve_model_dir(cfg)
     max_model_len = check_sequence_lengths(cfg, model_dir)
 
     policy, lm, tok, model_dir, features = load_policy(cfg, info, model_dir)
     if info.is_main:
         print("start-up: " + ", ".join(f"{k}={v}" for k, v in features.items()), flush=True)
-    reward_fn = get_reward_fn(reward_name(cfg), format_weight=cfg.data.format_weight)
-    train_set, sft_set, eval_sets = _load_data(cfg, tok)
+    train_set, sft_set, eval_sets, data_report = _load_data(cfg, tok)
+    for entry in data_report.values():  # files: one line each, every dropped row counted
+        line = entry.pop("line", None)
+        if line and info.is_main:
+            print(line, flush=True)
+    # Each reward on a few reference rows: a reward that does not fit its data fails now.
+    notices = [probe(reward_fn, train_set, cfg.data.train)]
+    notices += [probe(eval_rewards[name], exs, name) for name, exs in eval_sets.items()]
+    for notice in filter(None, notices):
+        if info.is_main:
+            print(notice, flush=True)
     notice = check_rationales(cfg, train_set)
     if notice and info.is_main:
         print(notice, flush=True)
@@ -203,10 +220,13 @@ def _build(cfg: RunConfig, info: DistInfo, out_dir: Path, lock: RunLock | None,
     return Session(
         cfg=cfg, info=info, out_dir=out_dir, policy=policy, tokenizer=tok, model_dir=model_dir,
         features=features, engine=engine, shares_weights=shares, reward_fn=reward_fn,
-        sft_set=sft_set, eval_sets=eval_sets, sampler=PromptSampler(train_set, cfg.train.seed),
+        sft_set=sft_set, eval_sets=eval_sets, eval_rewards=eval_rewards, data_report=data_report,
+        sampler=PromptSampler(train_set, cfg.train.seed),
         levels=HintLevels(cfg.algo.n_segments, cfg.algo.adaptive_levels),
         optimizer=optimizer, scheduler=scheduler, metrics=MetricsLog(out_dir / "metrics.jsonl"),
         collect=collect, t_start=t_start, lock=lock, ref_policy=ref, sinks=sinks,
+        rl_guard=NonFiniteGuard("RL", f"Lower optim.lr (now {cfg.optim.lr:g}) or check the "
+                                "reward and the data", max_skips=cfg.train.max_nonfinite_skips),
     )  # fmt: skip
 
 
@@ -248,29 +268,44 @@ def _save_config(cfg: RunConfig, out_dir: Path) -> None:
 
 
 def _load_data(cfg: RunConfig, tok):
+    """-> (train set, SFT set, eval sets, report): `report` holds each source's counts
+    (rows read, used, dropped by reason) for the start-up log and summary.json."""
     common = {"tokenizer": tok, "max_prompt_tokens": cfg.data.max_prompt_tokens,
               "system": cfg.data.system_prompt}  # fmt: skip
+    report: dict[str, dict] = {}
     train_set = load_source(cfg.data.train, n=cfg.data.n_train, seed=cfg.train.seed,
-                            heldout=False, **common)  # fmt: skip
+                            heldout=False, report=report, role="train", **common)  # fmt: skip
     sft_set = []
     if cfg.data.sft and cfg.train.sft_steps:
+        # The warm start's targets are the rationales: a row without one would teach the
+        # model to stop at once.
         sft_set = load_source(cfg.data.sft, n=cfg.data.n_train, seed=cfg.train.seed + 1,
-                              heldout=False, **common)  # fmt: skip
+                              heldout=False, require_rationale=True, report=report,
+                              role="sft", **common)  # fmt: skip
     eval_sets = {
         name: load_source(spec, n=cfg.data.n_eval, seed=cfg.train.seed, heldout=True,
-                          limit=cfg.data.n_eval, **common)[: cfg.data.n_eval]
+                          limit=cfg.data.n_eval, report=report, role=f"eval {name}",
+                          **common)[: cfg.data.n_eval]
         for name, spec in eval_sources(cfg.data.eval)
     }  # fmt: skip
-    return train_set, sft_set, eval_sets
+    return train_set, sft_set, eval_sets, report
 
 
 def evaluate(s: Session) -> dict[str, float]:
     """Held-out metrics of every eval set with the engine's current weights."""
     cfg = s.cfg
-    return evaluate_all(s.engine, s.tokenizer, s.eval_sets, s.reward_fn, seed=cfg.train.seed,
-                        max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
-                        pass_k=cfg.eval.pass_k, temperature=cfg.eval.temperature, info=s.info,
-                        system=cfg.data.system_prompt)  # fmt: skip
+    out = evaluate_all(s.engine, s.tokenizer, s.eval_sets, s.eval_rewards, seed=cfg.train.seed,
+                       max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
+                       pass_k=cfg.eval.pass_k, temperature=cfg.eval.temperature, info=s.info,
+                       system=cfg.data.system_prompt)  # fmt: skip
+    for reward in s.eval_rewards.values():
+        add_reward_counts(s.totals, reward.pop_counts())
+    return out
+
+
+def add_reward_counts(totals: dict, counts: dict[str, int]) -> None:
+    totals["reward_timeouts"] += counts["timeouts"]
+    totals["reward_zeroed"] += counts["zeroed"]
 
 
 def trainer_state(s: Session, step: int) -> dict:
@@ -279,6 +314,7 @@ def trainer_state(s: Session, step: int) -> dict:
 
 
 def save(s: Session, step: int) -> None:
+    check_finite_weights(s.policy, s.info, f"before checkpoint {step}")
     ckpt.save_checkpoint(s.ckpt_dir, step, s.policy, s.optimizer, s.scheduler,
                          trainer_state(s, step), s.info, keep=s.cfg.train.keep_checkpoints)
 
@@ -293,7 +329,9 @@ def resume(s: Session) -> int | None:
     step = int(state["step"])
     s.sampler.load_state_dict(state["data"])
     s.levels.load_state_dict(state["hint_levels"])
-    s.eval_before, s.totals = state["eval_before"], state["totals"]
+    s.eval_before = state["eval_before"]
+    s.totals.update(state["totals"])  # a checkpoint of an older version lacks newer keys
+    s.rl_guard.skipped = int(s.totals["nonfinite_skipped"])  # the allowance is the run's
     if s.ref_policy is not None:
         load_ref_policy(s.ref_policy, s.ckpt_dir)
     if s.info.is_main:
@@ -308,9 +346,13 @@ def start_fresh(s: Session) -> int:
     """SFT warm start, the baseline evaluation, and checkpoint 0 (never redone on resume)."""
     if s.sft_set:
         t0 = time.perf_counter()
-        loss = sft_warm_start(s.policy, s.sft_set, s.tokenizer, s.cfg, s.info)
+        guard = sft_guard(s.cfg)
+        loss = sft_warm_start(s.policy, s.sft_set, s.tokenizer, s.cfg, s.info, guard=guard)
+        skipped = f", {guard.skipped} non-finite steps skipped" if guard.skipped else ""
         s.log(f"SFT warm-start: {s.cfg.train.sft_steps} steps on {s.cfg.data.sft}, "
-              f"final loss {loss:.3f}, {time.perf_counter() - t0:.0f}s")  # fmt: skip
+              f"final loss {loss:.3f}{skipped}, {time.perf_counter() - t0:.0f}s")  # fmt: skip
+        s.totals["nonfinite_skipped"] = s.rl_guard.skipped = guard.skipped
+        check_finite_weights(s.policy, s.info, "after the SFT warm start")
     if s.ref_policy is not None:  # the KL term's reference: the policy as RL starts
         copy_weights(s.ref_policy, s.policy)
         save_ref_policy(s.ref_policy, s.ckpt_dir, s.info)
@@ -328,6 +370,9 @@ def record(s: Session, row: dict) -> None:
     s.totals["accepted"] += row["guided/accepted"]
     s.totals["gen_tokens"] += row["tokens/generated"]
     s.totals["rl_time_s"] += row["time/step_s"]
+    s.totals["nonfinite_skipped"] = s.rl_guard.skipped
+    add_reward_counts(s.totals, {"timeouts": row["reward/timeouts"],
+                                 "zeroed": row["reward/zeroed"]})
     step, cfg = row["step"], s.cfg
     if s.info.is_main and (step % cfg.logging.log_every == 0 or step == cfg.train.max_steps):
         with run_dir.writing(f"step {step} to {s.metrics.path}"):
@@ -340,7 +385,11 @@ def finish(s: Session) -> dict:
     """Final evaluation, the policy as a HF model directory (`final/`), summary.json, plots
     and the printed table; -> the summary."""
     eval_after = evaluate(s)
-    final = save_hf(s.policy, s.tokenizer, s.out_dir / "final", s.info)
+    step = s.cfg.train.max_steps
+    final = save_hf(s.policy, s.tokenizer, s.out_dir / "final", s.info, on_failure=(
+        f". Training itself finished: checkpoints/step_{step:06d} is complete and intact; "
+        "free some space and run the same command with --resume to write final/, "
+        "summary.json and the plots from it (no step is trained again)"))
     s.totals["tokens_per_s"] = s.totals["gen_tokens"] / max(s.totals["rl_time_s"], 1e-9)
     summary = {
         "algo": s.cfg.algo.name,
@@ -348,6 +397,7 @@ def finish(s: Session) -> dict:
         "eval": eval_after,
         "eval_before": s.eval_before,
         "eval_sizes": {name: len(exs) for name, exs in s.eval_sets.items()},
+        "data": s.data_report,
         "totals": s.totals,
         "time_s": time.perf_counter() - s.t_start,
         "world_size": s.info.world_size,

@@ -20,6 +20,7 @@ from rgpo_fast.algos.policy_loss import LossConfig
 from rgpo_fast.batch import TrainBatch
 from rgpo_fast.data.types import Sample
 from rgpo_fast.trainer.distributed import DistInfo, all_reduce_max_int, all_reduce_sum
+from rgpo_fast.trainer.nonfinite import NonFiniteGuard
 
 GroupRows = Callable[[Sequence[int], int], "list[list[int]]"]
 
@@ -173,8 +174,13 @@ def backward_batch(policy: torch.nn.Module, batch: TrainBatch, config: LossConfi
 
 
 def optimizer_step(policy: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                   scheduler, grad_clip: float) -> float:
-    """Clip (global norm, works on FSDP2 DTensor grads), step, zero grads; returns the norm."""
+                   scheduler, grad_clip: float, *, guard: NonFiniteGuard | None = None,
+                   step: int = 0, loss: float = 0.0) -> float:
+    """Clip (global norm, works on FSDP2 DTensor grads), step, zero grads; returns the norm.
+
+    With a `guard`, a non-finite `loss` or norm stops the run, or (skip mode) drops this
+    update: the gradients are zeroed and the optimizer's state is left as it was; the
+    scheduler still advances, so the schedule does not depend on skips."""
     params = [p for p in policy.parameters() if p.grad is not None]
     if grad_clip > 0:
         norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
@@ -182,11 +188,13 @@ def optimizer_step(policy: torch.nn.Module, optimizer: torch.optim.Optimizer,
         norm = torch.nn.utils.get_total_norm([p.grad for p in params])
     if hasattr(norm, "full_tensor"):
         norm = norm.full_tensor()
-    optimizer.step()
+    norm = float(norm)
+    if guard is None or guard.admit(step, loss, norm):
+        optimizer.step()
     if scheduler is not None:
         scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(norm)
+    return norm
 
 
 def make_optimizer(policy: torch.nn.Module, lr: float, cfg) -> torch.optim.Optimizer:

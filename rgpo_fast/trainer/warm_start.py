@@ -17,6 +17,8 @@ from rgpo_fast.data.prompts import encode_prompt, encode_text, token_starts
 from rgpo_fast.data.types import Example, Sample
 from rgpo_fast.trainer.config import RunConfig
 from rgpo_fast.trainer.distributed import DistInfo
+from rgpo_fast.trainer.nonfinite import NonFiniteGuard
+from rgpo_fast.trainer.progress import Progress
 from rgpo_fast.trainer.update import (
     backward_batch,
     make_optimizer,
@@ -47,9 +49,17 @@ def sft_samples(examples: Sequence[Example], tok, cfg: RunConfig,
     return out
 
 
+def sft_guard(cfg: RunConfig) -> NonFiniteGuard:
+    return NonFiniteGuard("SFT warm start", f"Lower train.sft_lr (now {cfg.train.sft_lr:g})",
+                          max_skips=cfg.train.max_nonfinite_skips)
+
+
 def sft_warm_start(policy, examples: Sequence[Example], tok, cfg: RunConfig, info: DistInfo,
-                   rows_fn: SampleRows | None = None) -> float:  # fmt: skip
-    """`train.sft_steps` supervised steps; returns the last step's loss.
+                   rows_fn: SampleRows | None = None,
+                   guard: NonFiniteGuard | None = None) -> float:  # fmt: skip
+    """`train.sft_steps` supervised steps; returns the last step's loss. A non-finite loss
+    or gradient norm stops it, or within `train.max_nonfinite_skips` drops that step (`guard`
+    counts; default: a guard of its own, trainer/nonfinite.py).
 
     Each step's global batch is `rows_fn(rng)` (default: `sft_batch_size` random examples
     through `sft_samples`); the rng is seeded identically on every rank, each rank trains
@@ -60,26 +70,22 @@ def sft_warm_start(policy, examples: Sequence[Example], tok, cfg: RunConfig, inf
             return sft_samples(batch_ex, tok, cfg, rng)
 
     steps = cfg.train.sft_steps
+    guard = guard or sft_guard(cfg)
     opt = make_optimizer(policy, cfg.train.sft_lr, cfg.optim)
     sched = make_scheduler(opt, steps, max(steps // 20, 1), "cosine")
     sft_algo = get_preset("rgpo", transfer="sft", sft_coef=1.0)
     rng = random.Random(f"sft:{cfg.train.seed}")  # same draws on every rank
     loss = float("nan")
-    bar = None
-    if cfg.logging.progress and info.is_main:
-        from tqdm import tqdm
-
-        bar = tqdm(total=steps, desc="SFT warm-start", dynamic_ncols=True)
-    for _ in range(steps):
+    bar = Progress(steps, "SFT warm-start") if cfg.logging.progress and info.is_main else None
+    for step in range(1, steps + 1):
         local = rows_fn(rng)[info.rank :: info.world_size]
         batch = assemble_batch(local, sft_algo, pad_token_id=tok.pad_token_id)
         m = backward_batch(policy, batch, sft_algo.loss_config(),
                            cfg.train.sft_micro_batch_size, info)  # fmt: skip
-        optimizer_step(policy, opt, sched, cfg.optim.grad_clip)
         loss = m["loss/total"]
+        optimizer_step(policy, opt, sched, cfg.optim.grad_clip, guard=guard, step=step, loss=loss)
         if bar is not None:
-            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-            bar.update(1)
+            bar.update(1, loss=f"{loss:.3f}")
     if bar is not None:
         bar.close()
     return loss
