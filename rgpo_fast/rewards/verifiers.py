@@ -9,8 +9,10 @@
 - `countdown`: the completion's step lines reach the target of the problem in `answer`,
   each given number used once, every step's arithmetic right (rgpo_fast/data/countdown.py).
 
-Each call is guarded by a wall-clock limit (rewards.timeout); a timed-out verification
-scores 0 and is counted in `TIMEOUTS`.
+In the trainer every reward, these and the user's, is called under the reward contract
+(rewards/contract.py: a time limit on every call, a finite value in the declared range).
+`math_verify_reward` also carries its own limit for use on its own; a timed-out
+verification there scores 0 and is counted in `TIMEOUTS`.
 """
 
 from __future__ import annotations
