@@ -73,7 +73,7 @@ def load_reward(spec: str) -> RewardFn:
         raise
     except Exception as e:  # noqa: BLE001 - the user's module: any failure is theirs to see
         raise RewardError(f"data.reward={spec!r}: cannot import {where}: "
-                          f"{type(e).__name__}: {e}") from None
+                          f"{type(e).__name__}: {one_line(str(e))}") from None
     fn = getattr(module, name, None)
     if not callable(fn):
         raise RewardError(f"data.reward={spec!r}: {where} has no function {name!r}")

@@ -81,11 +81,6 @@ def resolve_reward(reward: str, data_spec: str) -> str:
     return task.reward if task is not None else "exact"
 
 
-def reward_name(cfg) -> str:
-    """data.reward of the run, `auto` resolved for its training data."""
-    return resolve_reward(cfg.data.reward, cfg.data.train)
-
-
 def checked_reward_for(cfg, data_spec: str):
     """The reward that scores `data_spec` (data.reward, `auto` resolved for it) under the
     reward contract (rewards/contract.py)."""

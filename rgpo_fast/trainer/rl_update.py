@@ -80,8 +80,8 @@ def rl_update(policy: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: 
     the rows' prompts in the step's global list (default: `batch.group_ids`); `num_prompts`
     is that list's length; `seed` (the same on every rank) orders the mini-batches of each
     pass. With a `guard` (trainer/nonfinite.py) an update with a non-finite loss or gradient
-    norm stops the run or, in skip mode, is dropped: `nonfinite/skipped` counts those, and
-    the other metrics are over the applied updates."""
+    norm stops the run or, within the guard's allowance (train.max_nonfinite_skips), is
+    dropped: `nonfinite/skipped` counts those, the other metrics are over applied updates."""
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     updates = epochs * mini_batches
