@@ -75,6 +75,40 @@ def ppo_step(policy, samples, micro: int, info):
     return m["loss/total"]
 
 
+def exact_loss_inputs() -> dict:
+    """Loss inputs whose values bf16 cannot hold: a rounding on the way is visible."""
+    lp = torch.tensor([[-7.3, -4.1234567, -0.0123456789, -5.5555555]])
+    return {"advantages": torch.tensor([1.2345678]), "old_logprobs": lp,
+            "ref_logprobs": lp - 0.001, "num_global_tokens": torch.tensor(10001.0),
+            "num_global_seqs": torch.tensor(257.0)}
+
+
+def loss_inputs_seen(policy, info) -> dict[str, torch.Tensor]:
+    """Run one loss forward with `exact_loss_inputs` and return the keyword tensors as the
+    fused op received them."""
+    from rgpo_fast.algos.presets import get_preset
+    from rgpo_fast.trainer import policy as policy_mod
+
+    seen, real = {}, policy_mod.fused_linear_policy_loss
+
+    def spy(hidden, weight, **kw):
+        seen.update({k: v.detach().clone() for k, v in kw.items()
+                     if isinstance(v, torch.Tensor) and v.is_floating_point()})
+        return real(hidden, weight, **kw)
+
+    policy_mod.fused_linear_policy_loss = spy
+    try:
+        ids = torch.tensor([[5, 6, 7, 8, 9]], device=info.device)
+        inputs = {**exact_loss_inputs(), "targets": ids[:, 1:],
+                  "mask": torch.ones(1, 4, dtype=torch.bool),
+                  "config": get_preset("grpo", beta=0.01).loss_config()}
+        loss, _ = policy(ids, torch.ones_like(ids), None, mode="loss", loss_inputs=inputs)
+        loss.backward()
+    finally:
+        policy_mod.fused_linear_policy_loss = real
+    return seen
+
+
 def build(model_dir, compute_dtype=None):
     return tiny_policy(model_dir, compute_dtype=compute_dtype)
 
@@ -90,6 +124,9 @@ def worker(model_dir: str, out_file: str, mode: str = "fp32") -> None:
     torch.set_num_threads(1)
     info = init_distributed("cpu")
     results = {}
+    if mode == "inputs":  # what reaches the fused op under FSDP2 with bf16 compute
+        policy = shard_model(build(model_dir, torch.bfloat16), info, torch.bfloat16)
+        results = {"seen": loss_inputs_seen(policy, info)}
     if mode == "bf16":
         policy = shard_model(build(model_dir, torch.bfloat16), info, torch.bfloat16)
         samples = global_samples(policy.lm.config.vocab_size)[info.rank :: info.world_size]
@@ -160,6 +197,28 @@ def test_two_processes_equal_one(tmp_path):
 
 
 LOW_LR = 1e-6  # the lr of real RL runs: below half a bf16 ulp for most weights
+
+
+def test_loss_inputs_reach_the_fused_op_unrounded_under_bf16_fsdp2(tmp_path):
+    """FSDP2's mixed precision casts a root module's floating-point forward inputs to the
+    compute dtype unless told not to; the loss inputs are such inputs. 2 ranks and 1 must
+    hand the fused op the very fp32 values the batch holds (bf16 would make -7.3 -7.3125
+    and 10001 9984)."""
+    from rgpo_fast.trainer.distributed import DistInfo
+
+    model_dir = _tiny(tmp_path)
+    out = tmp_path / "inputs.pt"
+    proc = _launch(model_dir, out, "inputs")
+    one = loss_inputs_seen(build(model_dir, torch.bfloat16), DistInfo())
+    log = proc.communicate(timeout=240)[0].decode()
+    assert proc.returncode == 0, log[-3000:]
+    two = torch.load(out, weights_only=False)["seen"]
+    expected = exact_loss_inputs()
+    assert set(expected) <= set(two) and set(two) == set(one)
+    for name, v in expected.items():
+        assert two[name].dtype == torch.float32, (name, two[name].dtype)
+        assert torch.equal(two[name], v), (name, two[name], v)
+        assert torch.equal(one[name], two[name]), name
 
 
 def test_bf16_compute_keeps_fp32_master_weights(tmp_path):

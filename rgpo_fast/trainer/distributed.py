@@ -126,18 +126,25 @@ def shard_model(model: torch.nn.Module, info: DistInfo,
     Mixed precision: the sharded parameters stay in their dtype (fp32 master weights, what
     the optimizer updates); with a narrower `compute_dtype` they are all-gathered in it for
     forward and backward, and gradients are reduce-scattered in fp32 (a bf16 sum over ranks
-    loses the small contributions).
+    loses the small contributions). The root's forward inputs are NOT cast: the loss inputs
+    (advantages, old / reference / rollout log-probs, the global token counts) reach it as
+    keyword arguments, and FSDP2's default cast would round them to bf16 (-7.3 -> -7.3125,
+    10001 -> 9984: a ratio off by ~1.6 % at log-probs of 4-8). The decoder layers still cast
+    theirs (hidden states, which the compute dtype is for).
     """
     from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
-    kw = {}
+    layer_kw, root_kw = {}, {}
     master = next(model.parameters()).dtype
     if compute_dtype is not None and compute_dtype != master:
-        kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=compute_dtype,
-                                               reduce_dtype=torch.float32)
+        layer_kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=compute_dtype,
+                                                     reduce_dtype=torch.float32)
+        root_kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=compute_dtype,
+                                                    reduce_dtype=torch.float32,
+                                                    cast_forward_inputs=False)
     for layer in decoder_layers(model):
-        fully_shard(layer, **kw)
-    fully_shard(model, **kw)
+        fully_shard(layer, **layer_kw)
+    fully_shard(model, **root_kw)
     # Sum, don't average (see module docstring). Both setters act on one FSDP unit only, so
     # every unit gets them. Forcing plain SUM collectives also keeps gloo working: a divide
     # factor otherwise becomes NCCL's PREMUL_SUM, which gloo does not implement.
