@@ -217,3 +217,27 @@ def test_real_vllm_engine_round_trip(tmp_path):
     sync_weights(model, eng, bucket_mb=16)
     eng.wake_up(["kv_cache"])
     assert eng.generate([prompt], greedy)[0].completions[0].token_ids != before
+
+
+def test_a_single_gpu_run_gets_the_launcher_variables_vllm_reads():
+    """external_launcher reads RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT: a run
+    without torchrun gets them (else KeyError: 'RANK' inside LLM()); torchrun's are kept."""
+    from rgpo_fast.rollout.vllm_colocated import launcher_env
+
+    env = launcher_env({}, 0, 0, 1)
+    assert {k: env[k] for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR")} == {
+        "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
+    assert 0 < int(env["MASTER_PORT"]) < 65536
+    torchrun = {"RANK": "3", "LOCAL_RANK": "3", "WORLD_SIZE": "8", "MASTER_ADDR": "h",
+                "MASTER_PORT": "29500"}
+    assert launcher_env(torchrun, 3, 3, 8) == {}
+
+
+def test_vllm_in_a_child_process_is_refused():
+    from rgpo_fast.errors import UserError
+    from rgpo_fast.rollout.vllm_colocated import check_in_process
+
+    check_in_process({})
+    check_in_process({"VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
+    with pytest.raises(UserError, match="VLLM_ENABLE_V1_MULTIPROCESSING=1 runs vLLM in a child"):
+        check_in_process({"VLLM_ENABLE_V1_MULTIPROCESSING": "1"})

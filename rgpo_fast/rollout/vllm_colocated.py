@@ -15,9 +15,11 @@ Traps this order avoids: loading into sleeping memory; a stale prefix cache afte
 load; generating after a level-2 wake without a full weight load (garbage output).
 
 Engine construction: `distributed_executor_backend="external_launcher"` makes vLLM run
-inside the torchrun process (in-process V1, VLLM_ENABLE_V1_MULTIPROCESSING=0), one engine
-per GPU (tensor_parallel_size 1: the config refuses more, because the ranks of a TP group
-would have to submit identical requests). The trainer owns tokenisation: requests are
+inside the trainer's process (in-process V1, VLLM_ENABLE_V1_MULTIPROCESSING=0; a user's =1
+is refused, as the weight sync needs the model in this process), one engine per GPU; a run
+without torchrun gets the RANK / WORLD_SIZE / MASTER_* variables that executor reads
+(`launcher_env`). tensor_parallel_size is 1: the config refuses more, because the ranks of
+a TP group would have to submit identical requests. The trainer owns tokenisation: requests are
 token ids, outputs are read as token ids, so vLLM loads no tokenizer
 (`skip_tokenizer_init`) and stops at the trainer's EOS ids, given as stop tokens. Each
 prompt gets its own sampling seed (`prompt_seed`). The engine returns its own log-probs,
@@ -146,6 +148,35 @@ def convert_outputs(prompts: Sequence[list[int]], vllm_outputs) -> list[RequestO
     return outs
 
 
+def check_in_process(environ) -> None:
+    """The weight sync reaches into the engine's model: vLLM must run in this process.
+    `VLLM_ENABLE_V1_MULTIPROCESSING=1` (set by the user) would move it to a child process."""
+    value = environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+    if value not in (None, "", "0"):
+        from rgpo_fast.trainer.config import ConfigError
+
+        raise ConfigError(f"VLLM_ENABLE_V1_MULTIPROCESSING={value} runs vLLM in a child "
+                          "process, where the trainer cannot load new weights into it; unset it "
+                          "(the colocated engine sets it to 0)")
+
+
+def launcher_env(environ, rank: int, local_rank: int, world_size: int) -> dict[str, str]:
+    """The torchrun variables vLLM's external_launcher executor reads (RANK, LOCAL_RANK,
+    WORLD_SIZE, MASTER_ADDR, MASTER_PORT) that `environ` lacks: a single-GPU run started
+    without torchrun has none of them and would fail with KeyError: 'RANK'. Under torchrun
+    nothing is returned."""
+    want = {"RANK": str(rank), "LOCAL_RANK": str(local_rank), "WORLD_SIZE": str(world_size),
+            "MASTER_ADDR": "127.0.0.1"}  # fmt: skip
+    out = {k: v for k, v in want.items() if k not in environ}
+    if "MASTER_PORT" not in environ:
+        import socket
+
+        with socket.socket() as sock:  # a free port: vLLM's process group of one binds it
+            sock.bind(("127.0.0.1", 0))
+            out["MASTER_PORT"] = str(sock.getsockname()[1])
+    return out
+
+
 def _inner_model(llm):
     """The torch module inside an in-process vLLM engine (V1 with external_launcher)."""
     paths = (
@@ -207,7 +238,11 @@ class VLLMColocatedEngine:
         from rgpo_fast.versions import check_gpu_stack
 
         check_gpu_stack()
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        check_in_process(os.environ)
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        for key, value in launcher_env(os.environ, info.rank, info.local_rank,
+                                       info.world_size).items():  # fmt: skip
+            os.environ[key] = value
         llm = LLM(
             **engine_kwargs(
                 model_dir,
