@@ -312,6 +312,7 @@ def test_eval_sets_with_one_name_are_refused(tmp_path, cache, capsys):
     ("--optim.beta1", "1.5", "optim.beta1=1.5 must be in [0, 1)"),
     ("--optim.beta2", "-0.1", "optim.beta2=-0.1 must be in [0, 1)"),
     ("--optim.eps", "0", "optim.eps=0.0 must be positive"),
+    ("--optim.eps", "-1e-8", "optim.eps=-1e-08 must be positive"),  # not "expected one arg"
     ("--train.sft_lr", "-0.1", "train.sft_lr=-0.1 must be positive"),
     ("--eval.max_new_tokens", "-5", "eval.max_new_tokens=-5 must be positive"),
     ("--data.reward_timeout_s", "0", "data.reward_timeout_s=0.0 must be positive"),

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
+import sys
 from typing import Any
 
 from rgpo_fast.algos.presets import preset_names
@@ -58,10 +60,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def _attach_negative_numbers(argv: list[str]) -> list[str]:
+    """`--optim.eps -1e-8` -> `--optim.eps=-1e-8`. argparse takes only plain negative
+    numbers (-1, -0.5) as values; with an exponent it reads an option and reports "expected
+    one argument" instead of the range check's message."""
+    out: list[str] = []
+    for arg in argv:
+        if (_NUMBER.match(arg) and "e" in arg.lower() and out and out[-1].startswith("--")
+                and "=" not in out[-1]):  # fmt: skip
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, RunConfig]:
     """Parse argv into (namespace, resolved RunConfig); ConfigError on any problem."""
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    ns = parser.parse_args(_attach_negative_numbers(sys.argv[1:] if argv is None else argv))
     file_values = load_yaml(ns.config) if ns.config else {}
     overrides: dict[str, dict[str, Any]] = {}
     for flag, (section, name) in SHORTCUTS.items():
