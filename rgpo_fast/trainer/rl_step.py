@@ -23,7 +23,7 @@ from rgpo_fast.trainer.collect import collect
 from rgpo_fast.trainer.distributed import DistInfo
 from rgpo_fast.trainer.metrics import PhaseTimer, step_row
 from rgpo_fast.trainer.rl_update import rl_update
-from rgpo_fast.trainer.session import Session
+from rgpo_fast.trainer.session import Session, reward_counts
 from rgpo_fast.trainer.update import compute_old_logprobs, fill_rollout_logprobs
 
 
@@ -79,8 +79,7 @@ def rl_step(s: Session, step: int, timer: PhaseTimer | None = None) -> dict:
         s.sync()
     row = step_row(step, collected, batch, update, timer.pop(), time.perf_counter() - t0,
                    s.scheduler.get_last_lr()[0], info)  # fmt: skip
-    counts = s.reward_fn.pop_counts()  # this step's (rewards/contract.py)
-    row.update({"reward/timeouts": counts["timeouts"], "reward/zeroed": counts["zeroed"]})
+    row.update(reward_counts([s.reward_fn], info, prefix="reward/"))
     if hasattr(s.engine, "memory_report"):  # colocated vLLM: memory after sleep / wakes
         row.update(s.engine.memory_report())
     return row

@@ -38,6 +38,7 @@ from rgpo_fast.trainer.data_sources import (
 )
 from rgpo_fast.trainer.distributed import (
     DistInfo,
+    all_reduce_sum,
     broadcast_object,
     init_distributed,
     shard_model,
@@ -298,14 +299,20 @@ def evaluate(s: Session) -> dict[str, float]:
                        max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
                        pass_k=cfg.eval.pass_k, temperature=cfg.eval.temperature, info=s.info,
                        system=cfg.data.system_prompt)  # fmt: skip
-    for reward in s.eval_rewards.values():
-        add_reward_counts(s.totals, reward.pop_counts())
+    counts = reward_counts(list(s.eval_rewards.values()), s.info, prefix="reward_")
+    for key, n in counts.items():
+        s.totals[key] += n
     return out
 
 
-def add_reward_counts(totals: dict, counts: dict[str, int]) -> None:
-    totals["reward_timeouts"] += counts["timeouts"]
-    totals["reward_zeroed"] += counts["zeroed"]
+def reward_counts(rewards, info: DistInfo, prefix: str = "") -> dict[str, int]:
+    """Timeouts and zeroed samples of `rewards` (CheckedReward, rewards/contract.py) since
+    the last call, summed over ranks (every rank scores its own samples)."""
+    local = [r.pop_counts() for r in rewards]
+    t = torch.tensor([sum(c["timeouts"] for c in local), sum(c["zeroed"] for c in local)],
+                     dtype=torch.float64)  # fmt: skip
+    timeouts, zeroed = all_reduce_sum(t, info).tolist()
+    return {f"{prefix}timeouts": int(timeouts), f"{prefix}zeroed": int(zeroed)}
 
 
 def trainer_state(s: Session, step: int) -> dict:
@@ -371,8 +378,8 @@ def record(s: Session, row: dict) -> None:
     s.totals["gen_tokens"] += row["tokens/generated"]
     s.totals["rl_time_s"] += row["time/step_s"]
     s.totals["nonfinite_skipped"] = s.rl_guard.skipped
-    add_reward_counts(s.totals, {"timeouts": row["reward/timeouts"],
-                                 "zeroed": row["reward/zeroed"]})
+    s.totals["reward_timeouts"] += row["reward/timeouts"]
+    s.totals["reward_zeroed"] += row["reward/zeroed"]
     step, cfg = row["step"], s.cfg
     if s.info.is_main and (step % cfg.logging.log_every == 0 or step == cfg.train.max_steps):
         with run_dir.writing(f"step {step} to {s.metrics.path}"):
