@@ -107,6 +107,7 @@ def _logprob_fwd_kernel(
     N, V, H, num_splits, v_per_split,
     stride_hidden_n, stride_hidden_h, stride_weight_v, stride_weight_h, stride_part_s,
     inv_temp,
+    n_bucket,  # unused by the kernel: the autotuner's key for N (see n_bucket())
     HAS_BIAS: tl.constexpr, WITH_ENTROPY: tl.constexpr, UPCAST_DOT: tl.constexpr,
     DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
     BLOCK_H: tl.constexpr, GROUP_N: tl.constexpr,
@@ -219,6 +220,7 @@ def _logprob_bwd_kernel(
     stride_hidden_n, stride_hidden_h, stride_weight_v, stride_weight_h,
     stride_dh_n, stride_dw_v,
     inv_temp,
+    n_bucket,  # unused by the kernel: the autotuner's key for N (see n_bucket())
     HAS_BIAS: tl.constexpr, WITH_ENTROPY: tl.constexpr, NEED_DH: tl.constexpr,
     NEED_DW: tl.constexpr, NEED_DB: tl.constexpr, UPCAST_DOT: tl.constexpr,
     DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
@@ -354,15 +356,34 @@ def _interpreter_bench(kernel_call, quantiles):
     return [ms] * len(quantiles)
 
 
+def n_bucket(n: int) -> int:
+    """N rounded up to a power of two (at least 16): the autotuner's key for the token
+    count. Keyed on H and V alone, the first N tuned (possibly a 1-token dummy forward)
+    chose the tiles for every later N; keyed on N itself, every micro-batch length would
+    be tuned anew. Powers of two >= 16 are all divisible by 16, so Triton compiles one
+    specialisation for every bucket: a new bucket costs timing runs, no compiles."""
+    return max(16, triton.next_power_of_2(max(int(n), 1)))
+
+
+# What the best tile depends on: the shape (H, V, the bucket of N) and every constexpr
+# flag of the launch (bias, entropy, which gradients, the dot's precision), which change
+# the kernel's work and registers. Tensor dtypes are added to the key by Triton itself.
+TUNE_KEYS = {
+    "fwd": ["H", "V", "n_bucket", "HAS_BIAS", "WITH_ENTROPY", "UPCAST_DOT", "DOT_PRECISION"],
+    "bwd": ["H", "V", "n_bucket", "HAS_BIAS", "WITH_ENTROPY", "NEED_DH", "NEED_DW", "NEED_DB",
+            "UPCAST_DOT", "DOT_PRECISION"],
+}  # fmt: skip
+
+
 @functools.cache
 def _autotuned(direction: str, configs: tuple[triton.Config, ...]):
     """The autotuned forward ("fwd") or backward ("bwd") kernel over `configs` (cached per
-    config list: one tuning cache per list)."""
+    config list: one tuning cache per list), keyed on TUNE_KEYS."""
     kernel = {"fwd": _logprob_fwd_kernel, "bwd": _logprob_bwd_kernel}[direction]
     reset = list(BWD_RESET_TO_ZERO) if direction == "bwd" else None
     bench = _interpreter_bench if interpreting() else None
     return triton.autotune(
-        configs=list(configs), key=["H", "V"], reset_to_zero=reset, do_bench=bench
+        configs=list(configs), key=TUNE_KEYS[direction], reset_to_zero=reset, do_bench=bench
     )(kernel)
 
 
@@ -487,7 +508,7 @@ def linear_logprob_forward(
         part[0], part[1], part[2], part[3],
         N, V, H, S, v_per_split,
         hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), part.stride(1),
-        1.0 / float(temperature),
+        1.0 / float(temperature), n_bucket(N),
     )  # fmt: skip
     flags = {"HAS_BIAS": bias is not None, "WITH_ENTROPY": with_entropy,
              **_dot_flags(hidden.dtype)}  # fmt: skip
@@ -553,7 +574,7 @@ def linear_logprob_backward(
             N, V, H,
             hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1),
             H, H,
-            1.0 / float(temperature),
+            1.0 / float(temperature), n_bucket(N),
         )  # fmt: skip
         flags = {"HAS_BIAS": bias is not None, "WITH_ENTROPY": with_ent, "NEED_DH": need_h,
                  "NEED_DW": need_w, "NEED_DB": need_b, **_dot_flags(hidden.dtype)}  # fmt: skip

@@ -151,16 +151,36 @@ def test_policy_loss_launches_never_alias_outputs(launches):
     _assert_no_alias(launches)
 
 
-def test_placeholder_alias_is_caught(launches):
-    """The check above fails on the bug it guards against: the old backward passed lse
-    as the placeholder of an unwanted gradient."""
+def test_placeholder_alias_is_caught(launches, monkeypatch):
+    """The check above fails on the bug it guards against, put back into the real
+    launcher: the old backward passed lse as the placeholder of an unwanted gradient."""
     h, w, b, t = _inputs(9, 16, 40, torch.float32, bias=False)
     _, lse, _ = klp.linear_logprob_forward(h, w, b, t, 1.0, False)
+    monkeypatch.setattr(klp, "_placeholder", lambda device: lse)  # the old bug
     launches.clear()
-    launches.append(("_logprob_bwd_kernel", {"lse_ptr": lse, "db_ptr": lse,
-                                             "dh_ptr": torch.zeros(1), "dw_ptr": torch.zeros(2)}))
-    with pytest.raises(AssertionError, match="db_ptr shares memory with lse_ptr"):
+    klp.linear_logprob_backward(h, w, b, t, lse, None, 1.0, torch.randn(9, device=DEV), None,
+                                (True, True, False), **PATHS["fixed"])  # fmt: skip
+    with pytest.raises(AssertionError, match="db_ptr shares memory with (bias|lse)_ptr"):
         _assert_no_alias(launches)
+
+
+def test_autotuner_keys_on_the_bucket_of_n_and_the_flags():
+    """One tuning per (H, V, bucket of N, flags): a 1-token dummy forward does not choose
+    the tiles of a 4000-token micro-batch, and a launch with entropy is tuned apart from
+    one without; N of the same bucket reuse the choice."""
+    tuned = klp._autotuned("fwd", klp.INTERPRET_CONFIGS)
+    tuned.cache.clear()
+    kw = {"configs": klp.INTERPRET_CONFIGS}
+
+    def launch(n, entropy):
+        h, w, b, t = _inputs(n, 16, 40, torch.float32, bias=False)
+        klp.linear_logprob_forward(h, w, b, t, 1.0, entropy, **kw)
+        return len(tuned.cache)
+
+    assert [launch(9, False), launch(12, False), launch(1, False)] == [1, 1, 1]  # bucket 16
+    assert launch(37, False) == 2  # bucket 64
+    assert launch(37, True) == 3  # WITH_ENTROPY
+    assert [klp.n_bucket(n) for n in (1, 16, 17, 4000)] == [16, 16, 32, 4096]
 
 
 def _oracle(h, w, b, t, temperature, g_logp, g_ent, compute_dtype, upcast):
