@@ -20,7 +20,18 @@ from rgpo_fast.trainer.weight_sync import bucketed, full_named_parameters, hf_na
 
 
 class FakeLLM:
-    """Records the calls a colocated step makes; generates fixed tokens with log-probs."""
+    """Records the calls a colocated step makes; generates fixed tokens with log-probs.
+
+    Its shape is vLLM's, as read in vLLM's source (the repository snapshot this project's
+    code was checked against; re-check on a vLLM upgrade): `LLM.llm_engine.model_executor`
+    exists only in-process (vllm/v1/engine/llm_engine.py: set `if not multiprocess_mode`);
+    the executor's `driver_worker` is a `WorkerWrapperBase` whose `.worker` is the GPU
+    worker (vllm/v1/worker/worker_base.py), whose `model_runner.model` is the torch module;
+    its `load_weights(weights=...)` takes (name, tensor) pairs; `LLM.sleep(level=)`,
+    `LLM.wake_up(tags=)` and `LLM.reset_prefix_cache()` are the public LLM methods; the
+    external-launcher executor reads RANK and LOCAL_RANK from the environment
+    (vllm/v1/executor/uniproc_executor.py: ExecutorWithExternalLauncher._distributed_args).
+    """
 
     def __init__(self):
         self.calls = []
@@ -241,3 +252,20 @@ def test_vllm_in_a_child_process_is_refused():
     check_in_process({"VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
     with pytest.raises(UserError, match="VLLM_ENABLE_V1_MULTIPROCESSING=1 runs vLLM in a child"):
         check_in_process({"VLLM_ENABLE_V1_MULTIPROCESSING": "1"})
+
+
+def test_every_wake_returns_the_allocators_free_blocks_first(monkeypatch):
+    """The last sync bucket and its bf16 pack are free blocks of torch's caching allocator
+    when the KV cache wakes: they are released before it (and before the weights wake)."""
+    llm = FakeLLM()
+    eng = VLLMColocatedEngine(llm, sampling_cls=_vsp)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: llm.calls.append(("empty_cache",)))
+    monkeypatch.setattr(eng, "_record_memory", lambda where: None)
+    eng.sleep(level=2)
+    eng.wake_up(["weights"])
+    sync_weights(torch.nn.Linear(2, 2), eng, bucket_mb=1)
+    eng.wake_up(["kv_cache"])
+    names = [c[0] for c in llm.calls]
+    assert names == ["sleep", "empty_cache", "wake_up", "load_weights", "reset_prefix_cache",
+                     "empty_cache", "wake_up"]

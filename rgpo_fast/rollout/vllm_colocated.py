@@ -277,8 +277,13 @@ class VLLMColocatedEngine:
             self.state.advance("wake_kv")
         else:
             self.state.advance("wake_all")
-        if tags == ["weights"] and torch.cuda.is_available():
-            torch.cuda.empty_cache()  # give the trainer's freed blocks back before waking
+        if torch.cuda.is_available():
+            # Before every wake, give the caching allocator's free blocks back to the driver:
+            # vLLM allocates its weights and KV cache outside torch's allocator, so blocks
+            # the trainer freed (its activations before the weights wake; the last sync
+            # bucket and its bf16 pack, ~1.5 GB at 1024 MB buckets, before the KV wake)
+            # would otherwise still hold memory the wake needs.
+            torch.cuda.empty_cache()
         self.llm.wake_up(tags=tags)
         self._record_memory("wake_" + ("_".join(tags) if tags else "all"))
 
