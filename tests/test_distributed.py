@@ -129,9 +129,19 @@ def worker(model_dir: str, out_file: str, mode: str = "fp32") -> None:
         results = {"seen": loss_inputs_seen(policy, info)}
     if mode == "bf16":
         policy = shard_model(build(model_dir, torch.bfloat16), info, torch.bfloat16)
+        seen = {}  # the dtype of the parameters the forward computes with (all-gathered)
+
+        def record(name):
+            def hook(module, args):
+                seen.setdefault(name, str(module.weight.dtype))
+            return hook
+
+        for name, mod in (("embedding (root unit)", policy.lm.model.embed_tokens),
+                          ("layer 0 up_proj", policy.lm.model.layers[0].mlp.up_proj)):
+            mod.register_forward_pre_hook(record(name))
         samples = global_samples(policy.lm.config.vocab_size)[info.rank :: info.world_size]
         loss = one_step(policy, samples, AGGS[0], 1, info, lr=LOW_LR)
-        results = {"loss": loss, "params": full_state_dict(policy)}
+        results = {"loss": loss, "params": full_state_dict(policy), "forward_dtypes": seen}
     for agg in AGGS if mode == "fp32" else ():
         policy = shard_model(build(model_dir), info)
         samples = global_samples(policy.lm.config.vocab_size)[info.rank :: info.world_size]
@@ -238,6 +248,11 @@ def test_bf16_compute_keeps_fp32_master_weights(tmp_path):
     log = proc.communicate(timeout=240)[0].decode()
     assert proc.returncode == 0, log[-3000:]
     dist = torch.load(out, weights_only=False)
+    # FSDP2 all-gathers the fp32 shards in bf16: the forward computes with bf16 parameters
+    # (without the mixed-precision policy it would use the fp32 ones under autocast, and the
+    # numbers below would barely change)
+    assert dist["forward_dtypes"] == {"embedding (root unit)": "torch.bfloat16",
+                                      "layer 0 up_proj": "torch.bfloat16"}
     assert dist["loss"] == pytest.approx(loss, rel=2e-2)
     ref0 = build(model_dir).state_dict()
     for params in (single, dist["params"]):
