@@ -10,15 +10,43 @@ from rgpo_fast.trainer.build import resolve_packing
 from rgpo_fast.trainer.policy import PolicyModule, enable_gradient_checkpointing
 
 
-def _policy(packed: bool) -> PolicyModule:
+def _policy(packed: bool, attn: str = "sdpa") -> PolicyModule:
     torch.manual_seed(0)
     cfg = Qwen2Config(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2)
-    cfg._attn_implementation = "sdpa"
+    cfg._attn_implementation = attn
     return PolicyModule(Qwen2ForCausalLM(cfg), impl="torch", packed=packed)
 
 
-def test_packed_forward_matches_padded_loss_and_grads():
+def varlen_reference(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
+                     **kwargs):
+    """What flash-attn's varlen kernel computes, in plain PyTorch: causal attention inside
+    each sequence of the packed row, with the sequences taken ONLY from `cu_seq_lens_q`
+    (the mask and the position ids are ignored, as flash-attn ignores them). sdpa instead
+    derives the sequences from the restarting position ids, so a test with sdpa cannot see
+    wrong boundaries."""
+    cu = kwargs["cu_seq_lens_q"].tolist()
+    assert query.shape[0] == 1, "a packed forward has one row"
+    rep = query.shape[1] // key.shape[1]  # grouped-query attention
+    key, value = key.repeat_interleave(rep, 1), value.repeat_interleave(rep, 1)
+    out = torch.zeros_like(query)
+    for s, e in zip(cu[:-1], cu[1:]):
+        out[:, :, s:e] = torch.nn.functional.scaled_dot_product_attention(
+            query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True, scale=scaling)
+    return out.transpose(1, 2).contiguous(), None
+
+
+@pytest.fixture
+def varlen_attention(monkeypatch):
+    """`varlen_reference` registered as an attention implementation for this test."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._global_mapping, "varlen_reference",
+                        varlen_reference)  # fmt: skip
+    return "varlen_reference"
+
+
+def _packed_vs_padded(packed_attn: str):
     g = torch.Generator().manual_seed(1)
     B, L = 4, 9
     ids = torch.randint(0, 40, (B, L), generator=g)
@@ -29,19 +57,46 @@ def test_packed_forward_matches_padded_loss_and_grads():
     mask = attn[:, 1:].bool() & (torch.arange(L - 1) >= 2)  # response tokens
     kw = {"targets": ids[:, 1:], "mask": mask, "advantages": torch.randn(B, generator=g)}
     results = []
-    for packed in (False, True):
-        policy = _policy(packed)
+    for packed, impl in ((False, "sdpa"), (True, packed_attn)):
+        policy = _policy(packed, impl)
         loss, _ = policy(ids, attn, pos, mode="loss", loss_inputs=kw)
         loss.backward()
         grads = {n: p.grad.clone() for n, p in policy.named_parameters()}
         logp = policy(ids, attn, pos, mode="logprobs")
         results.append((loss.detach(), grads, logp.detach()))
-    (l0, g0, lp0), (l1, g1, lp1) = results
+    return attn, results
+
+
+@pytest.mark.parametrize("packed_attn", ["sdpa", "varlen"])
+def test_packed_forward_matches_padded_loss_and_grads(packed_attn, varlen_attention):
+    """The padded forward (sdpa) against the packed one, through sdpa (boundaries from the
+    restarting position ids) and through a varlen attention that sees nothing but the
+    boundaries the policy computes (`cu_seq_lens`, what flash-attn uses)."""
+    impl = varlen_attention if packed_attn == "varlen" else "sdpa"
+    attn, ((l0, g0, lp0), (l1, g1, lp1)) = _packed_vs_padded(impl)
     assert torch.allclose(l0, l1, atol=1e-6)
     keep = attn[:, 1:].bool()
     assert torch.allclose(lp0[keep], lp1[keep], atol=1e-5)
     for name in g0:
         assert torch.allclose(g0[name], g1[name], atol=1e-5), name
+
+
+def test_wrong_boundaries_are_seen_by_the_varlen_check(varlen_attention, monkeypatch):
+    """The varlen comparison above fails when the boundaries are wrong (here: the last two
+    sequences merged), where the sdpa one would not notice."""
+    from rgpo_fast.trainer import policy as policy_mod
+
+    real = policy_mod.varlen_kwargs
+
+    def merged(attention_mask):
+        kw = real(attention_mask)
+        cu = kw["cu_seq_lens_q"]
+        kw["cu_seq_lens_q"] = kw["cu_seq_lens_k"] = torch.cat([cu[:-2], cu[-1:]])
+        return kw
+
+    monkeypatch.setattr(policy_mod, "varlen_kwargs", merged)
+    _, ((_, _, lp0), (_, _, lp1)) = _packed_vs_padded(varlen_attention)
+    assert not torch.allclose(lp0[3, :3], lp1[3, :3], atol=1e-3)
 
 
 @pytest.mark.parametrize(
