@@ -2,6 +2,7 @@
 mapping, output conversion (CPU, with a recording stand-in for vllm.LLM); the real engine
 runs under the `gpu` mark."""
 
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -197,11 +198,18 @@ def test_convert_outputs_rejects_missing_logprobs():
 
 
 @pytest.mark.gpu
-def test_real_vllm_engine_round_trip(tmp_path):
-    """On a GPU with vLLM: generate, sleep, wake weights, load, wake KV, generate again."""
+def test_real_vllm_engine_round_trip(tmp_path, monkeypatch):
+    """On a GPU with vLLM: generate, sleep, wake weights, load, wake KV, generate again.
+    Without torchrun, as from_config does: in-process engine, the launcher's variables."""
     pytest.importorskip("vllm")
     from vllm import LLM
     from vllm import SamplingParams as VSP
+
+    from rgpo_fast.rollout.vllm_colocated import launcher_env
+
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    for key, value in launcher_env(os.environ, 0, 0, 1).items():
+        monkeypatch.setenv(key, value)
 
     from rgpo_fast.trainer.tiny_model import ensure_tiny_model, load_model_and_tokenizer
 
