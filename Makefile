@@ -33,7 +33,8 @@ NATIVE_ENV := $(if $(HAS_GPU),,RGPO_FAST_SKIP_CUDA_BUILD=1)
 NATIVE_SRC := $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu csrc/*/*.h csrc/*/*.cuh _build_native.py)
 PYTEST_ARGS ?=
 
-.PHONY: install install-gpu install-flash-attn gpu-check test train bench bench-gpu lint clean \
+.PHONY: install install-gpu install-flash-attn gpu-check gpu-check-offline test train bench \
+	bench-gpu lint clean \
 	lock test-latest test-floor
 
 install: $(STAMP)
@@ -102,6 +103,11 @@ install-flash-attn: install-gpu
 # One script that checks the GPU path (README: "Checking the GPU path").
 gpu-check: install
 	$(BIN)/python benchmarks/gpu_check.py
+
+# The same on a GPU machine without network: the interpreter that already holds torch
+# ($(PYTHON)), no venv, no pip; the extensions are built in place for the local GPU.
+gpu-check-offline:
+	$(PYTHON) benchmarks/gpu_check.py --offline
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
