@@ -129,12 +129,14 @@ def test_offline_build_in_place_needs_no_network(tmp_path):
                           text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert list((src / "rgpo_fast").glob("_C*.so")), "no extension built in place"
-    check = ("import rgpo_fast, rgpo_fast._C; from rgpo_fast.ops.backends import "
-             "available_backends as a; print(rgpo_fast.__file__, a('cpu'))")
+    check = ("import rgpo_fast, rgpo_fast._C, rgpo_fast.kernels.linear_logprob as k; "
+             "from rgpo_fast.ops.backends import available_backends as a; "
+             "print(rgpo_fast.__file__, k.__file__, a('cpu'))")
     proc = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120, env={**env, "PYTHONPATH": str(src)})  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith(str(src)) and "cpp" in proc.stdout
+    assert f"{src}/kernels/linear_logprob.py" in proc.stdout  # Triton sources, no install
 
 
 def test_junit_and_bench_parsing(tmp_path):
