@@ -62,7 +62,6 @@ STAGES = ("build", "env", "extensions", "tests", "bench", "rl")
 #               before and after: ~40 s with the hf engine, ~80 s with vLLM's start-up
 CAPS = {"build": 120, "env": 30, "extensions": 30, "tests": 150, "bench": 60, "rl": 90}
 BUDGET_S = 480
-LIMITS = CAPS  # the name earlier versions used
 BENCH_SHAPES = ("1024,896,151936", "4096,256,32768")  # the README's CPU table shapes
 BENCH_PROVIDERS = ("triton", "cuda", "torch", "naive", "liger", "floor")
 OPTIONAL = {"vllm": "vllm", "flash_attn": "flash-attn", "liger_kernel": "liger-kernel"}
