@@ -4,8 +4,8 @@ When on-policy samples fail on a prompt, the model is shown part of the prompt's
 rationale, writes its own solutions, and only those that beat every unguided sample are
 moved back to the hint-free prompt and trained there (docs/algorithms.md, "RGPO"):
 
-    round = guided_round(groups, levels, algo, tokenizer, group_size=G,
-                         hinted_prompt=..., generate=..., score=...)
+    round = guided_round(groups, levels, algo, Callbacks(tokenizer, G, hinted_prompt=...,
+                                                         generate=..., score=...))
 
 1. trigger    which prompts are guided this step (`guidance.needs_guidance`)
 2. hint       the first max(level, 1) rationale segments, in the user message (prompt
@@ -19,8 +19,9 @@ moved back to the hint-free prompt and trained there (docs/algorithms.md, "RGPO"
               `guidance.update_level`); returned as updates, applied by the caller
 
 The pure decisions live in algos/guidance.py; this module adds the tokenizer and the
-records. The caller owns sampling and scoring, so the same round runs on the trainer's
-rollout engine and on TRL's generation path.
+records. The caller owns sampling and scoring (`Callbacks`), so the same round runs on the
+trainer's rollout engine and on TRL's generation path. Every guidance mode
+(rgpo_fast/guidance_modes.py) takes the same `PromptGroup` records and `Callbacks`.
 """
 
 from __future__ import annotations
@@ -34,16 +35,24 @@ from rgpo_fast.data.prompts import token_starts
 from rgpo_fast.data.types import Sample
 from rgpo_fast.rollout.base import Completion
 
+# Sampling seed offsets of the guided calls of a step (the caller adds its step seed):
+# distinct calls never reuse a seed.
+GUIDED_SEED_OFFSET = 7919
+
 
 @dataclass
 class PromptGroup:
-    """One prompt of the step with its unguided group: what the guided round starts from."""
+    """One prompt of the step with its unguided group: what every guidance mode starts
+    from (the trainer builds them from its engine's samples, the TRL adapter from TRL's)."""
 
     uid: str  # key of the prompt's hint level
     rationale: str  # reference rationale ("" = never guided)
     prompt_ids: list[int]  # the hint-free prompt
-    rewards: list[float]  # rewards of its G unguided samples
+    rewards: list[float]  # rewards of its on-policy unguided samples
     group: int  # group index its samples share in the step's batch
+    samples: list[Sample] = field(default_factory=list)  # what the step trains of this prompt
+    problem: str = ""  # the question, for the caller's prompt template
+    answer: str = ""  # the reference answer, for the caller's scorer
 
 
 @dataclass
@@ -67,45 +76,52 @@ class GuidedRound:
     generated_tokens: int = 0
 
 
-HintedPrompt = Callable[[int, str], list[int]]  # (group index, hint) -> hinted prompt ids
-Generate = Callable[[list[list[int]], int], list[list[Completion]]]  # prompts, K -> K each
-Score = Callable[[list[GuidedJob], list[list[Sample]]], list[list[float]]]  # rewards per job
+HintedPrompt = Callable[[PromptGroup, str], list[int]]  # (group, hint) -> hinted prompt ids
+# (prompts, K, seed offset) -> K completions each; the offset tells the calls of a step apart
+Generate = Callable[[list[list[int]], int, int], list[list[Completion]]]
+# (groups, their samples) -> each sample's reward against its group's hint-free problem
+Score = Callable[[list[PromptGroup], list[list[Sample]]], list[list[float]]]
 
 
-def guided_round(
-    groups: Sequence[PromptGroup],
-    levels: guidance.HintLevels,
-    cfg: Any,
-    tokenizer: Any,
-    *,
-    group_size: int,
-    hinted_prompt: HintedPrompt,
-    generate: Generate,
-    score: Score,
-    max_prompt_len: int | None = None,
-) -> GuidedRound:
+@dataclass
+class Callbacks:
+    """What a guidance mode asks of its caller: the tokenizer, the group size G, the hinted
+    prompt (prompt placement, GHPO), sampling, scoring, and the longest prompt the sampler
+    takes (None: no limit)."""
+
+    tokenizer: Any
+    group_size: int
+    hinted_prompt: HintedPrompt | None
+    generate: Generate
+    score: Score
+    max_prompt_len: int | None = None
+
+
+def guided_round(groups: Sequence[PromptGroup], levels: guidance.HintLevels, cfg: Any,
+                 io: Callbacks) -> GuidedRound:  # fmt: skip
     """Run steps 1-7 of the module docstring for `cfg` (an AlgoConfig with guidance "rgpo").
 
-    A hinted prompt longer than `max_prompt_len` tokens is not guided (counted in
+    A hinted prompt longer than `io.max_prompt_len` tokens is not guided (counted in
     `guided/too_long`): the engine was sized for prompts up to that length.
     """
+    tokenizer = io.tokenizer
     uids = [g.uid for g in groups]
     current = levels.get_many(uids)
     need = guidance.needs_guidance(current, [g.rewards for g in groups], cfg,
                                    [bool(g.rationale.strip()) for g in groups])  # fmt: skip
     jobs, too_long = [], 0
     for i in (i for i, n in enumerate(need) if n):
-        job = _hint_job(i, groups[i], current[i], cfg, tokenizer, hinted_prompt)
-        if max_prompt_len is not None and len(job.prompt_ids) > max_prompt_len:
+        job = _hint_job(i, groups[i], current[i], cfg, tokenizer, io.hinted_prompt)
+        if io.max_prompt_len is not None and len(job.prompt_ids) > io.max_prompt_len:
             too_long += 1
             continue
         jobs.append(job)
 
-    k = cfg.guided_samples(group_size)
-    completions = generate([j.prompt_ids for j in jobs], k) if jobs else []
+    k = cfg.guided_samples(io.group_size)
+    completions = io.generate([j.prompt_ids for j in jobs], k, GUIDED_SEED_OFFSET) if jobs else []
     guided = [[_guided_sample(j, groups[j.index], c, cfg, tokenizer) for c in comps]
               for j, comps in zip(jobs, completions)]  # fmt: skip
-    rewards = score(jobs, guided) if jobs else []
+    rewards = io.score([groups[j.index] for j in jobs], guided) if jobs else []
 
     transferred: list[Sample] = []
     accepted: dict[int, list[bool]] = {}
@@ -152,7 +168,7 @@ def _hint_job(index: int, group: PromptGroup, level: int, cfg: Any, tokenizer: A
     shown = guidance.hint_level_used(level, cfg)
     hint = guidance.build_hint(segments, shown)
     if cfg.hint_placement == "prompt":
-        return GuidedJob(index, hinted_prompt(index, hint), hint, shown)
+        return GuidedJob(index, hinted_prompt(group, hint), hint, shown)
     prefix = response_hint(tokenizer, hint)
     return GuidedJob(index, list(group.prompt_ids) + prefix, hint, shown, prefix)
 

@@ -1,23 +1,23 @@
 """RGPO's guided round with its records and a tokenizer: transfer back, the response-placed
-hint, the reference sample of LUFFY's slot, and `guided_round` end to end with a scripted
+hint, the rationale sample of LUFFY's slot, and `guided_round` end to end with a scripted
 sampler and scorer (trigger, acceptance, transfer, level updates, the length limit)."""
 
 
 import pytest
+from scripted import ScriptedSampler, callbacks, prompt_groups
 
 from rgpo_fast.algos.guidance import HintLevels
 from rgpo_fast.algos.presets import get_preset
 from rgpo_fast.batch import assemble_batch
 from rgpo_fast.data.prompts import build_prompt, encode_prompt
 from rgpo_fast.data.types import Sample
+from rgpo_fast.guidance_modes import rationale_sample
 from rgpo_fast.guided_round import (
-    PromptGroup,
+    GUIDED_SEED_OFFSET,
     guided_round,
     response_hint,
     transfer_back,
 )
-from rgpo_fast.rollout.base import Completion
-from rgpo_fast.trainer.collect import reference_sample
 
 RAT = "12+17=29\n29*3=87\n87-19=68\n68+5=73\nAnswer: 73"
 
@@ -112,7 +112,7 @@ def test_transfer_is_drops_logprobs_when_tokens_change(tok):
 def test_luffy_slot_gets_the_shaped_ratio_flag(tok):
     cfg = get_preset("luffy")
     plain = encode_prompt(tok, "1+2=?")
-    off = reference_sample(plain, "1+2=3\nAnswer: 3", tok, reward=1.0)
+    off = rationale_sample(plain, "1+2=3\nAnswer: 3", tok, reward=1.0)
     assert tok.decode(off.response_ids) == "1+2=3\nAnswer: 3</s>"
     rolls = [
         Sample(plain, [5], reward=0.0, rollout_logprobs=[-1.0]),
@@ -124,58 +124,26 @@ def test_luffy_slot_gets_the_shaped_ratio_flag(tok):
     assert b.kind_names()[2] == "offpolicy"
     assert b.advantages.tolist() == pytest.approx([-1 / 3, -1 / 3, 2 / 3])
     with pytest.raises(ValueError, match="rationale"):
-        reference_sample(plain, "", tok)
+        rationale_sample(plain, "", tok)
 
 
 # ---------------------------------------------------------------- the round
-
-
-class Scripted:
-    """A sampler that answers from a script and records what it was asked."""
-
-    def __init__(self, tok, answers):
-        self.tok, self.answers, self.prompts = tok, answers, []
-
-    def __call__(self, prompts, k):
-        self.prompts.append([list(p) for p in prompts])
-        out = []
-        for p in prompts:
-            text = self.tok.decode(p)
-            texts = next(v for key, v in self.answers.items() if key in text)
-            assert len(texts) == k
-            out.append([Completion(self.tok(t, add_special_tokens=False)["input_ids"],
-                                   [-0.5] * len(t)) for t in texts])  # fmt: skip
-        return out
 
 
 def _groups(tok):
     problems = ["1+2=?", "3+4=?", "5+6=?"]
     rewards = [[0.0, 0.0], [1.0, 0.0], [0.0, 0.0]]  # prompt 1 has an unguided success
     rationales = ["1+2=3\nAnswer: 3", "3+4=7\nAnswer: 7", ""]  # prompt 2: no rationale
-    return problems, [PromptGroup(uid=f"u{i}", rationale=r, prompt_ids=encode_prompt(tok, p),
-                                  rewards=rw, group=i)
-                      for i, (p, r, rw) in enumerate(zip(problems, rationales, rewards))]
-
-
-def _score(answers):
-    def score(jobs, samples):
-        return [[1.0 if s.text.strip().endswith(answers[j.index]) else 0.0 for s in row]
-                for j, row in zip(jobs, samples)]  # fmt: skip
-
-    return score
+    return problems, prompt_groups(tok, problems, ["3", "7", "11"], rationales, rewards)
 
 
 def test_guided_round_hints_accepts_transfers_and_moves_levels(tok):
     cfg = get_preset("rgpo")
     problems, groups = _groups(tok)
     levels = HintLevels(cfg.n_segments)
-    sampler = Scripted(tok, {"1+2": ["Answer: 3", "Answer: 4"]})
-
-    def hinted(i, hint):
-        return encode_prompt(tok, problems[i], hint, hint_template=cfg.hint_template)
-
-    rnd = guided_round(groups, levels, cfg, tok, group_size=4, hinted_prompt=hinted,
-                       generate=sampler, score=_score(["3", "7", "11"]))  # fmt: skip
+    sampler = ScriptedSampler(tok, {"1+2": ["Answer: 3", "Answer: 4"]})
+    rnd = guided_round(groups, levels, cfg, callbacks(tok, sampler, cfg))
+    assert sampler.offsets == [GUIDED_SEED_OFFSET]
     # only prompt 0 is guided: prompt 1 succeeded unguided, prompt 2 has no rationale
     assert len(sampler.prompts) == 1 and len(sampler.prompts[0]) == 1
     assert "Partial solution:\n1+2=3" in tok.decode(sampler.prompts[0][0])
@@ -195,9 +163,9 @@ def test_guided_round_failure_raises_the_level_and_response_placement(tok):
     problems, groups = _groups(tok)
     levels = HintLevels(cfg.n_segments)
     levels.set("u1", 2)  # level > 0 triggers guidance even after an unguided success
-    sampler = Scripted(tok, {"1+2": ["Answer: 5", "Answer: 6"], "3+4": ["Answer: 7", "no"]})
-    rnd = guided_round(groups, levels, cfg, tok, group_size=4, hinted_prompt=None,
-                       generate=sampler, score=_score(["3", "7", "11"]))  # fmt: skip
+    sampler = ScriptedSampler(tok, {"1+2": ["Answer: 5", "Answer: 6"],
+                                    "3+4": ["Answer: 7", "no"]})  # fmt: skip
+    rnd = guided_round(groups, levels, cfg, callbacks(tok, sampler, cfg))
     prompts = [tok.decode(p) for p in sampler.prompts[0]]
     # the hint starts the response: plain prompt + hint text (2 segments for prompt 1)
     assert prompts[0] == tok.decode(groups[0].prompt_ids) + "1+2=3\n"
@@ -210,10 +178,10 @@ def test_guided_round_failure_raises_the_level_and_response_placement(tok):
 def test_guided_round_skips_hinted_prompts_over_the_limit(tok):
     cfg = get_preset("rgpo")
     problems, groups = _groups(tok)
-    sampler = Scripted(tok, {})
-    rnd = guided_round(groups, HintLevels(4), cfg, tok, group_size=4,
-                       hinted_prompt=lambda i, h: [1] * 50, generate=sampler,
-                       score=_score(["3", "7", "11"]), max_prompt_len=10)  # fmt: skip
+    sampler = ScriptedSampler(tok, {})
+    rnd = guided_round(groups, HintLevels(4), cfg,
+                       callbacks(tok, sampler, cfg, max_prompt_len=10,
+                                 hinted_prompt=lambda g, h: [1] * 50))  # fmt: skip
     assert sampler.prompts == [] and rnd.stats["guided/too_long"] == 1
     assert rnd.stats["guided/prompts"] == 0 and rnd.transferred == []
 

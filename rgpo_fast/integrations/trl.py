@@ -47,7 +47,7 @@ from rgpo_fast.algos.presets import AlgoConfig
 from rgpo_fast.data.prompts import user_message
 from rgpo_fast.data.types import Sample
 from rgpo_fast.functional import fused_linear_policy_loss
-from rgpo_fast.guided_round import GuidedJob, PromptGroup, guided_round
+from rgpo_fast.guided_round import Callbacks, PromptGroup, guided_round
 from rgpo_fast.rollout.base import Completion
 
 try:  # TRL is optional: the mapping helpers below work without it.
@@ -407,30 +407,32 @@ class RGPOFusedGRPOTrainer(GRPOTrainer):
                   for g, h in enumerate(heads)]  # fmt: skip
         hinted: dict[int, Any] = {}  # group index -> hinted prompt (text or messages)
 
-        def hinted_prompt(i: int, hint: str) -> list[int]:
-            hinted[i] = self._hinted_prompt(heads[i]["prompt"], hint)
-            ids, _, _ = self._tokenize_prompts([hinted[i]])
+        def hinted_prompt(group: PromptGroup, hint: str) -> list[int]:
+            hinted[group.group] = self._hinted_prompt(heads[group.group]["prompt"], hint)
+            ids, _, _ = self._tokenize_prompts([hinted[group.group]])
             return list(ids[0])
 
-        def generate(prompts: list[list[int]], k: int) -> list[list[Completion]]:
-            flat = [p for p in prompts for _ in range(k)]
+        def generate(prompts: list[list[int]], k: int, seed_offset: int
+                     ) -> list[list[Completion]]:  # fmt: skip
+            flat = [p for p in prompts for _ in range(k)]  # TRL's sampler seeds itself
             ids, _ = self._generate_single_turn(flat, None, {}, k)
             return [[Completion(token_ids=list(ids[j * k + c]), logprobs=None)
                      for c in range(k)] for j in range(len(prompts))]  # fmt: skip
 
-        def score(jobs: list[GuidedJob], samples: list[list[Sample]]) -> list[list[float]]:
+        def score(groups: list[PromptGroup], samples: list[list[Sample]]) -> list[list[float]]:
             # Against the unguided prompt: the reward judges the answer, not the hint.
-            g_inputs = [heads[j.index] for j, row in zip(jobs, samples) for _ in row]
-            g_prompts = [hinted[j.index] for j, row in zip(jobs, samples) for _ in row]
+            g_inputs = [heads[g.group] for g, row in zip(groups, samples) for _ in row]
+            g_prompts = [hinted[g.group] for g, row in zip(groups, samples) for _ in row]
             ids = [list(s.response_ids) for row in samples for s in row]
             completions = self._decode(g_prompts, ids)
             flat = self._combined_rewards(super(RGPOFusedGRPOTrainer, self)._calculate_rewards(
                 g_inputs, [h["prompt"] for h in g_inputs], completions, ids)).float().cpu()
             k = len(samples[0])
-            return flat.view(len(jobs), k).tolist()
+            return flat.view(len(groups), k).tolist()
 
-        rnd = guided_round(groups, self.rgpo_levels, cfg, tok, group_size=group_size,
-                           hinted_prompt=hinted_prompt, generate=generate, score=score)
+        io = Callbacks(tokenizer=tok, group_size=group_size, hinted_prompt=hinted_prompt,
+                       generate=generate, score=score)
+        rnd = guided_round(groups, self.rgpo_levels, cfg, io)
         for uid, level in rnd.level_updates.items():
             self.rgpo_levels.set(uid, level)
         new_prompts = [t.prompt_ids for t in rnd.transferred]

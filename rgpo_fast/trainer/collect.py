@@ -1,10 +1,11 @@
-"""Collect one step's training samples: unguided groups, then the algorithm's guidance.
+"""Collect one step's training samples: unguided groups -> dynamic sampling -> guidance.
 
-Thin glue between the rollout engine, the verifier and the algorithm: unguided groups of
-G samples per prompt (LUFFY: G - s samples plus the reference in s slots), DAPO's dynamic
-sampling (`algos.dynamic_sampling`), then RGPO's guided round (`rgpo_fast.guided_round`)
-or GHPO's in-step regeneration. Returns `Sample` records ready for `assemble_batch`, the
-hint-level updates and counters for the metrics.
+Thin glue between the rollout engine, the verifier and the algorithm's guidance mode
+(rgpo_fast/guidance_modes.py, `GUIDANCE[algo.guidance]`): the mode says how many unguided
+samples a prompt gets and may complete each fresh group; DAPO's dynamic sampling
+(`algos.dynamic_sampling`) filters and refills the groups; the mode's guidance runs on the
+kept ones. Returns `Sample` records ready for `assemble_batch`, the hint-level updates and
+counters for the metrics. No mode is named here.
 """
 
 from __future__ import annotations
@@ -14,16 +15,16 @@ from dataclasses import dataclass, field
 
 from rgpo_fast.algos import guidance
 from rgpo_fast.algos.dynamic_sampling import dynamic_sampling
-from rgpo_fast.data.prompts import encode_prompt, encode_text
+from rgpo_fast.algos.presets import AlgoConfig
+from rgpo_fast.data.prompts import encode_prompt
 from rgpo_fast.data.types import Example, Sample
-from rgpo_fast.guided_round import GuidedJob, PromptGroup, guided_round
+from rgpo_fast.guidance_modes import GUIDANCE
+from rgpo_fast.guided_round import Callbacks, PromptGroup
 from rgpo_fast.rewards.contract import score
-from rgpo_fast.rollout.base import Completion, SamplingParams
+from rgpo_fast.rollout.base import RolloutEngine, SamplingParams
 
-# Offsets of the sampling seeds of a step's generation calls (guided round, GHPO rounds,
-# dynamic-sampling refills): distinct calls never reuse a seed.
-GUIDED_SEED_OFFSET = 7919
-GHPO_SEED_OFFSET = 104729
+# Seed offset of dynamic sampling's refill round r (times r); guidance_modes.py and
+# guided_round.py hold the offsets of the guided calls.
 REFILL_SEED_OFFSET = 31
 
 
@@ -42,23 +43,14 @@ class StepSamples:
 class CollectContext:
     """What collection needs besides the prompts (built once by the trainer)."""
 
-    engine: object
-    tokenizer: object
-    algo: object  # AlgoConfig
+    engine: RolloutEngine
+    tokenizer: object  # a Hugging Face tokenizer
+    algo: AlgoConfig
     reward_fn: Callable[[str, str], float]  # the trainer's: a CheckedReward (rewards/contract.py)
     sampling: SamplingParams
     system_prompt: str | None = None
     keep_rollout_logprobs: bool = False  # True for vLLM (TIS); hf shares the trainer's weights
     max_prompt_len: int | None = None  # longest hinted prompt sent to the engine (tokens)
-
-
-@dataclass
-class Group:
-    """One prompt and its G samples (the unit dynamic sampling keeps or drops)."""
-
-    example: Example
-    samples: list[Sample]
-    rewards: list[float]
 
 
 def _decode(tok, ids: Sequence[int]) -> str:
@@ -78,127 +70,50 @@ def generate(ctx: CollectContext, prompts: list[list[int]], n: int, seed: int):
     return [out.completions for out in ctx.engine.generate(prompts, params)]
 
 
+def score_groups(ctx: CollectContext, groups: Sequence[PromptGroup],
+                 samples: list[list[Sample]]) -> list[list[float]]:  # fmt: skip
+    """Each sample's reward against its group's hint-free problem (the reward contract names
+    the sample in its errors)."""
+    return [[score(ctx.reward_fn, s.text, g.answer, f"{s.kind} sample {k} of problem {g.uid}")
+             for k, s in enumerate(row)] for g, row in zip(groups, samples)]  # fmt: skip
+
+
+def callbacks(ctx: CollectContext, seed: int) -> Callbacks:
+    """The engine, the verifier and the prompt template as a guidance mode's callbacks."""
+    tok, algo = ctx.tokenizer, ctx.algo
+
+    def hinted_prompt(group: PromptGroup, hint: str) -> list[int]:
+        return encode_prompt(tok, group.problem, hint, hint_template=algo.hint_template,
+                             system=ctx.system_prompt)  # fmt: skip
+
+    return Callbacks(tokenizer=tok, group_size=ctx.sampling.n, hinted_prompt=hinted_prompt,
+                     generate=lambda prompts, k, offset: generate(ctx, prompts, k, seed + offset),
+                     score=lambda groups, samples: score_groups(ctx, groups, samples),
+                     max_prompt_len=ctx.max_prompt_len)  # fmt: skip
+
+
 def unguided_groups(ctx: CollectContext, examples: Sequence[Example], seed: int,
-                    n: int | None = None) -> list[Group]:  # fmt: skip
-    """n (default G) samples per example from the plain prompt, scored."""
+                    n: int) -> list[PromptGroup]:  # fmt: skip
+    """n samples per example from the plain prompt, scored: one PromptGroup each."""
     tok = ctx.tokenizer
     prompts = [encode_prompt(tok, ex.problem, system=ctx.system_prompt) for ex in examples]
     out = []
-    for ex, prompt, comps in zip(examples, prompts, generate(ctx, prompts, n or ctx.sampling.n,
-                                                             seed)):  # fmt: skip
-        samples, rewards = [], []
-        for k, c in enumerate(comps):
-            text = _decode(tok, c.token_ids)
-            r = score(ctx.reward_fn, text, ex.answer, f"sample {k} of problem {ex.uid}")
-            rewards.append(r)
-            samples.append(Sample(
-                prompt_ids=list(prompt), response_ids=list(c.token_ids),
-                rollout_logprobs=list(c.logprobs) if ctx.keep_rollout_logprobs else None,
-                text=text, kind="unguided", reward=r, uid=ex.uid,
-            ))  # fmt: skip
-        out.append(Group(ex, samples, rewards))
+    for ex, prompt, comps in zip(examples, prompts, generate(ctx, prompts, n, seed)):
+        samples = [Sample(prompt_ids=list(prompt), response_ids=list(c.token_ids),
+                          rollout_logprobs=list(c.logprobs) if ctx.keep_rollout_logprobs
+                          else None, text=_decode(tok, c.token_ids), kind="unguided",
+                          uid=ex.uid) for c in comps]  # fmt: skip
+        group = PromptGroup(uid=ex.uid, rationale=ex.rationale, prompt_ids=list(prompt),
+                            rewards=[], group=0, samples=samples, problem=ex.problem,
+                            answer=ex.answer)  # fmt: skip
+        group.rewards = score_groups(ctx, [group], [samples])[0]
+        for s, r in zip(samples, group.rewards):
+            s.reward = r
+        out.append(group)
     return out
 
 
-def luffy_groups(ctx: CollectContext, examples: Sequence[Example], seed: int) -> list[Group]:
-    """LUFFY: G - s on-policy samples plus the reference rationale in s off-policy slots."""
-    slots = min(ctx.algo.luffy_offpolicy_slots, ctx.sampling.n - 1)
-    groups = unguided_groups(ctx, examples, seed, n=ctx.sampling.n - slots)
-    for g in groups:
-        if not g.example.rationale.strip() or slots < 1:
-            continue
-        r = score(ctx.reward_fn, g.example.rationale, g.example.answer,
-                  f"the reference of problem {g.example.uid}")
-        for _ in range(slots):
-            g.samples.append(reference_sample(g.samples[0].prompt_ids, g.example.rationale,
-                                              ctx.tokenizer, reward=r, uid=g.example.uid))
-    return groups
-
-
-def reference_sample(prompt_ids: Sequence[int], rationale: str, tokenizer, *,
-                     reward: float | None = None, uid: str = "", add_eos: bool = True) -> Sample:
-    """The reference rationale as an off-policy response (LUFFY's slot). Its tokens get the
-    shaped ratio f = p / (p + gamma) in the loss (offpolicy_mask); no rollout log-probs."""
-    if not rationale:
-        raise ValueError("reference_sample needs a non-empty rationale")
-    ids = encode_text(tokenizer, rationale)
-    eos = getattr(tokenizer, "eos_token_id", None)
-    if add_eos and eos is not None:
-        ids.append(eos)
-    return Sample(prompt_ids=list(prompt_ids), response_ids=ids, text=rationale,
-                  kind="offpolicy", reward=reward, uid=uid)  # fmt: skip
-
-
-def rgpo_round(ctx: CollectContext, groups: list[Group], levels: guidance.HintLevels,
-               seed: int):  # fmt: skip
-    """RGPO / Guide: the guided round on this step's groups, sampled by the engine and
-    scored by the verifier."""
-    tok = ctx.tokenizer
-    prompt_groups = [PromptGroup(uid=g.example.uid, rationale=g.example.rationale,
-                                 prompt_ids=g.samples[0].prompt_ids, rewards=g.rewards, group=i)
-                     for i, g in enumerate(groups)]  # fmt: skip
-
-    def hinted_prompt(i: int, hint: str) -> list[int]:
-        return encode_prompt(tok, groups[i].example.problem, hint,
-                             hint_template=ctx.algo.hint_template, system=ctx.system_prompt)
-
-    def score_jobs(jobs: list[GuidedJob], samples: list[list[Sample]]) -> list[list[float]]:
-        return [[score(ctx.reward_fn, s.text, groups[j.index].example.answer,
-                       f"guided sample {k} of problem {s.uid}") for k, s in enumerate(row)]
-                for j, row in zip(jobs, samples)]  # fmt: skip
-
-    def sample(prompts: list[list[int]], k: int) -> list[list[Completion]]:
-        return generate(ctx, prompts, k, seed + GUIDED_SEED_OFFSET)
-
-    return guided_round(prompt_groups, levels, ctx.algo, tok, group_size=ctx.sampling.n,
-                        hinted_prompt=hinted_prompt, generate=sample, score=score_jobs,
-                        max_prompt_len=ctx.max_prompt_len)  # fmt: skip
-
-
-def ghpo_regroup(ctx: CollectContext, groups: list[Group], seed: int) -> tuple[dict, int]:
-    """GHPO: an all-failed group is regenerated with omega-hints (in the user message) and
-    replaces the failed group in place; it is trained in the hinted context. Returns
-    (stats, generated tokens)."""
-    cfg, tok = ctx.algo, ctx.tokenizer
-    stages: list[int | None] = [None] * len(groups)
-    has = [bool(g.example.rationale.strip()) for g in groups]
-    generated = guided = too_long = 0
-    for rnd in range(len(cfg.ghpo_omegas)):
-        nxt = guidance.ghpo_escalate([g.rewards for g in groups], stages, cfg, has)
-        todo, prompts = [], []
-        for i in (i for i, s in enumerate(nxt) if s is not None):
-            ex = groups[i].example
-            ids = encode_prompt(tok, ex.problem, guidance.ghpo_hint(ex.rationale,
-                                                                     cfg.ghpo_omegas[nxt[i]]),
-                                hint_template=cfg.hint_template, system=ctx.system_prompt)
-            if ctx.max_prompt_len is None or len(ids) <= ctx.max_prompt_len:
-                todo.append(i)
-                prompts.append(ids)
-            else:  # this and longer hints do not fit: the group stays as it is
-                too_long += 1
-                has[i] = False
-        if not todo:
-            break
-        comps_per = generate(ctx, prompts, ctx.sampling.n, seed + GHPO_SEED_OFFSET * (rnd + 1))
-        for i, prompt, comps in zip(todo, prompts, comps_per):
-            stages[i] = nxt[i]
-            guided += 1
-            ex, samples, rewards = groups[i].example, [], []
-            for k, c in enumerate(comps):
-                generated += len(c.token_ids)
-                text = _decode(tok, c.token_ids)
-                r = score(ctx.reward_fn, text, ex.answer, f"hinted sample {k} of problem {ex.uid}")
-                rewards.append(r)
-                samples.append(Sample(prompt_ids=list(prompt), response_ids=list(c.token_ids),
-                                      text=text, kind="guided", reward=r, uid=ex.uid,
-                                      hint_level=nxt[i] + 1))  # fmt: skip
-            groups[i] = Group(ex, samples, rewards)
-    stats = {"guided/prompts": float(guided), "guided/accepted": 0.0,
-             "guided/too_long": float(too_long)}  # fmt: skip
-    return stats, generated
-
-
-def _generated(groups: Sequence[Group]) -> int:
+def _generated(groups: Sequence[PromptGroup]) -> int:
     return sum(len(s.response_ids) for g in groups for s in g.samples if s.kind == "unguided")
 
 
@@ -211,17 +126,26 @@ def collect(
 ) -> StepSamples:
     """All training samples of one step for `ctx.algo` (see module docstring)."""
     cfg = ctx.algo
-    build = luffy_groups if cfg.guidance == "luffy" else unguided_groups
+    mode = GUIDANCE.get(cfg.guidance)
+    io = callbacks(ctx, seed)
+    n = mode.on_policy(cfg, ctx.sampling.n)
+
+    def fresh(batch: Sequence[Example], round_seed: int) -> list[PromptGroup]:
+        groups = unguided_groups(ctx, batch, round_seed, n)
+        mode.complete(groups, cfg, io)
+        return groups
+
     stats = {"guided/prompts": 0.0, "guided/accepted": 0.0}
-    first = build(ctx, examples, seed)
+    first = fresh(examples, seed)
     generated = _generated(first)
+    groups = first
     if cfg.dynamic_sampling:
         drawn = {0: first}
 
-        def round_groups(rnd: int) -> list[Group]:
+        def round_groups(rnd: int) -> list[PromptGroup]:
             if rnd not in drawn:
                 extra = refill() if refill is not None else []
-                drawn[rnd] = build(ctx, extra, seed + REFILL_SEED_OFFSET * rnd) if extra else []
+                drawn[rnd] = fresh(extra, seed + REFILL_SEED_OFFSET * rnd) if extra else []
             return drawn[rnd]
 
         groups, ds = dynamic_sampling(round_groups, lambda g: g.rewards, len(first),
@@ -229,27 +153,13 @@ def collect(
         generated = sum(_generated(d) for d in drawn.values())
         stats.update({"dynamic/dropped": float(ds["dropped"]),
                       "dynamic/rounds": float(ds["rounds"] - 1)})  # fmt: skip
-    else:
-        groups = first
-    for i, g in enumerate(groups):  # group ids index the step's prompts
+    for i, g in enumerate(groups):  # group ids index the step's prompts, once
+        g.group = i
         for s in g.samples:
             s.group = i
-    out = StepSamples(samples=[], unguided_rewards=[list(g.rewards) for g in groups])
-    if cfg.guidance == "rgpo":
-        rnd = rgpo_round(ctx, groups, levels, seed)
-        out.level_updates = rnd.level_updates
-        stats.update(rnd.stats)
-        generated += rnd.generated_tokens
-        out.samples = [s for g in groups for s in g.samples] + rnd.transferred
-    elif cfg.guidance == "ghpo":
-        gstats, g_gen = ghpo_regroup(ctx, groups, seed)
-        for i, g in enumerate(groups):
-            for s in g.samples:
-                s.group = i
-        stats.update(gstats)
-        generated += g_gen
-        out.samples = [s for g in groups for s in g.samples]
-    else:
-        out.samples = [s for g in groups for s in g.samples]
-    out.stats, out.generated_tokens = stats, generated
-    return out
+    unguided = [list(g.rewards) for g in groups]
+    result = mode.guide(groups, levels, cfg, io)
+    stats.update(result.stats)
+    return StepSamples(samples=result.samples, unguided_rewards=unguided,
+                       level_updates=result.level_updates, stats=stats,
+                       generated_tokens=generated + result.generated_tokens)  # fmt: skip
