@@ -255,8 +255,8 @@ def test_guided_transfer_enters_loss_with_sft_mask(model_dir, tmp_path):
     sft = batch[SFT_MASK_KEY]
     # 2 guided prompts x K=2 guided completions, all accepted (reward 1 > 0)
     assert sft.tolist() == [False] * B0 + [True] * 4
-    assert trainer._metrics["train"]["rgpo/guided_prompts"][-1] == 2.0
-    assert trainer._metrics["train"]["rgpo/accepted"][-1] == 4.0
+    assert trainer._metrics["train"]["guided/prompts"][-1] == 2.0
+    assert trainer._metrics["train"]["guided/accepted"][-1] == 4.0
     assert torch.all(batch["advantages"][B0:] == 0)
     # transferred rows sit under the UNGUIDED prompt of their group (no hint text)
     pm = batch["prompt_mask"].bool()
@@ -288,7 +288,7 @@ def test_guided_transfer_enters_loss_with_sft_mask(model_dir, tmp_path):
         nll = -(lp[m]).mean()
     diff = loss_of(batch) - loss_of(without)
     assert torch.allclose(diff, 0.5 * nll, rtol=1e-4, atol=1e-6), (float(diff), float(0.5 * nll))
-    assert trainer._metrics["train"]["rgpo/sft_loss"][-2] > 0
+    assert trainer._metrics["train"]["loss/sft"][-2] > 0
 
 
 def test_guidance_failure_raises_hint_level(model_dir, tmp_path):
@@ -309,8 +309,8 @@ def test_guided_training_steps_run(model_dir, tmp_path):
     trainer.train()
     assert trainer.state.global_step == 1 and trainer.rgpo_fused_calls == 2
     logged = trainer.state.log_history[0]
-    assert logged["rgpo/guided_prompts"] == 2 and logged["rgpo/accepted"] == 4
-    assert logged["rgpo/sft_loss"] > 0 and math.isfinite(logged["loss"])
+    assert logged["guided/prompts"] == 2 and logged["guided/accepted"] == 4
+    assert logged["loss/sft"] > 0 and math.isfinite(logged["loss"])
 
 
 def test_append_and_split_helpers():

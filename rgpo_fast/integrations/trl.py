@@ -47,7 +47,8 @@ from rgpo_fast.algos.presets import AlgoConfig
 from rgpo_fast.data.prompts import user_message
 from rgpo_fast.data.types import Sample
 from rgpo_fast.functional import fused_linear_policy_loss
-from rgpo_fast.guided_round import Callbacks, PromptGroup, guided_round
+from rgpo_fast.guidance_modes import GUIDANCE
+from rgpo_fast.guided_round import Callbacks, PromptGroup
 from rgpo_fast.rollout.base import Completion
 
 try:  # TRL is optional: the mapping helpers below work without it.
@@ -241,6 +242,8 @@ class RGPOFusedGRPOTrainer(GRPOTrainer):
     def _check_guidance(self, cfg: AlgoConfig, why: list[str]) -> None:
         problems = []
         if cfg.guidance != "rgpo":
+            # ghpo replaces a failed group's rows (new prompts, completions and advantages),
+            # which TRL's batch dict does not support yet; luffy/none add nothing to guide
             problems.append(f"guidance={cfg.guidance!r} (only 'rgpo' is supported in TRL)")
         if cfg.transfer != "sft":
             problems.append(f"transfer={cfg.transfer!r} (only 'sft')")
@@ -347,7 +350,7 @@ class RGPOFusedGRPOTrainer(GRPOTrainer):
         if "entropy/mean" in m:
             self._metrics[mode]["entropy"].append((tot[-2] / tot[-1].clamp(min=1)).item())
         if m["tokens/sft"] > 0 or self.rgpo_guidance is not None:
-            self._metrics[mode]["rgpo/sft_loss"].append(float(m["loss/sft"]))
+            self._metrics[mode]["loss/sft"].append(float(m["loss/sft"]))
 
     # ------------------------------------------------------------------ RGPO guidance
 
@@ -432,13 +435,16 @@ class RGPOFusedGRPOTrainer(GRPOTrainer):
 
         io = Callbacks(tokenizer=tok, group_size=group_size, hinted_prompt=hinted_prompt,
                        generate=generate, score=score)
-        rnd = guided_round(groups, self.rgpo_levels, cfg, io)
-        for uid, level in rnd.level_updates.items():
+        # The trainer's own mode (rgpo_fast/guidance_modes.py); TRL's rows hold the unguided
+        # samples, so only what the mode adds (transferred samples) becomes new rows.
+        result = GUIDANCE.get(cfg.guidance).guide(groups, self.rgpo_levels, cfg, io)
+        for uid, level in result.level_updates.items():
             self.rgpo_levels.set(uid, level)
-        new_prompts = [t.prompt_ids for t in rnd.transferred]
-        new_completions = [t.response_ids[: self.max_completion_length] for t in rnd.transferred]
-        self._metrics["train"]["rgpo/guided_prompts"].append(rnd.stats["guided/prompts"])
-        self._metrics["train"]["rgpo/accepted"].append(float(len(new_completions)))
+        transferred = [s for s in result.samples if s.kind == "transferred"]
+        new_prompts = [t.prompt_ids for t in transferred]
+        new_completions = [t.response_ids[: self.max_completion_length] for t in transferred]
+        self._metrics["train"]["guided/prompts"].append(result.stats["guided/prompts"])
+        self._metrics["train"]["guided/accepted"].append(float(len(new_completions)))
         return append_sft_rows(out, new_prompts, new_completions, tok.pad_token_id)
 
     def _prepare_inputs(self, generation_batch):
