@@ -89,7 +89,7 @@ def run_probe(engine, tokenizer, examples, reward_fn, algo, *, k: int, max_new_t
         for ex, prefix, out in zip(examples, prefixes, outs):
             texts = [tokenizer.decode(prefix + list(c.token_ids), skip_special_tokens=True)
                      for c in out.completions]  # fmt: skip
-            accepted.append([reward_fn(t, ex.answer) >= 0.5 for t in texts])
+            accepted.append([reward_fn(t, ex.answer) >= algo.success_threshold for t in texts])
             copies.append([same_text(t, ex.rationale) for t in texts])
         results.append(level_result(level, accepted, copies))
     return results

@@ -7,8 +7,9 @@ A reward is `fn(completion: str, answer: str) -> number`. The trainer calls it t
   runs over scores the bottom of the range and is counted (`reward/timeouts`), so one
   pathological completion cannot hang a step or an evaluation;
 - **a finite number in the declared range**: [0, 1] unless the function declares another
-  as its `reward_range` attribute (`fn.reward_range = (-1.0, 1.0)`). Accuracy counts a
-  sample correct at or above the middle of the range;
+  as its `reward_range` attribute (`fn.reward_range = (-1.0, 1.0)`), which must hold
+  `algo.success_threshold`, the one value at or above which a sample counts as a success
+  (guidance trigger, acceptance, accuracy);
 - **errors are the user's to see**: an exception, a non-number, NaN/inf or a value outside
   the range stops the run with one `error:` line naming the reward, the sample and the
   value (`data.reward_errors=stop`, the default), or scores that sample the bottom of the
@@ -110,11 +111,6 @@ class CheckedReward:
     timeout_s: float = 5.0
     on_error: str = "stop"
     counts: dict[str, int] = field(default_factory=lambda: {"timeouts": 0, "zeroed": 0})
-
-    @property
-    def threshold(self) -> float:
-        """A sample at or above this is correct (the middle of the range)."""
-        return self.low + 0.5 * (self.high - self.low)
 
     def __call__(self, completion: str, answer: str, *, where: str = "") -> float:
         """The checked value; `where` names the sample in errors ("problem x.jsonl:3")."""

@@ -84,11 +84,16 @@ def resolve_reward(reward: str, data_spec: str) -> str:
 def checked_reward_for(cfg, data_spec: str):
     """The reward that scores `data_spec` (data.reward, `auto` resolved for it) under the
     reward contract (rewards/contract.py)."""
-    from rgpo_fast.rewards.contract import checked_reward
+    from rgpo_fast.rewards.contract import RewardError, checked_reward
 
-    return checked_reward(resolve_reward(cfg.data.reward, data_spec),
-                          format_weight=cfg.data.format_weight,
-                          timeout_s=cfg.data.reward_timeout_s, on_error=cfg.data.reward_errors)
+    reward = checked_reward(resolve_reward(cfg.data.reward, data_spec),
+                            format_weight=cfg.data.format_weight,
+                            timeout_s=cfg.data.reward_timeout_s, on_error=cfg.data.reward_errors)
+    t = cfg.algo.success_threshold
+    if not reward.low < t <= reward.high:
+        raise RewardError(f"algo.success_threshold={t:g} is outside reward {reward.name}'s "
+                          f"range ({reward.low:g}, {reward.high:g}]: no sample could succeed")
+    return reward
 
 
 def check_data_paths(cfg) -> None:

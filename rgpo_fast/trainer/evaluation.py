@@ -20,12 +20,10 @@ from rgpo_fast.trainer.distributed import DistInfo, all_reduce_sum
 def evaluate_set(engine, tokenizer, examples: Sequence[Example],
                  reward_fn: Callable[[str, str], float], *, max_new_tokens: int, pass_k: int,
                  temperature: float, seed: int, info: DistInfo, system: str | None = None,
-                 threshold: float | None = None) -> dict[str, float]:
+                 threshold: float = 0.5) -> dict[str, float]:
     """{'accuracy': greedy accuracy, 'pass@k': share with >= 1 success in k samples}. A
-    sample is correct when its reward reaches `threshold` (default: the reward's own, the
-    middle of its range (rewards/contract.py), else 0.5)."""
-    if threshold is None:
-        threshold = getattr(reward_fn, "threshold", 0.5)
+    sample is correct when its reward reaches `threshold` (the trainer passes
+    algo.success_threshold, the value that triggers guidance)."""
     shard = list(examples)[info.rank::info.world_size]
     prompts = [encode_prompt(tokenizer, ex.problem, system=system) for ex in shard]
     correct = passed = 0
@@ -55,7 +53,8 @@ def evaluate_set(engine, tokenizer, examples: Sequence[Example],
 
 def evaluate_all(engine, tokenizer, sets: dict[str, list[Example]], reward_fn, *,
                  max_new_tokens: int, pass_k: int, temperature: float, seed: int,
-                 info: DistInfo, system: str | None = None) -> dict[str, float]:
+                 info: DistInfo, system: str | None = None,
+                 threshold: float = 0.5) -> dict[str, float]:
     """Flat metrics: {'<set>_accuracy': ..., '<set>_pass@k': ...} for every eval set.
     `reward_fn`: one reward for every set, or a mapping set name -> that set's reward."""
     out: dict[str, float] = {}
@@ -63,7 +62,7 @@ def evaluate_all(engine, tokenizer, sets: dict[str, list[Example]], reward_fn, *
         fn = reward_fn[name] if isinstance(reward_fn, Mapping) else reward_fn
         res = evaluate_set(engine, tokenizer, examples, fn, max_new_tokens=max_new_tokens,
                            pass_k=pass_k, temperature=temperature, seed=seed, info=info,
-                           system=system)
+                           system=system, threshold=threshold)
         for k, v in res.items():
             out[f"{name}_{k}"] = v
     return out

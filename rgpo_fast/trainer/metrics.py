@@ -75,17 +75,17 @@ class PhaseTimer:
 
 
 def step_row(step: int, collected, batch, update: dict, phases: dict[str, float],
-             step_s: float, lr: float, info) -> dict:
+             step_s: float, lr: float, info, success_threshold: float) -> dict:
     """One metrics.jsonl row. Sums are global over ranks; reward and accuracy means are over
-    the unguided samples (what the policy does without hints)."""
+    the unguided samples (what the policy does without hints); a sample is correct when its
+    reward reaches `success_threshold` (algo.success_threshold, what triggers guidance)."""
     from rgpo_fast.trainer.distributed import all_reduce_sum
 
     unguided = [r for row in collected.unguided_rewards for r in row]
-    acc_thr = 0.5
     local = torch.tensor(
         [
             sum(unguided),
-            sum(r >= acc_thr for r in unguided),
+            sum(r >= success_threshold for r in unguided),
             len(unguided),
             collected.stats.get("guided/prompts", 0.0),
             collected.stats.get("guided/accepted", 0.0),

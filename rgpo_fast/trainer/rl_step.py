@@ -78,7 +78,7 @@ def rl_step(s: Session, step: int, timer: PhaseTimer | None = None) -> dict:
     with timer("sync"):
         s.sync()
     row = step_row(step, collected, batch, update, timer.pop(), time.perf_counter() - t0,
-                   s.scheduler.get_last_lr()[0], info)  # fmt: skip
+                   s.scheduler.get_last_lr()[0], info, cfg.algo.success_threshold)  # fmt: skip
     row.update(reward_counts([s.reward_fn], info, prefix="reward/"))
     if hasattr(s.engine, "memory_report"):  # colocated vLLM: memory after sleep / wakes
         row.update(s.engine.memory_report())

@@ -298,7 +298,8 @@ def evaluate(s: Session) -> dict[str, float]:
     out = evaluate_all(s.engine, s.tokenizer, s.eval_sets, s.eval_rewards, seed=cfg.train.seed,
                        max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
                        pass_k=cfg.eval.pass_k, temperature=cfg.eval.temperature, info=s.info,
-                       system=cfg.data.system_prompt)  # fmt: skip
+                       system=cfg.data.system_prompt,
+                       threshold=cfg.algo.success_threshold)  # fmt: skip
     counts = reward_counts(list(s.eval_rewards.values()), s.info, prefix="reward_")
     for key, n in counts.items():
         s.totals[key] += n
