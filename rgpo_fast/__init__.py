@@ -1,7 +1,6 @@
 """rgpo_fast: fused-kernel RL trainer for LLM reasoning (RGPO and neighbours).
 
-Public API (stable names; `Rollout` and `RolloutBatch` are the names `Sample` and
-`TrainBatch` had before 0.2, kept as aliases):
+Public API:
     fused_linear_logprobs, fused_linear_policy_loss, FusedLinearRGPOLoss, LossConfig
 and the RL building blocks: AlgoConfig / get_preset, Sample, TrainBatch, assemble_batch,
 guided_round.
@@ -16,17 +15,12 @@ from rgpo_fast.guided_round import guided_round
 from rgpo_fast.losses import FusedLinearRGPOLoss
 from rgpo_fast.ops.backends import available_backends
 
-Rollout = Sample  # name before 0.2
-RolloutBatch = TrainBatch  # name before 0.2
-
 __version__ = "0.1.0"
 
 __all__ = [
     "AlgoConfig",
     "FusedLinearRGPOLoss",
     "LossConfig",
-    "Rollout",
-    "RolloutBatch",
     "Sample",
     "TrainBatch",
     "assemble_batch",

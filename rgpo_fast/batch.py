@@ -54,9 +54,6 @@ class TrainBatch:
     def targets(self) -> torch.Tensor:
         return self.input_ids[:, 1:]  # (B, T)
 
-    def kind_names(self) -> list[str]:
-        return [SAMPLE_KINDS[int(k)] for k in self.kind]
-
     def set_old_logprobs(self, old_logprobs: torch.Tensor) -> None:
         """Store the trainer's recomputed log-probs (B, T); rows without rollout log-probs
         get them as rollout log-probs too, so their truncated IS weight is exactly 1."""

@@ -2,8 +2,8 @@
 
 Launch commands
 ---------------
-Built-in default (tiny Qwen2 built locally, SFT warm-start on arith:easy, RGPO on
-arith:mixed; a few minutes on 2 CPU cores):
+Built-in default (tiny Qwen2 built locally, SFT warm-start on countdown:warm, RGPO on
+countdown:mixed; a few minutes on 2 CPU cores):
 
     python -m rgpo_fast.train                      # == make train
 

@@ -54,7 +54,8 @@ def test_kinds_sft_transfer_and_offpolicy():
         _ro([6], [8], reward=0.0, group=1),
     ]
     b = assemble_batch(rolls, cfg)
-    assert b.kind_names() == ["unguided", "unguided", "transferred", "unguided", "unguided"]
+    assert [SAMPLE_KINDS[int(k)] for k in b.kind] == ["unguided", "unguided", "transferred",
+                                                     "unguided", "unguided"]
     assert b.sft_mask.tolist() == [False, False, True, False, False]
     assert b.advantages[2] == 0.0  # sft rows learn by NLL only
     assert b.advantages[:2].tolist() == [0.0, 0.0]  # all-failed group: no signal

@@ -10,7 +10,7 @@ from rgpo_fast.algos.guidance import HintLevels
 from rgpo_fast.algos.presets import get_preset
 from rgpo_fast.batch import assemble_batch
 from rgpo_fast.data.prompts import build_prompt, encode_prompt
-from rgpo_fast.data.types import Sample
+from rgpo_fast.data.types import SAMPLE_KINDS, Sample
 from rgpo_fast.guidance_modes import rationale_sample
 from rgpo_fast.guided_round import (
     GUIDED_SEED_OFFSET,
@@ -121,7 +121,7 @@ def test_luffy_slot_gets_the_shaped_ratio_flag(tok):
     ]
     b = assemble_batch(rolls, cfg)
     assert b.offpolicy_mask.tolist() == [False, False, True]
-    assert b.kind_names()[2] == "offpolicy"
+    assert SAMPLE_KINDS[int(b.kind[2])] == "offpolicy"
     assert b.advantages.tolist() == pytest.approx([-1 / 3, -1 / 3, 2 / 3])
     with pytest.raises(ValueError, match="rationale"):
         rationale_sample(plain, "", tok)

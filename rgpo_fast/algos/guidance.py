@@ -121,17 +121,6 @@ class HintLevels:
     def get_many(self, uids: Sequence[str]) -> list[int]:
         return [self.get(u) for u in uids]
 
-    def update(self, uid: str, *, solved: bool, guided_failed: bool) -> int:
-        new = update_level(
-            self.get(uid),
-            solved=solved,
-            guided_failed=guided_failed,
-            n_segments=self.n_segments,
-            adaptive=self.adaptive,
-        )
-        self.set(uid, new)
-        return new
-
     def set(self, uid: str, level: int) -> None:
         """Store a level computed elsewhere (e.g. merged from other ranks)."""
         if not 0 <= level <= self.n_segments:
@@ -140,13 +129,6 @@ class HintLevels:
             self.levels.pop(uid, None)  # keep the table small: 0 is the default
         else:
             self.levels[uid] = level
-
-    def histogram(self) -> list[int]:
-        """Number of known prompts at each level 1..N (index 0 is always 0: not stored)."""
-        counts = [0] * (self.n_segments + 1)
-        for v in self.levels.values():
-            counts[v] += 1
-        return counts
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -204,21 +186,20 @@ def needs_guidance(
     levels (P,), unguided_rewards (P, G) (list of lists or a tensor). RGPO trigger
     ("level_or_fail"): level > 0 or max reward < success_threshold. Guide ("all_fail"):
     every unguided sample failed (max < threshold), whatever the level. Prompts without a
-    rationale are never guided. Guidance "none"/"luffy" never triggers.
+    rationale are never guided. Only guidance "rgpo" triggers here (GHPO escalates with
+    `ghpo_escalate`).
     """
     rows = _as_rows(unguided_rewards, "unguided_rewards")
     if len(levels) != len(rows):
         raise ValueError(f"levels ({len(levels)}) and unguided_rewards ({len(rows)}) differ")
     if has_rationale is not None and len(has_rationale) != len(rows):
         raise ValueError(f"has_rationale ({len(has_rationale)}) and rewards ({len(rows)}) differ")
-    if cfg.guidance not in ("rgpo", "ghpo"):
+    if cfg.guidance != "rgpo":
         return [False] * len(rows)
     out = []
     for i, (lvl, r) in enumerate(zip(levels, rows)):
         failed = max(r) < cfg.success_threshold
-        trig = (
-            failed if cfg.trigger == "all_fail" or cfg.guidance == "ghpo" else (lvl > 0 or failed)
-        )
+        trig = failed if cfg.trigger == "all_fail" else (lvl > 0 or failed)
         out.append(trig and (has_rationale is None or bool(has_rationale[i])))
     return out
 

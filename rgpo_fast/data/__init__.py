@@ -1,4 +1,5 @@
-"""rgpo_fast.data: dataset readers and validation, prompt building, the built-in arith task."""
+"""rgpo_fast.data: dataset readers and validation, prompt building, the built-in tasks
+(countdown, the default, and arith; rgpo_fast/data/tasks.py)."""
 
 from rgpo_fast.data.arith import SPLITS as ARITH_SPLITS
 from rgpo_fast.data.arith import arith_splits, make_arith

@@ -37,6 +37,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
+from rgpo_fast.errors import UserError
 from rgpo_fast.rollout.base import Completion, RequestOutput, SamplingParams, prompt_seed
 
 # Allowed transitions: state -> {call: next state}
@@ -153,9 +154,7 @@ def check_in_process(environ) -> None:
     `VLLM_ENABLE_V1_MULTIPROCESSING=1` (set by the user) would move it to a child process."""
     value = environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
     if value not in (None, "", "0"):
-        from rgpo_fast.trainer.config import ConfigError
-
-        raise ConfigError(f"VLLM_ENABLE_V1_MULTIPROCESSING={value} runs vLLM in a child "
+        raise UserError(f"VLLM_ENABLE_V1_MULTIPROCESSING={value} runs vLLM in a child "
                           "process, where the trainer cannot load new weights into it; unset it "
                           "(the colocated engine sets it to 0)")
 
@@ -223,16 +222,12 @@ class VLLMColocatedEngine:
         """`max_model_len` from trainer/preflight.check_sequence_lengths (checked against
         the model's positions before anything is loaded)."""
         if info.device.type != "cuda":
-            from rgpo_fast.trainer.config import ConfigError
-
-            raise ConfigError("rollout.engine=vllm needs a CUDA GPU; use rollout.engine=hf on CPU")
+            raise UserError("rollout.engine=vllm needs a CUDA GPU; use rollout.engine=hf on CPU")
         try:
             from vllm import LLM
             from vllm import SamplingParams as VSP
         except ImportError:
-            from rgpo_fast.trainer.config import ConfigError
-
-            raise ConfigError(
+            raise UserError(
                 "rollout.engine=vllm but vllm is not installed (pip install 'rgpo_fast[gpu]')"
             ) from None
         from rgpo_fast.versions import check_gpu_stack

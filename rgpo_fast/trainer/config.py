@@ -607,7 +607,3 @@ def resolve(
         merged["algo"]["name"] = algo
     return RunConfig(**{sec: build_section(sec, vals) for sec, vals in merged.items()})
 
-
-def config_from_dict(d: dict[str, dict[str, Any]]) -> RunConfig:
-    """Rebuild a RunConfig from `RunConfig.to_dict()` output (e.g. a saved config.yaml)."""
-    return resolve(d, None, {})

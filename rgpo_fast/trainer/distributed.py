@@ -172,11 +172,3 @@ def full_state_dict(model: torch.nn.Module, *, cpu_offload: bool = True) -> dict
         model, options=StateDictOptions(full_state_dict=True, cpu_offload=cpu_offload))
 
 
-def iter_full_params(model: torch.nn.Module):
-    """Yield (name, full tensor) one parameter at a time (FSDP2 DTensor.full_tensor()), so
-    weight sync never holds more than one gathered parameter beyond its bucket."""
-    for name, p in model.named_parameters():
-        t = p.detach()
-        if hasattr(t, "full_tensor"):
-            t = t.full_tensor()
-        yield name, t

@@ -97,11 +97,6 @@ class PolicyModule(torch.nn.Module):
         return fused_linear_policy_loss(hidden, weight, bias=bias, temperature=self.temperature,
                                         impl=self.impl, chunk_size=self.chunk_size, **kw)
 
-    def hf_named_parameters(self):
-        """(HF name, parameter) pairs: the names a rollout engine's load_weights expects."""
-        for name, p in self.named_parameters():
-            yield name.removeprefix("lm."), p
-
 
 def varlen_kwargs(attention_mask: torch.Tensor) -> dict[str, Any]:
     """flash-attn varlen arguments of the rows of a right-padded (B, L) mask packed into one
