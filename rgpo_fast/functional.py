@@ -190,9 +190,10 @@ def fused_linear_policy_loss(
     (e.g. -100 padding). Returns the scalar loss and a dict of 0-dim metric tensors.
     Under data parallelism pass the all-reduced counts as num_global_*.
 
-    Loss options are the fields of `LossConfig` (clip_low, clip_high, clip_ratio_c, beta,
-    kl_estimator, sft_coef, loss_agg, temperature, luffy_gamma, tis_cap): pass a `config`,
-    keywords, or both (keywords replace the config's fields).
+    Loss options are the fields of `LossConfig` (`LossConfig.names()`: clip_low, clip_high,
+    clip_ratio_c, beta, kl_estimator, sft_coef, loss_agg, temperature, luffy_gamma, tis_cap,
+    entropy_coef, objective, rollout_correction): pass a `config`, keywords, or both
+    (keywords replace the config's fields).
     """
     cfg = LossConfig.build(config, **options)
     check_linear(hidden, weight, bias)

@@ -51,7 +51,7 @@ from rgpo_fast.guidance_modes import GUIDANCE
 from rgpo_fast.guided_round import Callbacks, PromptGroup
 from rgpo_fast.rollout.base import Completion
 
-try:  # TRL is optional: the mapping helpers below work without it.
+try:  # TRL is optional for rgpo_fast, required by this module
     from trl import GRPOTrainer
     from trl.trainer.utils import shuffle_sequence_dict
 except ImportError as e:  # pragma: no cover - exercised only without trl installed
