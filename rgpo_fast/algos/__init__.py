@@ -12,8 +12,9 @@ from rgpo_fast.algos.guidance import (
     segment_rationale,
     update_level,
 )
-from rgpo_fast.algos.policy_loss import LossConfig, token_loss_and_grad
+from rgpo_fast.algos.policy_loss import OBJECTIVES, LossConfig, token_loss_and_grad
 from rgpo_fast.algos.presets import AlgoConfig, get_preset, preset_names
+from rgpo_fast.algos.sequence_loss import gspo_objective  # registers objective "gspo"
 
 __all__ = [
     "ADVANTAGES",
@@ -21,12 +22,14 @@ __all__ = [
     "AlgoConfig",
     "HintLevels",
     "LossConfig",
+    "OBJECTIVES",
     "accept",
     "aggregation_weights",
     "build_hint",
     "compute_advantages",
     "get_preset",
     "global_counts",
+    "gspo_objective",
     "needs_guidance",
     "preset_names",
     "segment_rationale",

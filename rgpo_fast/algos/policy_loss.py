@@ -25,13 +25,13 @@ from rgpo_fast.algos.aggregation import check_agg_mode
 from rgpo_fast.algos.registry import Registry
 
 KL_ESTIMATORS = ("k1", "k2", "k3")
-# Policy-gradient objectives. "ppo": the clipped token ratio (GRPO, DAPO, ...); "cispo":
-# the clipped, stop-gradient importance weight times the log-prob (MiniMax-M1); "gspo": the
-# clipped sequence-level ratio, the geometric mean of its tokens' ratios (Qwen's GSPO).
-# Only "ppo" runs in the kernels' one-sweep path; the others depend on more than the
-# token's own log-prob in the ratio's gradient (gspo) or are rarer (cispo) and take the
+# Policy-gradient objectives, a registry (OBJECTIVES, below): "ppo": the clipped token
+# ratio (GRPO, DAPO, ...); "cispo": the clipped, stop-gradient importance weight times the
+# log-prob (MiniMax-M1); "gspo": the clipped sequence-level ratio, the geometric mean of its
+# tokens' ratios (Qwen's GSPO; registered by algos/sequence_loss.py, which the algos package
+# imports). Only "ppo" runs in the kernels' one-sweep path; the others depend on more than
+# the token's own log-prob in the ratio's gradient (gspo) or are rarer (cispo) and take the
 # composed path of ops/linear_policy_loss.py, on every backend.
-OBJECTIVES = ("ppo", "cispo", "gspo")
 # Rollout/trainer mismatch correction with the engine's log-probs q and the trainer's o:
 # "token": each token weighted by min(exp(o - q), tis_cap) (truncated IS); "seq_truncate" /
 # "seq_mask": one weight per sequence from the geometric mean of its tokens' ratios,
@@ -80,7 +80,7 @@ class LossConfig:
     luffy_gamma: float = 0.1
     tis_cap: float = 2.0
     entropy_coef: float = 0.0  # entropy bonus: - coef * sum_t w_t H_t over policy tokens
-    objective: str = "ppo"  # OBJECTIVES
+    objective: str = "ppo"  # a name in OBJECTIVES
     rollout_correction: str = "token"  # ROLLOUT_CORRECTIONS
 
     def __post_init__(self) -> None:
@@ -192,8 +192,8 @@ def kl_k3(logp: torch.Tensor, ref: torch.Tensor):
 POLICY_TERMS: Registry = Registry("policy-gradient term")
 
 
-@POLICY_TERMS.register("clipped")
-def clipped_ratio_term(logp, old, adv, cfg: LossConfig):
+@POLICY_TERMS.register("ppo")
+def ppo_term(logp, old, adv, cfg: LossConfig):
     """PPO clipped surrogate (with clip-higher and optional dual clip) per token.
 
     Returns (pg, dpg/dl, ratio, clipped_low, clipped_high, dual_clipped).
@@ -224,7 +224,7 @@ def cispo_term(logp, old, adv, cfg: LossConfig):
     """CISPO per token: -sg(clip(rho, 1 - eps_low, 1 + eps_high)) * A * l. The clipped
     weight is detached, so every token keeps a gradient -c A (none is dropped by a clip).
 
-    Returns (pg, dpg/dl, ratio, clipped_low, clipped_high, dual) like the clipped term.
+    Returns (pg, dpg/dl, ratio, clipped_low, clipped_high, dual) like the ppo term.
     """
     if old is None:
         ratio = torch.ones_like(logp)
@@ -250,6 +250,35 @@ def shaped_ratio_term(logp, old, adv, cfg: LossConfig):
     return -adv * f, -adv * p * gamma / (p + gamma) ** 2, f
 
 
+# An objective: (logp, terms, w, cfg) -> per-token (pg loss, d/dl, ratio, clipped low,
+# clipped high, dual-clipped), `w` the tokens' weights (aggregation and truncated IS).
+OBJECTIVES: Registry = Registry("policy-gradient objective")
+
+
+def _token_objective(name: str):
+    """The objective of token term `name`: w * term on ratio tokens, LUFFY's shaped ratio on
+    off-policy tokens."""
+    term = POLICY_TERMS.get(name)
+
+    def objective(logp, terms: TokenTerms, w, cfg: LossConfig):
+        pg, grad, ratio, c_low, c_high, dual = term(logp, terms.old_logprobs, terms.advantages,
+                                                    cfg)  # fmt: skip
+        off = terms.offpolicy
+        if off is not None and (off := off & terms.policy).any():
+            pg_off, grad_off, f = POLICY_TERMS.get("shaped")(logp, None, terms.advantages, cfg)
+            pg = torch.where(off, pg_off, pg)
+            grad = torch.where(off, grad_off, grad)
+            ratio = torch.where(off, f, ratio)
+        return w * pg, w * grad, ratio, c_low, c_high, dual
+
+    objective.__name__ = f"{name}_objective"
+    return objective
+
+
+OBJECTIVES.register("ppo")(_token_objective("ppo"))
+OBJECTIVES.register("cispo")(_token_objective("cispo"))
+
+
 def token_loss_and_grad(
     logp: torch.Tensor,
     terms: TokenTerms,
@@ -264,7 +293,6 @@ def token_loss_and_grad(
     logp = logp.detach()
     if logp.dtype not in (torch.float32, torch.float64):
         logp = logp.float()
-    adv = terms.advantages
     policy = terms.policy
     off = terms.offpolicy if terms.offpolicy is not None else torch.zeros_like(policy)
     ratio_tok = policy & ~off
@@ -282,20 +310,8 @@ def token_loss_and_grad(
         w = w * torch.where(ratio_tok, tis.clamp(max=cfg.tis_cap), torch.ones_like(tis))
     w = torch.where(policy, w, torch.zeros_like(w))
 
-    if cfg.objective == "gspo":
-        from rgpo_fast.algos.sequence_loss import sequence_clipped_term
-
-        loss_pg, grad_t, ratio, c_low, c_high, dual = sequence_clipped_term(logp, terms, w, cfg)
-    else:
-        term = POLICY_TERMS.get("cispo" if cfg.objective == "cispo" else "clipped")
-        pg, grad, ratio, c_low, c_high, dual = term(logp, terms.old_logprobs, adv, cfg)
-        if off_tok.any():
-            pg_off, grad_off, f = POLICY_TERMS.get("shaped")(logp, None, adv, cfg)
-            pg = torch.where(off_tok, pg_off, pg)
-            grad = torch.where(off_tok, grad_off, grad)
-            ratio = torch.where(off_tok, f, ratio)
-        loss_pg = w * pg
-        grad_t = w * grad
+    loss_pg, grad_t, ratio, c_low, c_high, dual = OBJECTIVES.get(cfg.objective)(logp, terms,
+                                                                               w, cfg)
     kl = torch.zeros_like(logp)
     loss_kl = torch.zeros_like(logp)
     if cfg.beta > 0.0 and terms.ref_logprobs is not None:

@@ -11,7 +11,13 @@ from __future__ import annotations
 
 import torch
 
-from rgpo_fast.algos.policy_loss import LOG_RATIO_CLAMP, POLICY_TERMS, LossConfig, TokenTerms
+from rgpo_fast.algos.policy_loss import (
+    LOG_RATIO_CLAMP,
+    OBJECTIVES,
+    POLICY_TERMS,
+    LossConfig,
+    TokenTerms,
+)
 
 
 def segment_sum(values: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
@@ -19,8 +25,8 @@ def segment_sum(values: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tens
     return values.new_zeros(n).index_add_(0, index, values)
 
 
-def sequence_clipped_term(logp: torch.Tensor, terms: TokenTerms, w: torch.Tensor,
-                          cfg: LossConfig):
+@OBJECTIVES.register("gspo")
+def gspo_objective(logp: torch.Tensor, terms: TokenTerms, w: torch.Tensor, cfg: LossConfig):
     """GSPO: s_i = exp(mean over sequence i's policy tokens of (l_t - old_t)), the PPO clip
     (and dual clip) applied to s_i with the sequence's advantage, and the loss weighted by
     W_i = sum of its tokens' weights `w` (so `seq-mean-token-mean` gives GSPO's 1 / B).
@@ -40,7 +46,7 @@ def sequence_clipped_term(logp: torch.Tensor, terms: TokenTerms, w: torch.Tensor
     adv = segment_sum(terms.advantages.to(logp.dtype) * pf, idx, n) / count
     W = segment_sum(w.to(logp.dtype), idx, n)  # w is 0 off policy tokens
     # The clipped term of a "token" whose log-ratio is log s_i: pg_i and dpg_i/d(log s_i).
-    pg, g, ratio, c_low, c_high, dual = POLICY_TERMS.get("clipped")(
+    pg, g, ratio, c_low, c_high, dual = POLICY_TERMS.get("ppo")(
         mean_log_ratio, torch.zeros_like(mean_log_ratio), adv, cfg)
     loss_t = w * pg[idx]
     grad_t = torch.where(pol, (W * g / count)[idx], torch.zeros_like(logp))
