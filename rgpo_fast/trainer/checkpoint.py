@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import random
-import re
 import shutil
 import sys
 from pathlib import Path
@@ -28,9 +27,8 @@ from typing import Any
 import torch
 
 from rgpo_fast.trainer.distributed import DistInfo, is_sharded
-from rgpo_fast.trainer.run_dir import rank0_write, reason
+from rgpo_fast.trainer.run_dir import list_checkpoints, rank0_write, reason
 
-STEP_DIR = re.compile(r"^step_(\d+)$")
 HASH_LIMIT = 2 * 2**30  # files above 2 GiB are checked by size only (hashing is slow)
 
 
@@ -164,19 +162,6 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def list_checkpoints(root: str | Path) -> list[tuple[int, Path]]:
-    """(step, dir) of directories named step_<n>, oldest first (temporaries ignored)."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    out = []
-    for p in root.iterdir():
-        m = STEP_DIR.match(p.name)
-        if m and p.is_dir():
-            out.append((int(m.group(1)), p))
-    return sorted(out)
 
 
 def verify(path: Path) -> None:

@@ -30,6 +30,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -102,10 +103,24 @@ def resume_conflicts(changes: dict[str, tuple[object, object]]) -> list[str]:
             if not any(k == r or (r.endswith(".") and k.startswith(r)) for r in RESUMABLE)]
 
 
+STEP_DIR = re.compile(r"^step_(\d+)$")  # a complete checkpoint: checkpoints/step_<n>/
+
+
+def list_checkpoints(root: str | Path) -> list[tuple[int, Path]]:
+    """(step, dir) of directories named step_<n>, oldest first (temporaries ignored)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    out = []
+    for p in root.iterdir():
+        m = STEP_DIR.match(p.name)
+        if m and p.is_dir():
+            out.append((int(m.group(1)), p))
+    return sorted(out)
+
+
 def run_contents(path: Path) -> list[str]:
     """What of an earlier run `path` holds: checkpoint steps and RUN_FILES (empty: none)."""
-    from rgpo_fast.trainer.checkpoint import list_checkpoints
-
     found = [f"checkpoints step {', '.join(str(s) for s, _ in steps)}"
              for steps in [list_checkpoints(path / "checkpoints")] if steps]
     for name in RUN_FILES:
