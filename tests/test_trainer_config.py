@@ -68,7 +68,7 @@ def test_saved_config_round_trips(tmp_path):
     (["--train.sft_hint_prob", "2"], "train.sft_hint_prob"),
     (["--logging.progress", "maybe"], "logging.progress"),
     (["--train.ppo_epochs", "0"], "train.ppo_epochs"),
-    (["--algo.objective", "ppo3"], "objective='ppo3' is unknown; valid: ppo, cispo, gspo"),
+    (["--algo.objective", "ppo3"], "objective='ppo3' is unknown; valid: cispo, gspo, ppo"),
     (["--algo.rollout_correction", "seq"], "rollout_correction='seq' is unknown"),
     (["--train.mini_batches", "99"], "train.mini_batches"),
     (["--no-such-flag"], "--no-such-flag"),
