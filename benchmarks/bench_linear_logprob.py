@@ -2,7 +2,7 @@
 
 Providers (each in its own subprocess, so peak memory is its own):
   fused:<impl>  FusedLinearRGPOLoss with impl = torch / cpp / ... (every CPU backend built)
-  naive         the oracle: full fp32 logits, log_softmax, autograd (rgpo_fast.reference)
+  naive         the oracle: full fp32 logits, log_softmax, autograd (rgpo_fast.oracle)
   liger         Liger-Kernel's LigerFusedLinearGRPOLoss(compiled=False), chunked torch
   floor         the three equivalent matmuls alone: logits, dHidden, dWeight (compute floor)
 
@@ -70,7 +70,7 @@ def provider_fn(name, inputs):
             return loss.item()
 
     elif name == "naive":
-        from rgpo_fast.reference import naive_policy_loss
+        from rgpo_fast.oracle import naive_policy_loss
 
         def run():
             loss, _ = naive_policy_loss(hidden, weight, targets, mask, adv, old_logprobs=old)

@@ -28,7 +28,7 @@ Interpreter check (CPU, no GPU needed):
 runs the Triton kernels through TRITON_INTERPRET=1 at N=256, H=256, V=32768 (fp32 unless
 --dtype bfloat16; bias, temperature 0.8, entropy; about 2 minutes on 2 cores) and prints
 the max errors of logp, entropy, dHidden, dWeight and dBias against the float64 oracle
-of rgpo_fast.reference (and the torch backend's errors for scale).
+of rgpo_fast.oracle (and the torch backend's errors for scale).
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def _forward_fn(provider, hidden, weight, targets):
 
         return lambda: fused_linear_logprobs(hidden, weight, targets, impl=provider)[0]
     if provider == "naive":
-        from rgpo_fast.reference import naive_logprobs
+        from rgpo_fast.oracle import naive_logprobs
 
         return lambda: naive_logprobs(hidden, weight, targets, upcast=False)[0]
     if provider == "liger":
@@ -221,7 +221,7 @@ def check_interpreter(args=None) -> int:
     import torch
 
     from rgpo_fast import fused_linear_logprobs
-    from rgpo_fast.reference import naive_logprobs
+    from rgpo_fast.oracle import naive_logprobs
 
     n, h, v = CHECK_SHAPE
     dtype = getattr(torch, getattr(args, "dtype", None) or "float32")

@@ -12,9 +12,7 @@ import torch
 from rgpo_fast.algos.aggregation import aggregation_weights, token_roles
 from rgpo_fast.algos.policy_loss import LossConfig, TokenTerms, metrics_from_stats
 from rgpo_fast.algos.sequence_loss import sequence_rollout_weights
-from rgpo_fast.ops.linear_logprob import LinearLogprobFunction, LogprobOptions
-from rgpo_fast.ops.linear_policy_loss import LinearPolicyLossFunction, PolicyLossOptions
-from rgpo_fast.validation import (
+from rgpo_fast.input_checks import (
     check_finite,
     check_linear,
     check_mask,
@@ -22,6 +20,8 @@ from rgpo_fast.validation import (
     check_targets,
     check_tensor,
 )
+from rgpo_fast.ops.linear_logprob import LinearLogprobFunction, LogprobOptions
+from rgpo_fast.ops.linear_policy_loss import LinearPolicyLossFunction, PolicyLossOptions
 
 
 def _check_chunk(chunk_size: int | None) -> None:

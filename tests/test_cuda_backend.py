@@ -10,7 +10,7 @@ from test_policy_loss import BF16_CASES, CASES, _batch, _kwargs
 from tolerance import assert_three_way
 
 from rgpo_fast import fused_linear_logprobs, fused_linear_policy_loss
-from rgpo_fast.reference import naive_logprobs, naive_policy_loss
+from rgpo_fast.oracle import naive_logprobs, naive_policy_loss
 
 pytestmark = pytest.mark.gpu
 

@@ -6,7 +6,7 @@ from tolerance import assert_three_way
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from rgpo_fast import fused_linear_logprobs
-from rgpo_fast.reference import naive_logprobs
+from rgpo_fast.oracle import naive_logprobs
 
 # Ragged on purpose: neither N nor V nor H is a multiple of any block or chunk size.
 N, H, V = 123, 40, 507

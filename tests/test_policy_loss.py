@@ -6,7 +6,7 @@ from tolerance import assert_three_way
 
 from rgpo_fast import FusedLinearRGPOLoss, fused_linear_policy_loss
 from rgpo_fast.algos.policy_loss import LossConfig, TokenTerms, token_loss_and_grad
-from rgpo_fast.reference import naive_logprobs, naive_policy_loss
+from rgpo_fast.oracle import naive_logprobs, naive_policy_loss
 
 B, T, H, V = 4, 31, 40, 507  # B * T = 124 tokens, ragged against every block size
 

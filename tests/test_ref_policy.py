@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rgpo_fast import functional as F
-from rgpo_fast import reference as R
+from rgpo_fast import oracle as R
 from rgpo_fast.algos.presets import get_preset
 from rgpo_fast.batch import assemble_batch
 from rgpo_fast.data.types import Sample
@@ -19,7 +19,7 @@ from rgpo_fast.trainer.distributed import DistInfo
 from rgpo_fast.trainer.ref_policy import REF_FILE, copy_weights, load_ref_policy, save_ref_policy
 from rgpo_fast.trainer.rl_update import rl_update
 from rgpo_fast.trainer.testing import tiny_args, tiny_model_dir, tiny_policy
-from rgpo_fast.trainer.update import compute_old_logprobs, make_optimizer
+from rgpo_fast.trainer.update import make_optimizer, policy_logprobs
 
 
 def test_beta_without_reference_logprobs_is_an_error():
@@ -43,8 +43,8 @@ _policy = tiny_policy
 
 def _kl(policy, ref, batch) -> float:
     """Mean k3 estimate of KL(policy || ref) over the response tokens."""
-    lp = compute_old_logprobs(policy, batch, 8, DistInfo())
-    d = (compute_old_logprobs(ref, batch, 8, DistInfo()) - lp)[batch.response_mask]
+    lp = policy_logprobs(policy, batch, 8, DistInfo())
+    d = (policy_logprobs(ref, batch, 8, DistInfo()) - lp)[batch.response_mask]
     return float((torch.expm1(d) - d).mean())
 
 
@@ -65,7 +65,7 @@ def test_kl_term_pulls_the_policy_towards_the_reference(model_dir):
         algo = get_preset("grpo", beta=beta)
         policy = copy.deepcopy(start)
         batch = assemble_batch(rows, algo, pad_token_id=0)
-        batch.ref_logprobs = compute_old_logprobs(ref, batch, 8, DistInfo())
+        batch.ref_logprobs = policy_logprobs(ref, batch, 8, DistInfo())
         kl["before"] = _kl(policy, ref, batch)
         opt = make_optimizer(policy, 1e-2, OptimConfig(weight_decay=0.0))
         m = rl_update(policy, opt, batch, algo.loss_config(), micro=8, info=DistInfo(),

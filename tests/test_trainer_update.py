@@ -8,7 +8,7 @@ from rgpo_fast.batch import assemble_batch
 from rgpo_fast.data.types import Sample
 from rgpo_fast.trainer.distributed import DistInfo
 from rgpo_fast.trainer.testing import tiny_model_dir, tiny_policy
-from rgpo_fast.trainer.update import backward_batch, compute_old_logprobs, micro_batches
+from rgpo_fast.trainer.update import backward_batch, micro_batches, policy_logprobs
 
 
 def test_micro_batches_partition_rows_by_length():
@@ -51,7 +51,7 @@ def test_step_gradients_do_not_depend_on_micro_batching(tmp_path):
         policy.zero_grad(set_to_none=True)
         m = backward_batch(policy, batch, algo.loss_config(), micro, DistInfo())
         grads = {k: p.grad.clone() for k, p in policy.named_parameters() if p.grad is not None}
-        old = compute_old_logprobs(policy, batch, micro, DistInfo())
+        old = policy_logprobs(policy, batch, micro, DistInfo())
         results[micro] = (m["loss/total"], grads, old)
     (l1, g1, lp1), (l2, g2, lp2) = results[64], results[2]
     assert abs(l1 - l2) < 1e-6

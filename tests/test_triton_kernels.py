@@ -19,7 +19,7 @@ from tolerance import assert_three_way
 from rgpo_fast.algos.policy_loss import STAT_NAMES, LossConfig, TokenTerms, token_loss_and_grad
 from rgpo_fast.ops import torch_chunked
 from rgpo_fast.ops.backends import available_backends, resolve_backend
-from rgpo_fast.reference import naive_logprobs
+from rgpo_fast.oracle import naive_logprobs
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.skipif(

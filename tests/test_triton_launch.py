@@ -19,7 +19,7 @@ from tolerance import assert_three_way
 
 from rgpo_fast.algos.policy_loss import LossConfig, TokenTerms
 from rgpo_fast.ops.backends import available_backends
-from rgpo_fast.reference import naive_logprobs
+from rgpo_fast.oracle import naive_logprobs
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.skipif(

@@ -7,7 +7,7 @@ kernels compute d(loss)/d(l_t) in the same pass as l_t, so the backward never ne
 `token_loss_and_grad` for the default objective ("ppo"); CISPO, GSPO (whose ratio is a
 sequence mean: algos/sequence_loss.py) and the entropy bonus run it in the composed path
 of ops/linear_policy_loss.py. Tests compare its gradient with autograd through
-`reference.py`.
+`oracle.py`.
 
 Statistics are returned as a vector of sums (`STAT_NAMES`) so a kernel can accumulate them
 with atomics and the caller turns them into means once, after all chunks.

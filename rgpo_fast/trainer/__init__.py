@@ -14,7 +14,7 @@ One RL step as a sample travels it (`rl_step.rl_step`; docs/trainer.md has the d
       |
     update.fill_rollout_logprobs     `is` transfers get their hinted-context log-probs
     batch.assemble_batch             advantages (algos/advantages.py), masks -> TrainBatch
-    update.compute_old_logprobs      old / reference log-probs when needed
+    update.policy_logprobs      old / reference log-probs when needed
       |
     rl_update.rl_update              epochs x mini-batches of optimizer steps
       |  update.backward_batch       global normalisers, micro-batches, backward

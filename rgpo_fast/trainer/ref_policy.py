@@ -5,7 +5,7 @@ when there is none (verl and TRL use the initial model the same way). It is a se
 `PolicyModule` built like the trained one (same device, same FSDP2 sharding, same compute
 dtype; on CPU for the tiny default), its weights copied shard by shard from the policy and
 never trained. Its per-token log-probs come from the same fused op as the policy's
-(`update.compute_old_logprobs`), so the KL term never builds logits either.
+(`update.policy_logprobs`), so the KL term never builds logits either.
 
 A resumed run must compare against the same reference, not against its resumed weights:
 the reference is saved once, to `checkpoints/reference/model.pt` (outside the pruned

@@ -24,7 +24,7 @@ from rgpo_fast.trainer.distributed import DistInfo
 from rgpo_fast.trainer.metrics import PhaseTimer, step_row
 from rgpo_fast.trainer.rl_update import rl_update
 from rgpo_fast.trainer.session import Session, reward_counts
-from rgpo_fast.trainer.update import compute_old_logprobs, fill_rollout_logprobs
+from rgpo_fast.trainer.update import fill_rollout_logprobs, policy_logprobs
 
 
 def step_seed(seed: int, step: int, rank: int, salt: str = "rl") -> int:
@@ -58,10 +58,10 @@ def rl_step(s: Session, step: int, timer: PhaseTimer | None = None) -> dict:
     if batch.rollout_logprobs is not None or several_updates:
         with timer("old_logprob"):
             batch.set_old_logprobs(
-                compute_old_logprobs(s.policy, batch, cfg.train.micro_batch_size, info))
+                policy_logprobs(s.policy, batch, cfg.train.micro_batch_size, info))
     if s.ref_policy is not None:  # algo.beta > 0: the KL term's reference log-probs
         with timer("old_logprob"):
-            batch.ref_logprobs = compute_old_logprobs(s.ref_policy, batch,
+            batch.ref_logprobs = policy_logprobs(s.ref_policy, batch,
                                                       cfg.train.micro_batch_size, info)
     with timer("update"):
         # Rank r holds global prompts r, r + W, ... (draw): its local prompt i is i * W + r.

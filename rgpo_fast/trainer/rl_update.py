@@ -31,8 +31,8 @@ from rgpo_fast.trainer.update import (
     RATIO_METRICS,
     SUM_METRICS,
     backward_batch,
-    compute_old_logprobs,
     optimizer_step,
+    policy_logprobs,
 )
 
 
@@ -56,7 +56,7 @@ def policy_drift(policy: torch.nn.Module, batch: TrainBatch, micro: int,
     over the batch's policy tokens: `ppo/approx_kl`, the k3 estimate of KL(old || new)
     ((r - 1) - log r with r = pi_new / pi_old, unbiased and >= 0 per token under samples
     of the old policy), and `ppo/ratio_max`, the largest r."""
-    new = compute_old_logprobs(policy, batch, micro, info)
+    new = policy_logprobs(policy, batch, micro, info)
     _, _, pol = token_roles(batch.response_mask, batch.hint_mask, batch.sft_mask)
     log_r = (new - batch.old_logprobs).double()[pol]
     k3 = torch.expm1(log_r) - log_r
@@ -86,7 +86,7 @@ def rl_update(policy: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: 
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     updates = epochs * mini_batches
     if updates > 1 and batch.old_logprobs is None:
-        batch.set_old_logprobs(compute_old_logprobs(policy, batch, micro, info))
+        batch.set_old_logprobs(policy_logprobs(policy, batch, micro, info))
     if mini_batches == 1:
         parts = [list(range(batch.batch_size))]
     else:

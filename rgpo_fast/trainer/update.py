@@ -1,5 +1,6 @@
-"""The update of an RL step on an assembled batch: old log-probs, normalisers,
-micro-batches, backward, optimizer step.
+"""The training machinery shared by the SFT warm start and RL (trainer/rl_update.py runs
+an RL step's updates with it): the policy's log-probs of a batch (old or reference
+log-probs), global normalisers, micro-batches, backward, the optimizer step.
 
 The normaliser is explicit and global: token / sequence counts of the whole step batch,
 summed over data-parallel ranks, are passed to the fused loss as `num_global_*`. Every
@@ -69,10 +70,10 @@ def micro_batches(lengths: Sequence[int], size: int) -> list[list[int]]:
 
 
 @torch.no_grad()
-def compute_old_logprobs(policy: torch.nn.Module, batch: TrainBatch, micro: int,
-                         info: DistInfo) -> torch.Tensor:
-    """Old log-probs (B, T): the trainer's log-prob of every target under the current
-    weights, before the update (no grad)."""
+def policy_logprobs(policy: torch.nn.Module, batch: TrainBatch, micro: int,
+                    info: DistInfo) -> torch.Tensor:
+    """(B, T) log-probs of every target of `batch` under `policy`'s current weights, no
+    grad: the old log-probs before an update, or the reference policy's."""
     out = torch.zeros(batch.response_mask.shape, dtype=torch.float32)
     chunks = micro_batches(batch.attention_mask.sum(-1).tolist(), micro)
     n = all_reduce_max_int(len(chunks), info)

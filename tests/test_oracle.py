@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rgpo_fast.reference import naive_logprobs, naive_policy_loss
+from rgpo_fast.oracle import naive_logprobs, naive_policy_loss
 
 F64 = torch.float64
 
