@@ -55,3 +55,15 @@ def chat_tok(tmp_path_factory):
     from helpers_tokenizer import build_char_tokenizer
 
     return build_char_tokenizer(tmp_path_factory.mktemp("chat_tok"), chat=True)
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory):
+    """A model cache for the trainer tests' tiny models (built once per session)."""
+    return tmp_path_factory.mktemp("model_cache")
+
+
+@pytest.fixture(scope="session")
+def tok(char_tok):
+    """The character-level tokenizer under the name the guidance tests use."""
+    return char_tok

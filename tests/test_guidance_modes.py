@@ -3,7 +3,6 @@ scorer (tests/scripted.py), and `collect` (trainer/collect.py) end to end on a s
 engine: what each mode returns, group ids, LUFFY's slots, GHPO's regrouping, dynamic
 sampling's refill."""
 
-import pytest
 from scripted import ScriptedSampler, callbacks, exact_score, prompt_groups
 
 from rgpo_fast.algos.guidance import HintLevels
@@ -15,11 +14,6 @@ from rgpo_fast.rollout.base import RequestOutput, SamplingParams
 from rgpo_fast.trainer.collect import REFILL_SEED_OFFSET, CollectContext, collect
 
 RAT = "1+2=3\nAnswer: 3"
-
-
-@pytest.fixture(scope="module")
-def tok(char_tok):
-    return char_tok
 
 
 def _with_samples(tok, groups, texts):

@@ -22,11 +22,6 @@ from rgpo_fast.guided_round import (
 RAT = "12+17=29\n29*3=87\n87-19=68\n68+5=73\nAnswer: 73"
 
 
-@pytest.fixture(scope="module")
-def tok(char_tok):
-    return char_tok
-
-
 # ---------------------------------------------------------------- transfer back
 
 

@@ -14,11 +14,6 @@ from rgpo_fast.trainer.testing import tiny_args
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("model_cache")
-
-
 def test_tiny_rgpo_run_writes_all_outputs(tmp_path, cache, capsys):
     out = tmp_path / "run"
     assert main(tiny_args(out, cache, steps=2, extra=["--train.save_every", "1"])) == 0

@@ -14,6 +14,7 @@ at most twice the error of naive PyTorch in the same dtype, plus a small slack.
 
 import pytest
 import torch
+from logprob_oracle import DEV, logprob_inputs, oracle_grads
 from tolerance import assert_three_way
 
 from rgpo_fast.algos.policy_loss import STAT_NAMES, LossConfig, TokenTerms, token_loss_and_grad
@@ -21,7 +22,6 @@ from rgpo_fast.ops import torch_chunked
 from rgpo_fast.ops.backends import available_backends, resolve_backend
 from rgpo_fast.oracle import naive_logprobs
 
-DEV = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.skipif(
     "triton" not in available_backends(DEV), reason="triton backend unavailable here"
 )
@@ -37,26 +37,6 @@ if "triton" in available_backends(DEV):
 SMALL = {"BLOCK_N": 16, "BLOCK_V": 32, "BLOCK_H": 16, "GROUP_N": 2}
 
 
-def _inputs(N, H, V, dtype, bias=True, scale=0.3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    h = torch.randn(N, H, generator=g).to(dtype)
-    w = (scale * torch.randn(V, H, generator=g)).to(dtype)
-    b = (0.5 * torch.randn(V, generator=g)).to(dtype) if bias else None
-    t = torch.randint(0, V, (N,), generator=g)
-    return h.to(DEV), w.to(DEV), (b.to(DEV) if bias else None), t.to(DEV)
-
-
-def _oracle(h, w, b, t, temperature, g_logp, g_ent, compute_dtype, upcast):
-    """(logp, entropy, dh, dw, db) from the naive oracle and autograd."""
-    params = [x.detach().clone().requires_grad_() for x in (h, w, b) if x is not None]
-    hh, ww = params[0], params[1]
-    bb = params[2] if b is not None else None
-    logp, ent = naive_logprobs(hh, ww, t, bb, temperature, True, compute_dtype, upcast)
-    (logp * g_logp.to(logp.dtype)).sum().add((ent * g_ent.to(ent.dtype)).sum()).backward()
-    grads = [p.grad for p in params] + ([None] if b is None else [])
-    return [logp.detach(), ent.detach()] + grads
-
-
 @pytest.mark.parametrize(
     "dtype, splits, bias, temperature",
     [
@@ -68,7 +48,7 @@ def _oracle(h, w, b, t, temperature, g_logp, g_ent, compute_dtype, upcast):
 )
 def test_linear_logprob_tile_edges_three_way(dtype, splits, bias, temperature):
     N, H, V = 37, 29, 101
-    h, w, b, t = _inputs(N, H, V, dtype, bias)
+    h, w, b, t = logprob_inputs(N, H, V, dtype, bias)
     g_logp = torch.linspace(-1, 1, N, device=DEV)
     g_ent = torch.linspace(0.5, -0.25, N, device=DEV)
     logp, lse, ent = klp.linear_logprob_forward(
@@ -78,8 +58,8 @@ def test_linear_logprob_tile_edges_three_way(dtype, splits, bias, temperature):
         h, w, b, t, lse, ent, temperature, g_logp, g_ent, (True, True, bias), blocks=SMALL
     )
     got = [logp, ent, dh, dw, db]
-    naive = _oracle(h, w, b, t, temperature, g_logp, g_ent, torch.float32, upcast=False)
-    truth = _oracle(h, w, b, t, temperature, g_logp, g_ent, torch.float64, upcast=True)
+    naive = oracle_grads(h, w, b, t, temperature, g_logp, g_ent, torch.float32, upcast=False)
+    truth = oracle_grads(h, w, b, t, temperature, g_logp, g_ent, torch.float64, upcast=True)
     names = ["logp", "entropy", "dhidden", "dweight", "dbias"]
     for name, x, xn, xt in zip(names, got, naive, truth):
         if xt is None:
@@ -99,7 +79,7 @@ TOL_LSE = {torch.float32: 1e-5, torch.bfloat16: 1e-4, torch.float16: 1e-4}
 def test_splits_do_not_change_the_forward():
     """Every split count gives the same logp/entropy (up to fp32 rounding): the combine
     kernel's rescaling of (max, sum, entropy sum) is exact maths."""
-    h, w, b, t = _inputs(21, 24, 250, torch.float32)
+    h, w, b, t = logprob_inputs(21, 24, 250, torch.float32)
     ref = klp.linear_logprob_forward(h, w, b, t, 1.0, True, blocks=SMALL, num_splits=1)
     for s in (2, 5, 8):  # 8 splits of 32 columns: the last ones are short
         out = klp.linear_logprob_forward(h, w, b, t, 1.0, True, blocks=SMALL, num_splits=s)
@@ -110,7 +90,7 @@ def test_splits_do_not_change_the_forward():
 def test_strided_hidden_int32_targets_and_partial_needs():
     """Non-contiguous hidden (a column slice), int32 targets, only some gradients asked."""
     N, H, V = 19, 23, 70
-    big, w, b, t = _inputs(N, H + 5, V, torch.float32)
+    big, w, b, t = logprob_inputs(N, H + 5, V, torch.float32)
     h = big[:, 2 : 2 + H]  # stride (H + 5, 1)
     w = w[:, 2 : 2 + H].contiguous()
     assert not h.is_contiguous()
@@ -133,7 +113,7 @@ def test_strided_hidden_int32_targets_and_partial_needs():
 
 def test_large_logits_do_not_overflow():
     """Logits of order 1e3: exp would overflow without the running max."""
-    h, w, b, t = _inputs(33, 16, 90, torch.float32, scale=60.0)
+    h, w, b, t = logprob_inputs(33, 16, 90, torch.float32, scale=60.0)
     logp, lse, ent = klp.linear_logprob_forward(h, w, b, t, 1.0, True, blocks=SMALL,
                                                 num_splits=3)  # fmt: skip
     ref_lp, ref_ent = naive_logprobs(h.double(), w.double(), t, b.double(), 1.0, True,
@@ -145,7 +125,7 @@ def test_large_logits_do_not_overflow():
 
 
 def test_empty_batch():
-    h, w, b, t = _inputs(0, 8, 20, torch.float32)
+    h, w, b, t = logprob_inputs(0, 8, 20, torch.float32)
     logp, lse, ent = klp.linear_logprob_forward(h, w, b, t, 1.0, True)
     assert logp.shape == (0,) and ent.shape == (0,)
     dh, dw, db = klp.linear_logprob_backward(h, w, b, t, lse, None, 1.0, logp, None,
@@ -286,7 +266,7 @@ def test_fused_policy_loss_chain_matches_torch_backend(dtype):
     """triton_backend.policy_loss_forward_backward (fwd kernel -> loss kernel -> bwd kernel)
     against torch_chunked's single-sweep version, entropy stat included."""
     N, H, V = 45, 27, 131
-    h, w, b, t = _inputs(N, H, V, dtype)
+    h, w, b, t = logprob_inputs(N, H, V, dtype)
     full = _terms(seed=3, n=N)
     terms, _ = _select(full, ("old", "ref", "off", "rollout"))
     # Old log-probs near the model's own, so that the ratios are realistic.

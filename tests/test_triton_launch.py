@@ -15,13 +15,12 @@ import re
 
 import pytest
 import torch
+from logprob_oracle import DEV, logprob_inputs, oracle_grads
 from tolerance import assert_three_way
 
 from rgpo_fast.algos.policy_loss import LossConfig, TokenTerms
 from rgpo_fast.ops.backends import available_backends
-from rgpo_fast.oracle import naive_logprobs
 
-DEV = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.skipif(
     "triton" not in available_backends(DEV), reason="triton backend unavailable here"
 )
@@ -97,15 +96,6 @@ def _assert_no_alias(seen):
                 assert a1 <= b0 or b1 <= a0, f"{name}: {out} shares memory with {other}"
 
 
-def _inputs(N, H, V, dtype, bias, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    h = torch.randn(N, H, generator=g).to(dtype).to(DEV)
-    w = (0.3 * torch.randn(V, H, generator=g)).to(dtype).to(DEV)
-    b = (0.5 * torch.randn(V, generator=g)).to(dtype).to(DEV) if bias else None
-    t = torch.randint(0, V, (N,), generator=g).to(DEV)
-    return h, w, b, t
-
-
 PATHS = {"fixed": {"blocks": {"BLOCK_N": 16, "BLOCK_V": 32, "BLOCK_H": 16, "GROUP_N": 2}}}
 if "triton" in available_backends(DEV):
     PATHS["autotuned"] = {"configs": klp.INTERPRET_CONFIGS}
@@ -117,7 +107,7 @@ def test_logprob_launches_never_alias_outputs(path, launches):
     entropy, which gradients), through fixed blocks and through the autotuner."""
     kw = PATHS[path]
     for bias, ent in itertools.product((False, True), repeat=2):
-        h, w, b, t = _inputs(9, 16, 40, torch.float32, bias)
+        h, w, b, t = logprob_inputs(9, 16, 40, torch.float32, bias)
         logp, lse, entropy = klp.linear_logprob_forward(h, w, b, t, 1.0, ent, **kw)
         g = torch.randn(9, device=DEV)
         g_ent = torch.randn(9, device=DEV) if ent else None
@@ -154,7 +144,7 @@ def test_policy_loss_launches_never_alias_outputs(launches):
 def test_placeholder_alias_is_caught(launches, monkeypatch):
     """The check above fails on the bug it guards against, put back into the real
     launcher: the old backward passed lse as the placeholder of an unwanted gradient."""
-    h, w, b, t = _inputs(9, 16, 40, torch.float32, bias=False)
+    h, w, b, t = logprob_inputs(9, 16, 40, torch.float32, bias=False)
     _, lse, _ = klp.linear_logprob_forward(h, w, b, t, 1.0, False)
     monkeypatch.setattr(klp, "_placeholder", lambda device: lse)  # the old bug
     launches.clear()
@@ -173,7 +163,7 @@ def test_autotuner_keys_on_the_bucket_of_n_and_the_flags():
     kw = {"configs": klp.INTERPRET_CONFIGS}
 
     def launch(n, entropy):
-        h, w, b, t = _inputs(n, 16, 40, torch.float32, bias=False)
+        h, w, b, t = logprob_inputs(n, 16, 40, torch.float32, bias=False)
         klp.linear_logprob_forward(h, w, b, t, 1.0, entropy, **kw)
         return len(tuned.cache)
 
@@ -183,21 +173,11 @@ def test_autotuner_keys_on_the_bucket_of_n_and_the_flags():
     assert [klp.n_bucket(n) for n in (1, 16, 17, 4000)] == [16, 16, 32, 4096]
 
 
-def _oracle(h, w, b, t, temperature, g_logp, g_ent, compute_dtype, upcast):
-    params = [x.detach().clone().requires_grad_() for x in (h, w, b) if x is not None]
-    bb = params[2] if b is not None else None
-    logp, ent = naive_logprobs(params[0], params[1], t, bb, temperature, True, compute_dtype,
-                               upcast)  # fmt: skip
-    (logp * g_logp.to(logp.dtype)).sum().add((ent * g_ent.to(ent.dtype)).sum()).backward()
-    return [logp.detach(), ent.detach()] + [p.grad for p in params] + ([None] if bb is None
-                                                                        else [])  # fmt: skip
-
-
 def _check_three_way(inputs, temperature, g_logp, g_ent, got, dtype):
     """logp, entropy and the three gradients against the float64 oracle, with naive PyTorch
     in the input dtype as the yardstick (tests/tolerance.py)."""
-    naive = _oracle(*inputs, temperature, g_logp, g_ent, torch.float32, upcast=False)
-    truth = _oracle(*inputs, temperature, g_logp, g_ent, torch.float64, upcast=True)
+    naive = oracle_grads(*inputs, temperature, g_logp, g_ent, torch.float32, upcast=False)
+    truth = oracle_grads(*inputs, temperature, g_logp, g_ent, torch.float64, upcast=True)
     for name, x, xn, xt in zip(["logp", "entropy", "dhidden", "dweight", "dbias"], got, naive,
                                truth):  # fmt: skip
         if xt is None:
@@ -209,12 +189,12 @@ def _check_three_way(inputs, temperature, g_logp, g_ent, got, dtype):
 @pytest.mark.parametrize(
     "dtype, bias", [(torch.float32, False), (torch.bfloat16, False), (torch.float32, True)]
 )
-def test_autotuned_path_matches_oracle(dtype, bias):
+def test_autotuned_path_matchesoracle_grads(dtype, bias):
     """The launchers through `triton.autotune` (two configs timed, reset_to_zero pre-hooks,
     the final launch) against the float64 oracle. Without a bias, dbias is not wanted: the
     case that zeroed lse before the fix. Shapes are ragged for both configs."""
     N, H, V, temperature = 37, 29, 101, 0.8
-    h, w, b, t = _inputs(N, H, V, dtype, bias)
+    h, w, b, t = logprob_inputs(N, H, V, dtype, bias)
     g_logp = torch.linspace(-1, 1, N, device=DEV)
     g_ent = torch.linspace(0.5, -0.25, N, device=DEV)
     kw = {"configs": klp.INTERPRET_CONFIGS}
@@ -243,10 +223,10 @@ def test_default_launch_plan(monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("bias", [False, True])
-def test_gpu_default_autotuned_path_matches_oracle(dtype, bias):
+def test_gpu_default_autotuned_path_matchesoracle_grads(dtype, bias):
     """On a GPU: the default launch (autotuned over gpu_configs(dtype)) against the oracle."""
     N, H, V = 300, 256, 5000
-    h, w, b, t = _inputs(N, H, V, dtype, bias)
+    h, w, b, t = logprob_inputs(N, H, V, dtype, bias)
     g_logp = torch.randn(N, device=DEV)
     g_ent = torch.randn(N, device=DEV)
     logp, lse, ent = klp.linear_logprob_forward(h, w, b, t, 1.0, True)

@@ -55,11 +55,6 @@ signed.reward_range = (-1.0, 1.0)
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("model_cache")
-
-
-@pytest.fixture(scope="module")
 def rewards(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("user") / "my_rewards.py"
     path.write_text(REWARDS)
