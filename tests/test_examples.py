@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_plain_pytorch_loop_runs_and_learns_something(tmp_path):
+def test_plain_pytorch_loop_runs_and_updates_the_policy(tmp_path):
     cmd = [sys.executable, str(ROOT / "examples" / "plain_pytorch_loop.py"), "--steps", "3",
            "--prompts", "2", "--group", "4", "--max-new-tokens", "12",
            "--cache-dir", str(tmp_path)]  # fmt: skip
