@@ -161,16 +161,32 @@ def guided_round(groups: Sequence[PromptGroup], levels: guidance.HintLevels, cfg
     return GuidedRound(transferred, updates, stats, generated)
 
 
+def rationale_segments(rationale: str, cfg: Any, tokenizer: Any) -> list[str]:
+    """The rationale cut into at most `cfg.n_segments` segments (`cfg.segmentation`; token
+    units are the tokenizer's): the units every hint is made of (guided round, probe, the
+    warm start's hinted prompts)."""
+    return guidance.segment_rationale(rationale, cfg.n_segments, cfg.segmentation,
+                                      token_starts(tokenizer))  # fmt: skip
+
+
+def place_hint(plain_ids: Sequence[int], hint: str, cfg: Any, tokenizer: Any,
+               hinted_prompt: Callable[[str], list[int]]) -> tuple[list[int], list[int]]:
+    """(what the sampler continues, the hint ids that start the response) for `hint` placed
+    as `cfg.hint_placement` says: in the user message (`hinted_prompt(hint)`, no prefix), or
+    after the plain prompt as the start of the response (hint-masked in training)."""
+    if cfg.hint_placement == "prompt" or not hint:
+        return (hinted_prompt(hint) if hint else list(plain_ids)), []
+    prefix = response_hint(tokenizer, hint)
+    return list(plain_ids) + prefix, prefix
+
+
 def _hint_job(index: int, group: PromptGroup, level: int, cfg: Any, tokenizer: Any,
               hinted_prompt: HintedPrompt) -> GuidedJob:  # fmt: skip
-    segments = guidance.segment_rationale(group.rationale, cfg.n_segments, cfg.segmentation,
-                                          token_starts(tokenizer))  # fmt: skip
     shown = guidance.hint_level_used(level, cfg)
-    hint = guidance.build_hint(segments, shown)
-    if cfg.hint_placement == "prompt":
-        return GuidedJob(index, hinted_prompt(group, hint), hint, shown)
-    prefix = response_hint(tokenizer, hint)
-    return GuidedJob(index, list(group.prompt_ids) + prefix, hint, shown, prefix)
+    hint = guidance.build_hint(rationale_segments(group.rationale, cfg, tokenizer), shown)
+    ids, prefix = place_hint(group.prompt_ids, hint, cfg, tokenizer,
+                             lambda h: hinted_prompt(group, h))  # fmt: skip
+    return GuidedJob(index, ids, hint, shown, prefix)
 
 
 def _guided_sample(job: GuidedJob, group: PromptGroup, completion: Completion, cfg: Any,

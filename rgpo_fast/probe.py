@@ -64,23 +64,21 @@ def run_probe(engine, tokenizer, examples, reward_fn, algo, *, k: int, max_new_t
     """Levels 0 .. algo.n_segments on `examples` (each must have a rationale), with the
     hint placed as `algo.hint_placement` says."""
     from rgpo_fast.algos import guidance
-    from rgpo_fast.data.prompts import encode_prompt, token_starts
-    from rgpo_fast.guided_round import response_hint
+    from rgpo_fast.data.prompts import encode_prompt
+    from rgpo_fast.guided_round import place_hint, rationale_segments
     from rgpo_fast.rollout.base import SamplingParams
 
-    starts = token_starts(tokenizer)
-    segments = [guidance.segment_rationale(ex.rationale, algo.n_segments, algo.segmentation,
-                                           starts) for ex in examples]  # fmt: skip
-    in_response = algo.hint_placement == "response"
+    segments = [rationale_segments(ex.rationale, algo, tokenizer) for ex in examples]
     results = []
     for level in range(algo.n_segments + 1):
         hints = [guidance.build_hint(segs, level) if level else "" for segs in segments]
         prompts, prefixes = [], []
         for ex, hint in zip(examples, hints):
-            prefix = response_hint(tokenizer, hint) if in_response and hint else []
-            prompts.append(encode_prompt(tokenizer, ex.problem, None if in_response else hint
-                                         or None, hint_template=algo.hint_template,
-                                         system=system) + prefix)  # fmt: skip
+            ids, prefix = place_hint(
+                encode_prompt(tokenizer, ex.problem, system=system), hint, algo, tokenizer,
+                lambda h, ex=ex: encode_prompt(tokenizer, ex.problem, h,
+                                               hint_template=algo.hint_template, system=system))
+            prompts.append(ids)
             prefixes.append(prefix)
         params = SamplingParams(n=k, max_new_tokens=max_new_tokens, temperature=temperature,
                                 seed=seed + level)  # fmt: skip

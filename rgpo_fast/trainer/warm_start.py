@@ -13,8 +13,9 @@ from collections.abc import Callable, Sequence
 from rgpo_fast.algos import guidance
 from rgpo_fast.algos.presets import get_preset
 from rgpo_fast.batch import assemble_batch
-from rgpo_fast.data.prompts import encode_prompt, encode_text, token_starts
+from rgpo_fast.data.prompts import encode_prompt, encode_text
 from rgpo_fast.data.types import Example, Sample
+from rgpo_fast.guided_round import rationale_segments
 from rgpo_fast.trainer.config import RunConfig
 from rgpo_fast.trainer.distributed import DistInfo
 from rgpo_fast.trainer.nonfinite import NonFiniteGuard
@@ -37,8 +38,7 @@ def sft_samples(examples: Sequence[Example], tok, cfg: RunConfig,
     for ex in examples:
         hint = None
         if rng.random() < cfg.train.sft_hint_prob and ex.rationale:
-            segs = guidance.segment_rationale(ex.rationale, algo.n_segments, algo.segmentation,
-                                              token_starts(tok))  # fmt: skip
+            segs = rationale_segments(ex.rationale, algo, tok)
             if len(segs) > 1:
                 hint = guidance.build_hint(segs, rng.randint(1, len(segs) - 1))
         prompt = encode_prompt(
