@@ -184,8 +184,6 @@ class AlgoConfig:
             raise ValueError(f"AlgoConfig.ghpo_omegas={self.ghpo_omegas} must be in (0, 1]")
         if list(self.ghpo_omegas) != sorted(self.ghpo_omegas):
             raise ValueError(f"AlgoConfig.ghpo_omegas={self.ghpo_omegas} must be increasing")
-        if self.luffy_gamma <= 0:
-            raise ValueError(f"AlgoConfig.luffy_gamma={self.luffy_gamma} must be > 0")
         if self.luffy_offpolicy_slots < 1:
             raise ValueError(
                 f"AlgoConfig.luffy_offpolicy_slots={self.luffy_offpolicy_slots} must be >= 1"
