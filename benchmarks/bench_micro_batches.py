@@ -56,8 +56,7 @@ def make_rows(kind: str, vocab: int, rng: random.Random):
                 p, r = 50, 24  # easy problem with a rationale prefix as hint, ~74
             else:
                 p, r = 22, 24  # easy problem, ~46
-            rows.append(Sample(prompt_ids=ids(p), response_ids=ids(r), kind="transferred",
-                               reward=1.0))
+            rows.append(Sample(prompt_ids=ids(p), response_ids=ids(r), kind="sft", reward=1.0))
     else:
         for g in range(16):
             p = 60 if g % 4 == 0 else 28  # guided groups carry the hint in the prompt

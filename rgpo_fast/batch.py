@@ -128,7 +128,9 @@ def assemble_batch(
       replacing the failed group): `cfg.advantage` over the samples sharing a group id;
     - transferred, `sft` transfer: advantage 0 and sft_mask=True (trained by NLL only);
     - transferred, `is` transfer: r - mean(unguided rewards of its group) and the
-      hinted-context log-probs as rollout log-probs.
+      hinted-context log-probs as rollout log-probs;
+    - sft (the warm start's rationales): advantage 0 and sft_mask=True, whatever the
+      transfer.
     Guided RGPO samples must go through `transfer_back` first; passing them here is an error.
     """
     if not samples:
@@ -179,14 +181,15 @@ def assemble_batch(
     groups = torch.tensor([r.group for r in samples], dtype=torch.long)
     kind = torch.tensor([KIND_CODES[r.kind] for r in samples], dtype=torch.int8)
     transferred = kind == KIND_CODES["transferred"]
-    in_group = ~transferred
+    supervised = kind == KIND_CODES["sft"]
+    in_group = ~(transferred | supervised)
     adv = torch.zeros(B, dtype=torch.float32)
     if in_group.any():
         adv[in_group] = compute_advantages(cfg.advantage, rew[in_group], groups[in_group]).float()
-    sft = torch.zeros(B, dtype=torch.bool)
+    sft = supervised.clone()
     if transferred.any():
         if cfg.transfer == "sft":
-            sft = transferred.clone()
+            sft = sft | transferred
         else:
             unguided = kind == KIND_CODES["unguided"]
             base = _group_means(rew, groups, unguided)

@@ -114,4 +114,15 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="no reward"):
         assemble_batch([_ro([1], [2])], cfg)
     assert assemble_batch([_ro([1], [2])], cfg, rewards=[1.0]).rewards.tolist() == [1.0]
-    assert len(SAMPLE_KINDS) == 4
+    assert len(SAMPLE_KINDS) == 5
+
+
+def test_sft_rows_are_trained_by_nll_alone_whatever_the_transfer():
+    """The warm start's rows (kind "sft"): no group advantage, sft_mask set, under an `is`
+    transfer too (which would give a transferred row an advantage and ask for log-probs)."""
+    rows = [_ro([1], [2, 3], reward=1.0, kind="sft"), _ro([1], [4], reward=0.0),
+            _ro([1], [5], reward=1.0)]
+    for transfer in ("sft", "is"):
+        b = assemble_batch(rows, get_preset("rgpo", transfer=transfer))
+        assert b.sft_mask.tolist() == [True, False, False]
+        assert b.advantages[0] == 0.0 and b.advantages[1] == -b.advantages[2] != 0.0

@@ -35,7 +35,7 @@ class Example:
 
 
 # Where a sample comes from; TrainBatch stores them as int8 codes (rgpo_fast/batch.py).
-SAMPLE_KINDS = ("unguided", "guided", "transferred", "offpolicy")
+SAMPLE_KINDS = ("unguided", "guided", "transferred", "offpolicy", "sft")
 
 
 @dataclass
@@ -45,7 +45,8 @@ class Sample:
     kind: "unguided" (sampled from the plain prompt), "guided" (sampled with a hint; RGPO
     transfers accepted ones back, GHPO trains them where they are), "transferred" (an
     accepted guided response moved to the hint-free prompt), "offpolicy" (LUFFY's
-    reference rationale in a group slot).
+    reference rationale in a group slot), "sft" (a reference rationale trained by NLL
+    alone, outside any group: the SFT warm start's rows).
 
     `group` is the index of the prompt within the step (samples of one prompt share it).
     `rollout_logprobs` are the log-probs of `response_ids` under the distribution that

@@ -45,7 +45,7 @@ def sft_samples(examples: Sequence[Example], tok, cfg: RunConfig,
             tok, ex.problem, hint, hint_template=algo.hint_template, system=cfg.data.system_prompt
         )
         resp = encode_text(tok, ex.rationale) + [tok.eos_token_id]
-        out.append(Sample(prompt_ids=prompt, response_ids=resp, kind="transferred", reward=1.0))
+        out.append(Sample(prompt_ids=prompt, response_ids=resp, kind="sft", reward=1.0))
     return out
 
 
