@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from rgpo_fast.algos.aggregation import check_agg_mode
+from rgpo_fast.algos.aggregation import AGG_MODES, check_agg_mode
 from rgpo_fast.algos.registry import Registry
 
 KL_ESTIMATORS = ("k1", "k2", "k3")
@@ -63,27 +63,40 @@ STAT_NAMES = (
 NUM_STATS = len(STAT_NAMES)
 
 
+def _opt(default: Any, help: str):
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True, kw_only=True)
 class LossConfig:
     """Non-tensor options of the policy loss: the one definition every layer passes on
     (public functions, the nn.Module, the oracle, the kernels' launchers, the algorithm
-    presets). Keyword-only; the bounds are checked here and nowhere else."""
+    presets: AlgoConfig derives its loss options from these fields, help included).
+    Keyword-only; the bounds are checked here and nowhere else."""
 
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    clip_ratio_c: float | None = None  # dual clip (c = 3 in the literature); None = off
-    beta: float = 0.0
-    kl_estimator: str = "k3"
-    sft_coef: float = 1e-3
-    loss_agg: str = "token-mean"
-    temperature: float = 1.0
-    luffy_gamma: float = 0.1
-    tis_cap: float = 2.0
-    entropy_coef: float = 0.0  # entropy bonus: - coef * sum_t w_t H_t over policy tokens
-    objective: str = "ppo"  # a name in OBJECTIVES
-    rollout_correction: str = "token"  # ROLLOUT_CORRECTIONS
+    clip_low: float = _opt(0.2, "PPO clip eps_low (ratio >= 1-eps).")
+    clip_high: float = _opt(0.2, "PPO clip eps_high (ratio <= 1+eps); DAPO uses 0.28.")
+    clip_ratio_c: float | None = _opt(None, "Dual-clip constant c for A<0 (e.g. 3.0); None = off.")
+    beta: float = _opt(0.0, "KL coefficient to the reference policy.")
+    kl_estimator: str = _opt("k3", "KL estimator: k1, k2 or k3.")
+    sft_coef: float = _opt(1e-3, "lambda of the NLL on transferred samples (sft transfer).")
+    loss_agg: str = _opt("token-mean", f"Loss aggregation: {', '.join(AGG_MODES)}.")
+    temperature: float = _opt(1.0, "Sampling temperature the log-probs are taken at.")
+    luffy_gamma: float = _opt(0.1, "LUFFY shaping f = p / (p + g).")
+    tis_cap: float | None = _opt(2.0, "Cap C of truncated importance weights min(exp(o-q), C); "
+                                 "None = off.")
+    entropy_coef: float = _opt(0.0, "Entropy bonus: minus this times the entropy of the policy "
+                               "tokens, aggregated like the loss (computed in the fused op).")
+    objective: str = _opt("ppo", "Policy-gradient objective: ppo (clipped token ratio), cispo "
+                          "(clipped detached IS weight x log-prob), gspo (clipped sequence "
+                          "ratio).")
+    rollout_correction: str = _opt("token", "Rollout/trainer mismatch correction at tis_cap: "
+                                   "token (truncated per-token IS), seq_truncate or seq_mask "
+                                   "(geometric-mean sequence ratio).")
 
     def __post_init__(self) -> None:
+        if self.tis_cap is None:  # no cap: the kernels take a number
+            object.__setattr__(self, "tis_cap", float("inf"))
         # clip_low = 1 puts the lower bound at a ratio of 0: no lower clip (CISPO's default)
         if not 0.0 <= self.clip_low <= 1.0:
             raise ValueError(f"clip_low must be in [0, 1], got {self.clip_low}")

@@ -3,8 +3,9 @@
 `get_preset("rgpo")`, `get_preset("dapo", clip_high=0.3)`, ... return validated configs.
 The trainer reads `cfg.guidance` to pick the guidance step ("none", "rgpo", "ghpo",
 "luffy"), `cfg.loss_config()` to configure the fused loss, and the remaining fields in
-the guidance / batch-assembly / dynamic-sampling functions. The loss fields carry the
-names of `LossConfig`'s and are checked by it (one set of bounds).
+the guidance / batch-assembly / dynamic-sampling functions. The loss fields are
+`LossConfig`'s own (declared there once, default and help; derived here) and checked by it
+(one set of bounds).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rgpo_fast.algos.advantages import ADVANTAGES
-from rgpo_fast.algos.aggregation import AGG_MODES
 from rgpo_fast.algos.policy_loss import LossConfig
 
 GUIDANCE_MODES = ("none", "rgpo", "ghpo", "luffy")
@@ -32,49 +32,13 @@ def _choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
 
 
 @dataclass
-class AlgoConfig:
-    """Everything that distinguishes GRPO, DAPO, Dr. GRPO, GHPO, LUFFY, Guide and RGPO."""
+class _AlgoOptions:
+    """The algorithm's own options; `AlgoConfig` adds the loss options derived from
+    `LossConfig` (below)."""
 
     name: str = field(default="rgpo", metadata={"help": "Preset name (informational)."})
-    # --- advantages and the clipped policy loss
     advantage: str = field(
         default="grpo", metadata={"help": "Advantage estimator: grpo, dr_grpo or rloo."}
-    )
-    clip_low: float = field(default=0.2, metadata={"help": "PPO clip eps_low (ratio >= 1-eps)."})
-    clip_high: float = field(
-        default=0.2, metadata={"help": "PPO clip eps_high (ratio <= 1+eps); DAPO uses 0.28."}
-    )
-    clip_ratio_c: float | None = field(
-        default=None, metadata={"help": "Dual-clip constant c for A<0 (e.g. 3.0); None = off."}
-    )
-    beta: float = field(default=0.0, metadata={"help": "KL coefficient to the reference policy."})
-    objective: str = field(
-        default="ppo",
-        metadata={"help": "Policy-gradient objective: ppo (clipped token ratio), cispo "
-                          "(clipped detached IS weight x log-prob), gspo (clipped sequence "
-                          "ratio)."},
-    )
-    rollout_correction: str = field(
-        default="token",
-        metadata={"help": "Rollout/trainer mismatch correction at tis_cap: token (truncated "
-                          "per-token IS), seq_truncate or seq_mask (geometric-mean sequence "
-                          "ratio)."},
-    )
-    entropy_coef: float = field(
-        default=0.0,
-        metadata={"help": "Entropy bonus: minus this times the entropy of the policy tokens, "
-                          "aggregated like the loss (computed in the fused op)."},
-    )
-    kl_estimator: str = field(default="k3", metadata={"help": "KL estimator: k1, k2 or k3."})
-    loss_agg: str = field(
-        default="token-mean", metadata={"help": f"Loss aggregation: {', '.join(AGG_MODES)}."}
-    )
-    sft_coef: float = field(
-        default=1e-3, metadata={"help": "lambda of the NLL on transferred samples (sft transfer)."}
-    )
-    tis_cap: float | None = field(
-        default=2.0,
-        metadata={"help": "Cap C of truncated importance weights min(exp(o-q), C); None = off."},
     )
     # --- DAPO dynamic sampling
     dynamic_sampling: bool = field(
@@ -142,7 +106,6 @@ class AlgoConfig:
         metadata={"help": "GHPO: fractions of rationale characters tried in turn."},
     )
     # --- LUFFY
-    luffy_gamma: float = field(default=0.1, metadata={"help": "LUFFY shaping f = p / (p + g)."})
     luffy_offpolicy_slots: int = field(
         default=1, metadata={"help": "LUFFY: slots of each group given to the reference."}
     )
@@ -197,24 +160,37 @@ class AlgoConfig:
 
     def loss_config(self, **overrides: Any) -> LossConfig:
         """The fused loss's options fixed by the algorithm: every LossConfig field this
-        config has (tis_cap None = no cap), plus `overrides` (e.g. temperature)."""
+        config has, plus `overrides` (e.g. temperature)."""
         values = {n: getattr(self, n) for n in LossConfig.names() if hasattr(self, n)}
-        if values.get("tis_cap") is None:
-            values["tis_cap"] = float("inf")
         return LossConfig(**{**values, **overrides})
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        d = dataclasses.asdict(self)  # type: ignore[call-overload]
         d["ghpo_omegas"] = list(self.ghpo_omegas)
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> AlgoConfig:
+    def from_dict(cls, d: dict[str, Any]) -> _AlgoOptions:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown AlgoConfig field(s): {', '.join(sorted(unknown))}")
         return cls(**d)
+
+
+# The loss options are declared once, as LossConfig's fields (default and help); AlgoConfig
+# takes them all but the temperature, which is the rollout's (rollout.temperature).
+_ROLLOUT_OWNED = ("temperature",)
+AlgoConfig = dataclasses.make_dataclass(
+    "AlgoConfig",
+    [(f.name, f.type, field(default=f.default, metadata=f.metadata))
+     for f in dataclasses.fields(LossConfig) if f.name not in _ROLLOUT_OWNED],
+    bases=(_AlgoOptions,),
+)
+AlgoConfig.__module__ = __name__
+AlgoConfig.__doc__ = ("Everything that distinguishes GRPO, DAPO, Dr. GRPO, GHPO, LUFFY, Guide "
+                      "and RGPO: the algorithm's own options and the loss options of "
+                      "LossConfig.")
 
 
 # Presets are plain overrides of the defaults (which are RGPO's).
