@@ -329,3 +329,54 @@ def test_append_and_split_helpers():
     parts = split_rows(res, 2)
     assert [len(p["prompt_ids"]) for p in parts] == [2, 1]
     assert parts[1][SFT_MASK_KEY].tolist() == [True] and int(parts[1]["num_items_in_batch"]) == 3
+
+
+class _FailUnguidedThenAlternate:
+    """The unguided call scores 0 everywhere; the next (GHPO's hinted round) 1, 0, 1, 0..."""
+
+    __name__ = "fail_then_alternate"
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, completions, **kw):
+        self.calls += 1
+        if self.calls == 1:
+            return [0.0] * len(completions)
+        return [float(i % 2 == 0) for i in range(len(completions))]
+
+
+def test_ghpo_regroups_failed_groups_in_the_batch(model_dir, tmp_path):
+    """GHPO in TRL: every group failed, so each is sampled again with the first omega-hint in
+    the user message and replaces its rows: hinted prompts, new completions, advantages of
+    the new rewards (TRL's group formula), the token count of the new completions."""
+    from rgpo_fast.integrations.trl import group_advantages
+
+    algo = get_preset("ghpo")
+    trainer = _make_trainer(model_dir, tmp_path, reward=_FailUnguidedThenAlternate(),
+                            guidance=algo)  # fmt: skip
+    rows = [dict(r) for r in _dataset()][:2]
+    batch = trainer._generate_and_score_completions([r for r in rows for _ in range(G)])
+    assert batch["prompt_ids"].shape[0] == 2 * G and SFT_MASK_KEY in batch  # no rows added
+    tok = trainer.processing_class
+    pm = batch["prompt_mask"].bool()
+    for g, row in enumerate(rows):
+        hint = row["rationale"][: -(-len(row["rationale"]) // 4)]  # ceil(0.25 * len)
+        for r in range(g * G, (g + 1) * G):
+            text = tok.decode(batch["prompt_ids"][r][pm[r]])
+            assert "Partial solution:\n" + hint in text, text
+    expected = group_advantages([1.0, 0.0, 1.0, 0.0], trainer.scale_rewards)
+    assert torch.allclose(batch["advantages"], expected.repeat(2), atol=1e-6)
+    assert abs(float(expected[0]) - 0.5 / (0.5774 + 1e-4)) < 1e-3
+    assert int(batch["num_items_in_batch"]) == int(batch["completion_mask"].sum())
+    assert trainer._metrics["train"]["guided/prompts"][-1] == 2.0
+    loss = trainer._compute_loss(trainer.model, batch)
+    assert torch.isfinite(loss)
+
+
+def test_ghpo_refuses_what_it_cannot_recompute(model_dir, tmp_path):
+    with pytest.raises(ValueError, match="ghpo with beta != 0"):
+        _make_trainer(model_dir, tmp_path, guidance=get_preset("ghpo"),
+                      config={"beta": 0.1})  # fmt: skip
+    with pytest.raises(ValueError, match="guidance='luffy'"):
+        _make_trainer(model_dir, tmp_path, guidance=get_preset("luffy"))

@@ -30,6 +30,10 @@ What changes compared with `GRPOTrainer` (TRL 1.16):
   (advantage 0, `sft_mask`): they enter the loss as `sft_coef * NLL`, normalised over all
   transferred tokens of the generation batch. Supported: a single process, text prompts,
   `transfer="sft"`, `hint_placement="prompt"`.
+- GHPO guidance (`guidance=get_preset("ghpo")`): an all-failed group is sampled again with
+  growing rationale prefixes in the prompt and replaces its rows (hinted prompt, new
+  completions, TRL's group advantages of the new rewards); refused where TRL computed
+  per-row values that would need another forward (beta, num_iterations > 1, vLLM).
 """
 
 from __future__ import annotations
@@ -203,8 +207,8 @@ class RGPOFusedGRPOTrainer(GRPOTrainer):
       impl: fused-loss backend ("auto", "torch", "triton", "cpp", "cuda").
       chunk_size: token chunk of the torch backend (None = its default).
       on_unsupported: "fallback" (TRL's own loss, warn once) or "error".
-      guidance: an `AlgoConfig` with guidance="rgpo" to enable RGPO guidance (sft_coef,
-        n_segments, hint template, trigger, acceptance, K = num_guided come from it).
+      guidance: an `AlgoConfig` with guidance "rgpo" (sft_coef, n_segments, hint template,
+        trigger, acceptance, K = num_guided come from it) or "ghpo" (ghpo_omegas).
       rationale_column: dataset column holding the reference rationale.
       return_entropy: compute token entropy for the `entropy` metric (as TRL logs it).
     """
@@ -241,14 +245,28 @@ class RGPOFusedGRPOTrainer(GRPOTrainer):
 
     def _check_guidance(self, cfg: AlgoConfig, why: list[str]) -> None:
         problems = []
-        if cfg.guidance != "rgpo":
-            # ghpo replaces a failed group's rows (new prompts, completions and advantages),
-            # which TRL's batch dict does not support yet; luffy/none add nothing to guide
-            problems.append(f"guidance={cfg.guidance!r} (only 'rgpo' is supported in TRL)")
-        if cfg.transfer != "sft":
+        if cfg.guidance not in ("rgpo", "ghpo"):
+            # luffy's reference slots would be rows TRL never generated (no log-probs)
+            problems.append(f"guidance={cfg.guidance!r} (rgpo and ghpo are supported in TRL)")
+        if cfg.guidance == "rgpo" and cfg.transfer != "sft":
             problems.append(f"transfer={cfg.transfer!r} (only 'sft')")
-        if cfg.hint_placement != "prompt":
+        if cfg.guidance == "rgpo" and cfg.hint_placement != "prompt":
             problems.append(f"hint_placement={cfg.hint_placement!r} (only 'prompt')")
+        if cfg.guidance == "ghpo":
+            # A regrouped group's rows get new prompts and completions after TRL computed
+            # its per-token log-probs and advantages: only what can be recomputed here.
+            if self.beta != 0.0:
+                problems.append("ghpo with beta != 0 (reference log-probs of the new rows)")
+            if self.num_iterations > 1:
+                problems.append("ghpo with num_iterations > 1 (old log-probs of the new rows)")
+            if self.use_vllm:
+                problems.append("ghpo with vLLM (its sampling log-probs of the new rows)")
+            if self.scale_rewards not in ("group", "none"):
+                problems.append(f"ghpo with scale_rewards={self.scale_rewards!r} (a regrouped "
+                                "group's advantages are recomputed per group)")
+            if getattr(self, "multi_objective_aggregation", "sum_then_normalize") != \
+                    "sum_then_normalize":  # fmt: skip
+                problems.append("ghpo with multi_objective_aggregation='normalize_then_sum'")
         if self.accelerator.num_processes != 1:
             problems.append("more than one process (guided generation is per process and "
                             "TRL's groups may span processes)")  # fmt: skip
@@ -435,11 +453,16 @@ class RGPOFusedGRPOTrainer(GRPOTrainer):
 
         io = Callbacks(tokenizer=tok, group_size=group_size, hinted_prompt=hinted_prompt,
                        generate=generate, score=score)
-        # The trainer's own mode (rgpo_fast/guidance_modes.py); TRL's rows hold the unguided
-        # samples, so only what the mode adds (transferred samples) becomes new rows.
+        # The trainer's own mode (rgpo_fast/guidance_modes.py). TRL's rows hold the unguided
+        # samples (the groups carry none): what rgpo adds (transferred samples) becomes new
+        # rows; a group ghpo sampled again replaces its rows.
         result = GUIDANCE.get(cfg.guidance).guide(groups, self.rgpo_levels, cfg, io)
         for uid, level in result.level_updates.items():
             self.rgpo_levels.set(uid, level)
+        regrouped = [g for g in groups if g.samples]  # GHPO: failed groups sampled again
+        if regrouped:
+            out = replace_group_rows(out, regrouped, group_size, tok.pad_token_id,
+                                     self.max_completion_length, self.scale_rewards)
         transferred = [s for s in result.samples if s.kind == "transferred"]
         new_prompts = [t.prompt_ids for t in transferred]
         new_completions = [t.response_ids[: self.max_completion_length] for t in transferred]
@@ -519,6 +542,80 @@ def append_sft_rows(out: dict, prompts: list[list[int]], completions: list[list[
         adv = widen(adv, C, 0.0, False)
         zeros = torch.zeros((n, C), dtype=adv.dtype, device=dev)
     res["advantages"] = torch.cat([adv, zeros])
+    return res
+
+
+# Per-token values TRL computes from a row's prompt and completion at generation time.
+_LOGPROB_KEYS = ("old_per_token_logps", "ref_per_token_logps", "sampling_per_token_logps",
+                 "importance_sampling_ratio")
+
+
+def group_advantages(rewards: list[float], scale_rewards: str) -> torch.Tensor:
+    """TRL's advantages of one group (sum_then_normalize): r - mean(r), divided by the
+    group's std + 1e-4 unless scale_rewards is "none"."""
+    from trl.trainer.utils import nanstd
+
+    r = torch.tensor(rewards, dtype=torch.float32)
+    adv = r - r.mean()
+    if scale_rewards != "none":
+        adv = adv / (nanstd(r) + 1e-4)
+    return adv
+
+
+def replace_group_rows(out: dict, groups: list, group_size: int, pad_id: int,
+                       max_completion: int, scale_rewards: str) -> dict:  # fmt: skip
+    """The rows of each group (a PromptGroup whose `samples` replaced it: GHPO) replaced in
+    TRL's batch dict: the group's prompt left-padded, its completions right-padded (cut at
+    `max_completion`), advantages recomputed from its rewards (`group_advantages`); the
+    batch widens where needed and `num_items_in_batch` counts the new completion tokens."""
+    for k in _MULTIMODAL_KEYS:
+        if out.get(k) is not None:
+            raise ValueError(f"GHPO guidance does not support multimodal batches ({k})")
+    stale = [k for k in _LOGPROB_KEYS if out.get(k) is not None]
+    if stale:  # computed for the old rows; the new ones would need another forward
+        raise ValueError(f"GHPO guidance in TRL cannot replace rows whose {', '.join(stale)} "
+                         "TRL already computed")
+    res = dict(out)
+    dev = out["prompt_ids"].device
+    prompts = {g.group: list(g.samples[0].prompt_ids) for g in groups}
+    comps = {g.group: [list(s.response_ids[:max_completion]) for s in g.samples] for g in groups}
+    P = max(out["prompt_ids"].shape[1], max(len(p) for p in prompts.values()))
+    C = max(out["completion_ids"].shape[1], max(len(c) for cs in comps.values() for c in cs))
+
+    def widen(t: torch.Tensor, width: int, value, left: bool) -> torch.Tensor:
+        extra = width - t.shape[1]
+        if extra == 0:
+            return t.clone()
+        fill = torch.full((t.shape[0], extra), value, dtype=t.dtype, device=t.device)
+        return torch.cat([fill, t] if left else [t, fill], dim=1)
+
+    res["prompt_ids"] = widen(out["prompt_ids"], P, pad_id, True)
+    res["prompt_mask"] = widen(out["prompt_mask"], P, 0, True)
+    keys = [k for k in _COMPLETION_FILL if out.get(k) is not None and k not in _LOGPROB_KEYS]
+    for key in keys:
+        res[key] = widen(out[key], C, pad_id if key == "completion_ids" else 0, False)
+    adv = out["advantages"].clone()
+    for g in groups:
+        if len(g.samples) != group_size:
+            raise ValueError(f"group {g.group} has {len(g.samples)} samples, not {group_size}")
+        rows = range(g.group * group_size, (g.group + 1) * group_size)
+        p = torch.tensor(prompts[g.group], device=dev)
+        new_adv = group_advantages(g.rewards, scale_rewards).to(dev, adv.dtype)
+        for j, (row, c) in enumerate(zip(rows, comps[g.group])):
+            res["prompt_ids"][row] = pad_id
+            res["prompt_ids"][row, P - len(p):] = p
+            res["prompt_mask"][row] = 0
+            res["prompt_mask"][row, P - len(p):] = 1
+            for key in keys:
+                res[key][row] = pad_id if key == "completion_ids" else 0
+                if key == "completion_ids":
+                    res[key][row, : len(c)] = torch.tensor(c, device=dev)
+                else:
+                    res[key][row, : len(c)] = _COMPLETION_FILL[key]
+            adv[row] = new_adv[j]
+    res["advantages"] = adv
+    if out.get("num_items_in_batch") is not None:
+        res["num_items_in_batch"] = res["completion_mask"].sum()
     return res
 
 
