@@ -57,8 +57,9 @@ def curve_from_rows(rows: list[dict], summary: dict) -> Curve:
     tot = summary.get("totals", {})
     return Curve(eval_steps=ev_steps, eval_tokens=[tok_at.get(s, math.nan) for s in ev_steps],
                  easy=easy, hard=hard, steps=steps, reward=reward, tokens=tokens,
-                 guided_prompts=float(tot.get("guided_prompts", 0.0)),
-                 accepted=float(tot.get("accepted", 0.0)), time_s=float(summary.get("time_s", 0.0)))
+                 guided_prompts=float(tot.get("guided/prompts", 0.0)),
+                 accepted=float(tot.get("guided/accepted", 0.0)),
+                 time_s=float(summary.get("time_s", 0.0)))
 
 
 def read_curve(run_dir: Path) -> Curve:

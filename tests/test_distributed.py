@@ -160,6 +160,12 @@ def worker(model_dir: str, out_file: str, mode: str = "fp32") -> None:
     if info.rank == 0:
         torch.save(results, out_file)
     shutdown(info)
+    # gloo's background threads intermittently abort the interpreter's teardown ("terminate
+    # called without an active exception", exit -6) after all work is done and saved: leave
+    # without it, so the exit code reports the work, not the teardown.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _tiny(tmp_path):

@@ -32,7 +32,7 @@ def synthetic_run(hard: list[float], easy: list[float], every: int = 5, tok_per_
         rows.append(r)
     summary = {"steps": steps, "eval_before": {"hard_accuracy": hard[0], "easy_accuracy": easy[0]},
                "eval": {"hard_accuracy": hard[-1], "easy_accuracy": easy[-1]},
-               "totals": {"guided_prompts": guided * steps, "accepted": 0.0}, "time_s": 10.0}
+               "totals": {"guided/prompts": guided * steps, "guided/accepted": 0.0}, "time_s": 10.0}
     return rows, summary
 
 

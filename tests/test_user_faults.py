@@ -215,7 +215,7 @@ def test_a_reward_failing_on_generations_names_the_sample_or_is_zeroed(tmp_path,
     assert main(tiny_args(run2, cache, extra=["--data.reward", spec,
                                               "--data.reward_errors", "zero"])) == 0
     totals = json.loads((run2 / "summary.json").read_text())["totals"]
-    assert totals["reward_zeroed"] > 0
+    assert totals["reward/zeroed"] > 0
     rows = [json.loads(x) for x in (run2 / "metrics.jsonl").read_text().splitlines()]
     assert sum(r["reward/zeroed"] for r in rows) > 0
 

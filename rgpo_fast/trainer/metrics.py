@@ -168,8 +168,8 @@ def summary_table(summary: dict) -> str:
         rows.append((key, cell(key, before.get(key)), cell(key, ev[key])))
     tot = summary.get("totals", {})
     rows += [
-        ("guided prompts (total)", "", f"{int(tot.get('guided_prompts', 0))}"),
-        ("accepted transfers (total)", "", f"{int(tot.get('accepted', 0))}"),
+        ("guided prompts (total)", "", f"{int(tot.get('guided/prompts', 0))}"),
+        ("accepted transfers (total)", "", f"{int(tot.get('guided/accepted', 0))}"),
         ("tokens/s (generation+train)", "", f"{tot.get('tokens_per_s', 0.0):.0f}"),
         (
             "RL steps / wall time",

@@ -66,6 +66,14 @@ from rgpo_fast.trainer.update import make_optimizer, make_scheduler
 from rgpo_fast.trainer.warm_start import sft_guard, sft_warm_start
 from rgpo_fast.trainer.weight_sync import sync_engine
 
+# Step metrics summed over the run into summary.json's totals, under the same names.
+SUMMED = ("guided/prompts", "guided/accepted", "tokens/generated", "time/step_s",
+          "reward/timeouts", "reward/zeroed")  # fmt: skip
+TOTALS = (*SUMMED, "nonfinite/skipped")
+# Names of the totals in checkpoints written before they took the metrics' names.
+LEGACY_TOTALS = {"guided_prompts": "guided/prompts", "accepted": "guided/accepted",
+                 "gen_tokens": "tokens/generated", "rl_time_s": "time/step_s"}  # fmt: skip
+
 
 @dataclass
 class Session:
@@ -96,9 +104,8 @@ class Session:
     ref_policy: torch.nn.Module | None = None  # frozen, for algo.beta > 0 (ref_policy.py)
     sinks: list[MetricsSink] = field(default_factory=list)  # rank 0: tensorboard, wandb
     eval_before: dict[str, float] = field(default_factory=dict)
-    totals: dict[str, float] = field(default_factory=lambda: {
-        "guided_prompts": 0, "accepted": 0, "gen_tokens": 0, "rl_time_s": 0.0,
-        "nonfinite_skipped": 0, "reward_timeouts": 0, "reward_zeroed": 0})  # fmt: skip
+    # Running sums of the step metrics of the same names (summary.json "totals").
+    totals: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TOTALS, 0.0))
     rl_guard: NonFiniteGuard | None = None  # the check before every RL update
 
     @property
@@ -300,7 +307,7 @@ def evaluate(s: Session) -> dict[str, float]:
                        pass_k=cfg.eval.pass_k, temperature=cfg.eval.temperature, info=s.info,
                        system=cfg.data.system_prompt,
                        threshold=cfg.algo.success_threshold)  # fmt: skip
-    counts = reward_counts(list(s.eval_rewards.values()), s.info, prefix="reward_")
+    counts = reward_counts(list(s.eval_rewards.values()), s.info, prefix="reward/")
     for key, n in counts.items():
         s.totals[key] += n
     return out
@@ -338,8 +345,9 @@ def resume(s: Session) -> int | None:
     s.sampler.load_state_dict(state["data"])
     s.levels.load_state_dict(state["hint_levels"])
     s.eval_before = state["eval_before"]
-    s.totals.update(state["totals"])  # a checkpoint of an older version lacks newer keys
-    s.rl_guard.skipped = int(s.totals["nonfinite_skipped"])  # the allowance is the run's
+    # A checkpoint of an older version lacks newer keys, and its older names are renamed.
+    s.totals.update({LEGACY_TOTALS.get(k, k): v for k, v in state["totals"].items()})
+    s.rl_guard.skipped = int(s.totals["nonfinite/skipped"])  # the allowance is the run's
     if s.ref_policy is not None:
         load_ref_policy(s.ref_policy, s.ckpt_dir)
     if s.info.is_main:
@@ -359,7 +367,7 @@ def start_fresh(s: Session) -> int:
         skipped = f", {guard.skipped} non-finite steps skipped" if guard.skipped else ""
         s.log(f"SFT warm-start: {s.cfg.train.sft_steps} steps on {s.cfg.data.sft}, "
               f"final loss {loss:.3f}{skipped}, {time.perf_counter() - t0:.0f}s")  # fmt: skip
-        s.totals["nonfinite_skipped"] = s.rl_guard.skipped = guard.skipped
+        s.totals["nonfinite/skipped"] = s.rl_guard.skipped = guard.skipped
         check_finite_weights(s.policy, s.info, "after the SFT warm start")
     if s.ref_policy is not None:  # the KL term's reference: the policy as RL starts
         copy_weights(s.ref_policy, s.policy)
@@ -374,13 +382,9 @@ def start_fresh(s: Session) -> int:
 
 def record(s: Session, row: dict) -> None:
     """Add a step's row to the totals and to metrics.jsonl (every `log_every` steps)."""
-    s.totals["guided_prompts"] += row["guided/prompts"]
-    s.totals["accepted"] += row["guided/accepted"]
-    s.totals["gen_tokens"] += row["tokens/generated"]
-    s.totals["rl_time_s"] += row["time/step_s"]
-    s.totals["nonfinite_skipped"] = s.rl_guard.skipped
-    s.totals["reward_timeouts"] += row["reward/timeouts"]
-    s.totals["reward_zeroed"] += row["reward/zeroed"]
+    for key in SUMMED:
+        s.totals[key] += row[key]
+    s.totals["nonfinite/skipped"] = s.rl_guard.skipped  # the SFT warm start's count too
     step, cfg = row["step"], s.cfg
     if s.info.is_main and (step % cfg.logging.log_every == 0 or step == cfg.train.max_steps):
         with run_dir.writing(f"step {step} to {s.metrics.path}"):
@@ -398,7 +402,7 @@ def finish(s: Session) -> dict:
         f". Training itself finished: checkpoints/step_{step:06d} is complete and intact; "
         "free some space and run the same command with --resume to write final/, "
         "summary.json and the plots from it (no step is trained again)"))
-    s.totals["tokens_per_s"] = s.totals["gen_tokens"] / max(s.totals["rl_time_s"], 1e-9)
+    s.totals["tokens_per_s"] = s.totals["tokens/generated"] / max(s.totals["time/step_s"], 1e-9)
     summary = {
         "algo": s.cfg.algo.name,
         "steps": s.cfg.train.max_steps,
