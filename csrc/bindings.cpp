@@ -38,8 +38,7 @@ std::tuple<Tensor, Tensor, Tensor> logprob_forward_cpu(const Tensor& hidden,
                                                        const Tensor& targets,
                                                        double temperature, bool with_entropy,
                                                        int64_t chunk_size) {
-  check_linear(hidden, weight, bias, targets, kCPU);
-  TORCH_CHECK(temperature > 0.0, "rgpo_fast: temperature must be > 0, got ", temperature);
+  check_linear_op(hidden, weight, bias, targets, temperature, kCPU);
   const Tensor tg = targets.contiguous();
   check_targets_range(tg, weight.size(0));
   return cpu::logprob_forward(hidden.contiguous(), weight.contiguous(), contiguous(bias), tg,
@@ -51,15 +50,9 @@ std::tuple<Tensor, Tensor, Tensor> logprob_backward_cpu(
     const Tensor& lse, const OptTensor& entropy, double temperature, const Tensor& g_logp,
     const OptTensor& g_ent, bool need_hidden, bool need_weight, bool need_bias,
     int64_t chunk_size) {
-  check_linear(hidden, weight, bias, targets, kCPU);
-  TORCH_CHECK(temperature > 0.0, "rgpo_fast: temperature must be > 0, got ", temperature);
+  check_linear_op(hidden, weight, bias, targets, temperature, kCPU);
   const int64_t n = hidden.size(0);
-  check_token("lse", lse, n, at::kFloat, kCPU);
-  check_token("g_logp", g_logp, n, at::kFloat, kCPU);
-  check_token("g_ent", g_ent, n, at::kFloat, kCPU);
-  check_token("entropy", entropy, n, at::kFloat, kCPU);
-  TORCH_CHECK(!g_ent.has_value() || entropy.has_value(),
-              "rgpo_fast: g_ent needs the forward's entropy");
+  check_backward_tokens(n, lse, entropy, g_logp, g_ent, kCPU);
   const Tensor tg = targets.contiguous();
   check_targets_range(tg, weight.size(0));
   return cpu::logprob_backward(hidden.contiguous(), weight.contiguous(), contiguous(bias), tg,
@@ -75,10 +68,7 @@ std::tuple<Tensor, Tensor, Tensor> token_loss_cpu(
     const OptTensor& rollout_logprobs, const OptTensor& entropy, double clip_low,
     double clip_high, std::optional<double> clip_ratio_c, double beta, int64_t kl_estimator,
     double luffy_gamma, double tis_cap) {
-  TORCH_CHECK(logp.dim() == 1, "rgpo_fast: logp must be 1-D, got ", logp.sizes());
-  const int64_t n = logp.size(0);
-  check_token("logp", logp, n, at::kFloat, kCPU);
-  check_token("entropy", entropy, n, at::kFloat, kCPU);
+  const int64_t n = check_logp_tokens(logp, entropy, kCPU);
   auto terms = make_token_tensors(n, advantages, pg_weight, sft_weight, policy, offpolicy,
                                   old_logprobs, ref_logprobs, rollout_logprobs, kCPU);
   auto p = make_loss_params(clip_low, clip_high, clip_ratio_c, beta, kl_estimator, luffy_gamma,
@@ -95,8 +85,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> policy_loss_forward_backward_
     double clip_high, std::optional<double> clip_ratio_c, double beta, int64_t kl_estimator,
     double luffy_gamma, double tis_cap, double temperature, bool with_entropy,
     bool need_hidden, bool need_weight, bool need_bias, int64_t chunk_size) {
-  check_linear(hidden, weight, bias, targets, kCPU);
-  TORCH_CHECK(temperature > 0.0, "rgpo_fast: temperature must be > 0, got ", temperature);
+  check_linear_op(hidden, weight, bias, targets, temperature, kCPU);
   const int64_t n = hidden.size(0);
   auto terms = make_token_tensors(n, advantages, pg_weight, sft_weight, policy, offpolicy,
                                   old_logprobs, ref_logprobs, rollout_logprobs, kCPU);

@@ -66,6 +66,36 @@ inline void check_token(const char* name, const OptTensor& t, int64_t n, at::Sca
   if (t.has_value()) check_token(name, *t, n, dtype, device);
 }
 
+// The checks of every op over hidden states and the lm_head (log-prob forward and backward,
+// the fused policy loss), the same for each device's implementation.
+inline void check_linear_op(const Tensor& hidden, const Tensor& weight, const OptTensor& bias,
+                            const Tensor& targets, double temperature, c10::DeviceType device) {
+  check_linear(hidden, weight, bias, targets, device);
+  TORCH_CHECK(temperature > 0.0, "rgpo_fast: temperature must be > 0, got ", temperature);
+}
+
+// The log-prob backward's per-token inputs: fp32 (N,); g_ent only with the entropy.
+inline void check_backward_tokens(int64_t n, const Tensor& lse, const OptTensor& entropy,
+                                  const Tensor& g_logp, const OptTensor& g_ent,
+                                  c10::DeviceType device) {
+  check_token("lse", lse, n, at::kFloat, device);
+  check_token("g_logp", g_logp, n, at::kFloat, device);
+  check_token("g_ent", g_ent, n, at::kFloat, device);
+  check_token("entropy", entropy, n, at::kFloat, device);
+  TORCH_CHECK(!g_ent.has_value() || entropy.has_value(),
+              "rgpo_fast: g_ent needs the forward's entropy");
+}
+
+// The token loss's log-probs (and optional entropies): fp32 (N,); returns N.
+inline int64_t check_logp_tokens(const Tensor& logp, const OptTensor& entropy,
+                                 c10::DeviceType device) {
+  TORCH_CHECK(logp.dim() == 1, "rgpo_fast: logp must be 1-D, got ", logp.sizes());
+  const int64_t n = logp.size(0);
+  check_token("logp", logp, n, at::kFloat, device);
+  check_token("entropy", entropy, n, at::kFloat, device);
+  return n;
+}
+
 inline OptTensor contiguous(const OptTensor& t) {
   return t.has_value() ? OptTensor(t->contiguous()) : std::nullopt;
 }

@@ -125,8 +125,7 @@ std::tuple<Tensor, Tensor, Tensor> logprob_forward_cuda(const Tensor& hidden_in,
                                                         const Tensor& targets_in,
                                                         double temperature, bool with_entropy,
                                                         int64_t chunk_size) {
-  check_linear(hidden_in, weight_in, bias, targets_in, kCUDA);
-  TORCH_CHECK(temperature > 0.0, "rgpo_fast: temperature must be > 0, got ", temperature);
+  check_linear_op(hidden_in, weight_in, bias, targets_in, temperature, kCUDA);
   const c10::cuda::CUDAGuard guard(hidden_in.device());
   const Tensor hidden = hidden_in.contiguous(), weight = weight_in.contiguous();
   const Tensor targets = targets_in.contiguous(), b = bias_f32(bias);
@@ -155,14 +154,9 @@ std::tuple<Tensor, Tensor, Tensor> logprob_backward_cuda(
     const Tensor& targets_in, const Tensor& lse_in, const OptTensor& entropy,
     double temperature, const Tensor& g_logp_in, const OptTensor& g_ent, bool need_hidden,
     bool need_weight, bool need_bias, int64_t chunk_size) {
-  check_linear(hidden_in, weight_in, bias, targets_in, kCUDA);
+  check_linear_op(hidden_in, weight_in, bias, targets_in, temperature, kCUDA);
   const int64_t n = hidden_in.size(0);
-  check_token("lse", lse_in, n, at::kFloat, kCUDA);
-  check_token("g_logp", g_logp_in, n, at::kFloat, kCUDA);
-  check_token("g_ent", g_ent, n, at::kFloat, kCUDA);
-  check_token("entropy", entropy, n, at::kFloat, kCUDA);
-  TORCH_CHECK(!g_ent.has_value() || entropy.has_value(),
-              "rgpo_fast: g_ent needs the forward's entropy");
+  check_backward_tokens(n, lse_in, entropy, g_logp_in, g_ent, kCUDA);
   const c10::cuda::CUDAGuard guard(hidden_in.device());
   const Tensor hidden = hidden_in.contiguous(), weight = weight_in.contiguous();
   const Tensor targets = targets_in.contiguous(), b = bias_f32(bias);
@@ -199,10 +193,7 @@ std::tuple<Tensor, Tensor, Tensor> token_loss_cuda(
     const OptTensor& rollout_logprobs, const OptTensor& entropy, double clip_low,
     double clip_high, std::optional<double> clip_ratio_c, double beta, int64_t kl_estimator,
     double luffy_gamma, double tis_cap) {
-  TORCH_CHECK(logp_in.dim() == 1, "rgpo_fast: logp must be 1-D, got ", logp_in.sizes());
-  const int64_t n = logp_in.size(0);
-  check_token("logp", logp_in, n, at::kFloat, kCUDA);
-  check_token("entropy", entropy, n, at::kFloat, kCUDA);
+  const int64_t n = check_logp_tokens(logp_in, entropy, kCUDA);
   const c10::cuda::CUDAGuard guard(logp_in.device());
   auto terms = make_token_tensors(n, advantages, pg_weight, sft_weight, policy, offpolicy,
                                   old_logprobs, ref_logprobs, rollout_logprobs, kCUDA);
@@ -231,8 +222,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> policy_loss_forward_backward_
     std::optional<double> clip_ratio_c, double beta, int64_t kl_estimator, double luffy_gamma,
     double tis_cap, double temperature, bool with_entropy, bool need_hidden, bool need_weight,
     bool need_bias, int64_t chunk_size) {
-  check_linear(hidden_in, weight_in, bias, targets_in, kCUDA);
-  TORCH_CHECK(temperature > 0.0, "rgpo_fast: temperature must be > 0, got ", temperature);
+  check_linear_op(hidden_in, weight_in, bias, targets_in, temperature, kCUDA);
   const c10::cuda::CUDAGuard guard(hidden_in.device());
   const int64_t n = hidden_in.size(0);
   auto terms = make_token_tensors(n, advantages, pg_weight, sft_weight, policy, offpolicy,
