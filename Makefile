@@ -116,10 +116,10 @@ train: install
 	$(BIN)/python -m rgpo_fast.train
 
 bench: install
-	$(BIN)/python benchmarks/bench_linear_logprob.py
+	$(BIN)/python benchmarks/bench_policy_loss.py
 
 bench-gpu: install
-	$(BIN)/python benchmarks/bench_linear_logprob.py --gpu --dtype bfloat16
+	$(BIN)/python benchmarks/bench_linear_logprob_gpu.py --dtype bfloat16
 
 lint: install
 	$(BIN)/ruff check rgpo_fast kernels benchmarks tests requirements

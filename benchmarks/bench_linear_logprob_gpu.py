@@ -2,9 +2,8 @@
 
 GPU mode (needs CUDA; on a machine without it, prints one line and exits 0):
 
-  python benchmarks/bench_linear_logprob.py --gpu                    # bf16, default shapes
-  python benchmarks/bench_linear_logprob.py --gpu --dtype float32 --shape 8192,4096,128256
-  python benchmarks/bench_linear_logprob_gpu.py --gpu                # the same, standalone
+  python benchmarks/bench_linear_logprob_gpu.py                  # bf16, default shapes
+  python benchmarks/bench_linear_logprob_gpu.py --dtype float32 --shape 8192,4096,128256
 
 Providers: triton (impl="triton"), cuda (impl="cuda", rgpo_fast._C_cuda), torch (the
 chunked PyTorch backend), naive (full logits
@@ -23,7 +22,7 @@ run minus the memory held before it (inputs), i.e. working memory plus returned 
 
 Interpreter check (CPU, no GPU needed):
 
-  python benchmarks/bench_linear_logprob.py --check-interpreter
+  python benchmarks/bench_linear_logprob_gpu.py --check-interpreter
 
 runs the Triton kernels through TRITON_INTERPRET=1 at N=256, H=256, V=32768 (fp32 unless
 --dtype bfloat16; bias, temperature 0.8, entropy; about 2 minutes on 2 cores) and prints
@@ -212,7 +211,7 @@ def check_interpreter(args=None) -> int:
     """Triton kernels under TRITON_INTERPRET=1 on CPU at N=256, H=256, V=32768 vs the oracle."""
     if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
         print("triton was imported before TRITON_INTERPRET=1 could be set; run this check in "
-              "a fresh process (python benchmarks/bench_linear_logprob.py --check-interpreter)")
+              "a fresh process (python benchmarks/bench_linear_logprob_gpu.py --check-interpreter)")
         return 1
     os.environ["TRITON_INTERPRET"] = "1"
     # GPU-sized tiles (the interpreter default is small, for ragged unit tests): 32x fewer
@@ -274,7 +273,7 @@ def check_interpreter(args=None) -> int:
 
 
 def main(args) -> int:
-    """Entry from bench_linear_logprob.py (flags --gpu / --check-interpreter)."""
+    """The command line's modes: --check-interpreter, then --gpu (the default)."""
     if getattr(args, "check_interpreter", False):
         rc = check_interpreter(args)
         if rc or not getattr(args, "gpu", False):

@@ -22,7 +22,7 @@ BUDGET_S, so one failure or hang does not hide the others. Stages:
               autotuner) and CUDA backends against the oracle in fp32 and bf16, the CUDA
               bf16 pack, FSDP2 on NCCL with one rank (bf16 compute, fp32 master weights),
               the vLLM round trip (skipped without vLLM)
-  bench       benchmarks/bench_linear_logprob.py --gpu at the README's two shapes in bf16:
+  bench       benchmarks/bench_linear_logprob_gpu.py at the README's two shapes in bf16:
               full (forward + backward) time over the three-matmul floor, peak memory over
               the naive loss and over Liger (when installed)
   rl          5 RL steps of `python -m rgpo_fast.train` on the tiny model with the colocated
@@ -289,7 +289,7 @@ def stage_bench(plan: dict, limit: float, env: dict) -> tuple[str, dict]:
         if left < 10:
             status = "timeout"
             break
-        st, out, _ = _run([sys.executable, "benchmarks/bench_linear_logprob.py", "--gpu",
+        st, out, _ = _run([sys.executable, "benchmarks/bench_linear_logprob_gpu.py", "--gpu",
                            "--dtype", "bfloat16", "--shape", shape, "--providers",
                            ",".join(plan["bench_providers"])], left, env)  # fmt: skip
         outs.append(out)

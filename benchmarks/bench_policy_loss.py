@@ -16,9 +16,11 @@ The machines are noisy (2 shared cores), so providers are alternated: every repe
 each provider once, in a fresh process (one warm-up call, one timed call), and the table
 reports the median over repeats. Ratios therefore compare runs made under the same load.
 
-  python benchmarks/bench_linear_logprob.py              # both issue shapes, fp32, CPU
-  python benchmarks/bench_linear_logprob.py --quick      # a small shape, seconds
-  python benchmarks/bench_linear_logprob.py --gpu        # GPU mode (see bench_*_gpu.py)
+  python benchmarks/bench_policy_loss.py              # both issue shapes, fp32, CPU
+  python benchmarks/bench_policy_loss.py --quick      # a small shape, seconds
+
+The log-prob op on a GPU, and the Triton kernels under the interpreter, have their own
+script: benchmarks/bench_linear_logprob_gpu.py.
 """
 
 from __future__ import annotations
@@ -151,23 +153,12 @@ def main() -> None:
     )
     p.add_argument("--providers", default=None, help="comma list (default: all available)")
     p.add_argument("--no-csv", action="store_true")
-    p.add_argument("--gpu", action="store_true", help="GPU mode (triton.testing.do_bench)")
-    p.add_argument(
-        "--check-interpreter",
-        action="store_true",
-        help="check the Triton path under TRITON_INTERPRET=1 at N=256,H=256,V=32768",
-    )
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.chunk_size:
         os.environ["RGPO_FAST_BENCH_CHUNK"] = str(args.chunk_size)  # seen by the workers
     if args.worker:
         return worker(args)
-    if args.gpu or args.check_interpreter:
-        import bench_linear_logprob_gpu as gpu
-
-        return gpu.main(args)
-
     import torch
     from common import append_csv, git_sha, machine, run_worker
 
@@ -211,7 +202,7 @@ def main() -> None:
             "git_sha": git_sha(),
             "date": time.strftime("%Y-%m-%d %H:%M"),
         }
-        path = append_csv("bench_linear_logprob.csv", [{**meta, **r} for r in rows])
+        path = append_csv("bench_policy_loss.csv", [{**meta, **r} for r in rows])
         print(f"rows appended to {os.path.relpath(path)}")
 
 
