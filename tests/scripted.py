@@ -8,6 +8,9 @@ from rgpo_fast.data.prompts import encode_prompt
 from rgpo_fast.guided_round import Callbacks, PromptGroup
 from rgpo_fast.rollout.base import Completion
 
+# A worked rationale of five lines (four steps and the answer): the guidance tests' hints.
+RAT = "12+17=29\n29*3=87\n87-19=68\n68+5=73\nAnswer: 73"
+
 
 class ScriptedSampler:
     """Answers each prompt from a script: the texts of the first key found in the decoded

@@ -5,6 +5,7 @@ tests/test_guided_round.py.)"""
 import json
 
 import pytest
+from scripted import RAT
 
 from rgpo_fast.algos.guidance import (
     HintLevels,
@@ -22,9 +23,6 @@ from rgpo_fast.algos.presets import get_preset
 from rgpo_fast.batch import assemble_batch
 from rgpo_fast.data.prompts import build_prompt, encode_prompt, token_starts
 from rgpo_fast.data.types import Sample
-
-RAT = "12+17=29\n29*3=87\n87-19=68\n68+5=73\nAnswer: 73"
-
 
 # ---------------------------------------------------------------- segmentation
 

@@ -19,9 +19,6 @@ from rgpo_fast.guided_round import (
     transfer_back,
 )
 
-RAT = "12+17=29\n29*3=87\n87-19=68\n68+5=73\nAnswer: 73"
-
-
 # ---------------------------------------------------------------- transfer back
 
 
