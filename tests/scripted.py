@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from rgpo_fast.data.prompts import encode_prompt
 from rgpo_fast.guided_round import Callbacks, PromptGroup
-from rgpo_fast.rollout.base import Completion
+from rgpo_fast.rollout.base import Completion, RequestOutput, SamplingParams
 
 # A worked rationale of five lines (four steps and the answer): the guidance tests' hints.
 RAT = "12+17=29\n29*3=87\n87-19=68\n68+5=73\nAnswer: 73"
@@ -59,3 +59,21 @@ def callbacks(tok, sampler, cfg, group_size=4, max_prompt_len=None, hinted_promp
     return Callbacks(tokenizer=tok, group_size=group_size,
                      hinted_prompt=hinted_prompt or hinted, generate=sampler, score=score,
                      max_prompt_len=max_prompt_len)  # fmt: skip
+
+
+class ScriptedEngine:
+    """A RolloutEngine that answers from a script per problem and per call (seed)."""
+
+    name = "scripted"
+
+    def __init__(self, tok, script):
+        self.tok, self.script, self.calls = tok, script, []
+
+    def generate(self, prompts, params: SamplingParams):
+        self.calls.append((len(prompts), params.n, params.seed))
+        sampler = ScriptedSampler(self.tok, self.script)
+        out = sampler(prompts, params.n)
+        return [RequestOutput(prompt_ids=list(p), completions=c) for p, c in zip(prompts, out)]
+
+    def sleep(self, level=2):
+        pass

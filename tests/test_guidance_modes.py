@@ -3,14 +3,14 @@ scorer (tests/scripted.py), and `collect` (trainer/collect.py) end to end on a s
 engine: what each mode returns, group ids, LUFFY's slots, GHPO's regrouping, dynamic
 sampling's refill."""
 
-from scripted import ScriptedSampler, callbacks, exact_score, prompt_groups
+from scripted import ScriptedEngine, ScriptedSampler, callbacks, exact_score, prompt_groups
 
 from rgpo_fast.algos.guidance import HintLevels
 from rgpo_fast.algos.presets import GUIDANCE_MODES, PRESETS, get_preset
 from rgpo_fast.data.types import Example, Sample
 from rgpo_fast.guidance_modes import GHPO_SEED_OFFSET, GUIDANCE
 from rgpo_fast.guided_round import GUIDED_SEED_OFFSET
-from rgpo_fast.rollout.base import RequestOutput, SamplingParams
+from rgpo_fast.rollout.base import SamplingParams
 from rgpo_fast.trainer.collect import REFILL_SEED_OFFSET, CollectContext, collect
 
 RAT = "1+2=3\nAnswer: 3"
@@ -113,24 +113,6 @@ def test_luffy_puts_the_scored_rationale_in_its_slots(tok):
 
 
 # ---------------------------------------------------------------- collect, end to end
-
-
-class ScriptedEngine:
-    """A RolloutEngine that answers from a script per problem and per call (seed)."""
-
-    name = "scripted"
-
-    def __init__(self, tok, script):
-        self.tok, self.script, self.calls = tok, script, []
-
-    def generate(self, prompts, params: SamplingParams):
-        self.calls.append((len(prompts), params.n, params.seed))
-        sampler = ScriptedSampler(self.tok, self.script)
-        out = sampler(prompts, params.n)
-        return [RequestOutput(prompt_ids=list(p), completions=c) for p, c in zip(prompts, out)]
-
-    def sleep(self, level=2):
-        pass
 
 
 def _context(tok, engine, algo, n=2):

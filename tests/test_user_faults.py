@@ -389,4 +389,6 @@ def test_a_full_disk_at_final_says_training_finished(tmp_path, cache, capsys, mo
     monkeypatch.setattr(hf_export, "write_hf_dir", real)
     assert main(args + ["--resume"]) == 0
     assert (run / "final" / "model.safetensors").is_file() and (run / "summary.json").is_file()
-    assert math.isfinite(json.loads((run / "summary.json").read_text())["time_s"])
+    summary = json.loads((run / "summary.json").read_text())
+    assert math.isfinite(summary["time_s"])
+    assert set(summary["eval_gain"]) == {"easy_accuracy", "hard_accuracy"}  # from the checkpoint

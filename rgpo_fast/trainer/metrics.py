@@ -7,6 +7,7 @@ import math
 import resource
 import sys
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -150,6 +151,23 @@ def standard_error(p: float, n: int) -> float:
     return math.sqrt(max(p * (1.0 - p), 0.0) / n) if n > 0 else float("nan")
 
 
+def paired_gain(before: Sequence[float], after: Sequence[float]) -> tuple[float, float]:
+    """The mean per-problem difference after - before on the same problems, and its paired
+    standard error, sd(differences) / sqrt(n): problems solved both times or neither add
+    no noise, so it is smaller than the two accuracies' separate errors suggest."""
+    if len(before) != len(after):
+        raise ValueError(f"paired outcomes differ in length: {len(before)} and {len(after)}")
+    n = len(before)
+    if n == 0:
+        return float("nan"), float("nan")
+    d = [a - b for a, b in zip(after, before)]
+    mean = math.fsum(d) / n
+    if n < 2:
+        return mean, float("nan")
+    var = math.fsum((x - mean) ** 2 for x in d) / (n - 1)
+    return mean, math.sqrt(var / n)
+
+
 def summary_table(summary: dict) -> str:
     """The human-readable end-of-run table (rank 0 prints it). Held-out accuracies carry
     one standard error (`eval_sizes` holds the problems per set)."""
@@ -166,6 +184,8 @@ def summary_table(summary: dict) -> str:
     rows = [("metric", "before", "after")]
     for key in sorted(ev):
         rows.append((key, cell(key, before.get(key)), cell(key, ev[key])))
+    for key, g in sorted(summary.get("eval_gain", {}).items()):
+        rows.append((f"{key} gain", "", f"{g['gain']:+.3f} ± {g['paired_se']:.3f} paired"))
     tot = summary.get("totals", {})
     rows += [
         ("guided prompts (total)", "", f"{int(tot.get('guided/prompts', 0))}"),

@@ -45,7 +45,7 @@ from rgpo_fast.trainer.distributed import (
 )
 from rgpo_fast.trainer.evaluation import evaluate_all
 from rgpo_fast.trainer.hf_export import save_hf
-from rgpo_fast.trainer.metrics import MetricsLog, summary_table
+from rgpo_fast.trainer.metrics import MetricsLog, paired_gain, summary_table
 from rgpo_fast.trainer.nonfinite import NonFiniteGuard, check_finite_weights
 from rgpo_fast.trainer.plots import write_plots
 from rgpo_fast.trainer.preflight import (
@@ -104,6 +104,8 @@ class Session:
     ref_policy: torch.nn.Module | None = None  # frozen, for algo.beta > 0 (ref_policy.py)
     sinks: list[MetricsSink] = field(default_factory=list)  # rank 0: tensorboard, wandb
     eval_before: dict[str, float] = field(default_factory=dict)
+    # per eval set, each problem's greedy outcome before RL: the pairs of the final gain
+    eval_before_items: dict[str, list[float]] = field(default_factory=dict)
     # Running sums of the step metrics of the same names (summary.json "totals").
     totals: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TOTALS, 0.0))
     rl_guard: NonFiniteGuard | None = None  # the check before every RL update
@@ -299,14 +301,15 @@ def _load_data(cfg: RunConfig, tok):
     return train_set, sft_set, eval_sets, report
 
 
-def evaluate(s: Session) -> dict[str, float]:
-    """Held-out metrics of every eval set with the engine's current weights."""
+def evaluate(s: Session, per_problem: dict[str, list[float]] | None = None) -> dict[str, float]:
+    """Held-out metrics of every eval set with the engine's current weights (`per_problem`
+    receives each set's greedy outcomes, evaluation.evaluate_all)."""
     cfg = s.cfg
     out = evaluate_all(s.engine, s.tokenizer, s.eval_sets, s.eval_rewards, seed=cfg.train.seed,
                        max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
                        pass_k=cfg.eval.pass_k, temperature=cfg.eval.temperature, info=s.info,
-                       system=cfg.data.system_prompt,
-                       threshold=cfg.algo.success_threshold)  # fmt: skip
+                       system=cfg.data.system_prompt, threshold=cfg.algo.success_threshold,
+                       per_problem=per_problem)  # fmt: skip
     counts = reward_counts(list(s.eval_rewards.values()), s.info, prefix="reward/")
     for key, n in counts.items():
         s.totals[key] += n
@@ -325,7 +328,8 @@ def reward_counts(rewards, info: DistInfo, prefix: str = "") -> dict[str, int]:
 
 def trainer_state(s: Session, step: int) -> dict:
     return {"data": s.sampler.state_dict(), "hint_levels": s.levels.state_dict(),
-            "eval_before": s.eval_before, "totals": dict(s.totals), "step_done": step}  # fmt: skip
+            "eval_before": s.eval_before, "eval_before_items": s.eval_before_items,
+            "totals": dict(s.totals), "step_done": step}  # fmt: skip
 
 
 def save(s: Session, step: int) -> None:
@@ -345,6 +349,7 @@ def resume(s: Session) -> int | None:
     s.sampler.load_state_dict(state["data"])
     s.levels.load_state_dict(state["hint_levels"])
     s.eval_before = state["eval_before"]
+    s.eval_before_items = state.get("eval_before_items", {})  # older checkpoints: none
     # A checkpoint of an older version lacks newer keys, and its older names are renamed.
     s.totals.update({LEGACY_TOTALS.get(k, k): v for k, v in state["totals"].items()})
     s.rl_guard.skipped = int(s.totals["nonfinite/skipped"])  # the allowance is the run's
@@ -374,7 +379,7 @@ def start_fresh(s: Session) -> int:
         save_ref_policy(s.ref_policy, s.ckpt_dir, s.info)
     s.engine.sleep(level=2)
     s.sync()
-    s.eval_before = evaluate(s)
+    s.eval_before = evaluate(s, s.eval_before_items)
     s.log("eval before RL: " + json.dumps({k: round(v, 3) for k, v in s.eval_before.items()}))
     save(s, 0)
     return 0
@@ -396,7 +401,14 @@ def record(s: Session, row: dict) -> None:
 def finish(s: Session) -> dict:
     """Final evaluation, the policy as a HF model directory (`final/`), summary.json, plots
     and the printed table; -> the summary."""
-    eval_after = evaluate(s)
+    after_items: dict[str, list[float]] = {}
+    eval_after = evaluate(s, after_items)
+    # The gain on the same problems, with the paired standard error of its differences.
+    gains = {}
+    for name, before in s.eval_before_items.items():
+        if len(after_items.get(name, ())) == len(before):
+            gain, se = paired_gain(before, after_items[name])
+            gains[f"{name}_accuracy"] = {"gain": gain, "paired_se": se, "n": len(before)}
     step = s.cfg.train.max_steps
     final = save_hf(s.policy, s.tokenizer, s.out_dir / "final", s.info, on_failure=(
         f". Training itself finished: checkpoints/step_{step:06d} is complete and intact; "
@@ -409,6 +421,7 @@ def finish(s: Session) -> dict:
         "eval": eval_after,
         "eval_before": s.eval_before,
         "eval_sizes": {name: len(exs) for name, exs in s.eval_sets.items()},
+        "eval_gain": gains,
         "data": s.data_report,
         "totals": s.totals,
         "time_s": time.perf_counter() - s.t_start,
