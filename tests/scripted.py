@@ -62,17 +62,19 @@ def callbacks(tok, sampler, cfg, group_size=4, max_prompt_len=None, hinted_promp
 
 
 class ScriptedEngine:
-    """A RolloutEngine that answers from a script per problem and per call (seed)."""
+    """A RolloutEngine that answers from a script (ScriptedSampler's: per problem, and per
+    call of that problem when the script lists one reply list per call); records
+    (prompts, n, seed) of every call."""
 
     name = "scripted"
 
     def __init__(self, tok, script):
-        self.tok, self.script, self.calls = tok, script, []
+        self.tok, self.calls = tok, []
+        self.sampler = ScriptedSampler(tok, script)
 
     def generate(self, prompts, params: SamplingParams):
         self.calls.append((len(prompts), params.n, params.seed))
-        sampler = ScriptedSampler(self.tok, self.script)
-        out = sampler(prompts, params.n)
+        out = self.sampler(prompts, params.n)
         return [RequestOutput(prompt_ids=list(p), completions=c) for p, c in zip(prompts, out)]
 
     def sleep(self, level=2):

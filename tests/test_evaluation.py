@@ -32,16 +32,30 @@ def test_per_problem_outcomes_follow_the_set_order(tok):
     res = evaluate_all(engine, tok, sets, lambda text, answer: float(text == answer),
                        max_new_tokens=4, pass_k=0, temperature=1.0, seed=0, info=DistInfo(),
                        per_problem=items)  # fmt: skip
-    assert items == {"s": [1.0, 0.0, 1.0]} and res["s_accuracy"] == pytest.approx(2 / 3)
+    assert items == {"s_accuracy": [1.0, 0.0, 1.0]} and res["s_accuracy"] == pytest.approx(2 / 3)
+
+
+def test_mean_at_k_averages_the_samples_of_each_problem(tok):
+    engine = ScriptedEngine(tok, {"1+1": [["2"], ["2", "3", "2", "2"]],  # greedy, then k
+                                  "2+2": [["4"], ["5", "4", "0", "1"]]})
+    sets = {"s": [Example(problem=p, answer=a, uid=p) for p, a in
+                  (("1+1=?", "2"), ("2+2=?", "4"))]}  # fmt: skip
+    items = {}
+    res = evaluate_all(engine, tok, sets, lambda text, answer: float(text == answer),
+                       max_new_tokens=4, pass_k=0, temperature=1.0, seed=0, info=DistInfo(),
+                       mean_k=4, per_problem=items)  # fmt: skip
+    assert items["s_mean@4"] == [0.75, 0.25] and res["s_mean@4"] == pytest.approx(0.5)
+    assert [n for n, _, _ in engine.calls] == [2, 2] and engine.calls[1][1] == 4
 
 
 def test_the_run_reports_its_gain_on_the_same_problems(tmp_path, cache):
     run = tmp_path / "run"
-    assert main(tiny_args(run, cache, steps=2, extra=["--logging.plots", "false"])) == 0
+    assert main(tiny_args(run, cache, steps=2, extra=["--logging.plots", "false",
+                                                     "--eval.mean_k", "2"])) == 0
     summary = json.loads((run / "summary.json").read_text())
     for name, n in summary["eval_sizes"].items():
-        g = summary["eval_gain"][f"{name}_accuracy"]
-        before = summary["eval_before"][f"{name}_accuracy"]
-        assert g["n"] == n and g["gain"] == pytest.approx(summary["eval"][f"{name}_accuracy"]
-                                                          - before)  # fmt: skip
-        assert g["paired_se"] >= 0
+        for metric in ("accuracy", "mean@2"):
+            key = f"{name}_{metric}"
+            g = summary["eval_gain"][key]
+            assert g["n"] == n and g["paired_se"] >= 0
+            assert g["gain"] == pytest.approx(summary["eval"][key] - summary["eval_before"][key])

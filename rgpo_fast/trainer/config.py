@@ -394,19 +394,25 @@ class EvalConfig:
     pass_k: int = field(
         default=0, metadata=_help("k of pass@k (sampled at eval temperature; 0 = greedy only).")
     )
+    mean_k: int = field(
+        default=0,
+        metadata=_help("k of mean@k: the average success of k samples per problem at "
+                       "eval.temperature, reported beside greedy accuracy with its paired "
+                       "gain (0 = off)."),
+    )
     temperature: float = field(default=1.0, metadata=_help("Sampling temperature of pass@k."))
     max_new_tokens: int | None = field(
         default=None, metadata=_help("Eval response limit (default rollout.max_new_tokens).")
     )
 
     def __post_init__(self) -> None:
-        if self.every < 0 or self.pass_k < 0:
-            raise ConfigError("eval.every and eval.pass_k must be >= 0")
+        if self.every < 0 or self.pass_k < 0 or self.mean_k < 0:
+            raise ConfigError("eval.every, eval.pass_k and eval.mean_k must be >= 0")
         if self.max_new_tokens is not None:
             _positive("eval", "max_new_tokens", self.max_new_tokens)
-        if self.pass_k and not self.temperature > 0:
+        if (self.pass_k or self.mean_k) and not self.temperature > 0:
             raise ConfigError(f"eval.temperature={self.temperature} must be > 0 for pass@k "
-                              "(eval.pass_k > 0 samples)")
+                              "and mean@k (they sample)")
 
 
 @dataclass

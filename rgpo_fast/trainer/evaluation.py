@@ -1,4 +1,4 @@
-"""Held-out evaluation: greedy accuracy and pass@k with the training verifiers.
+"""Held-out evaluation: greedy accuracy, mean@k and pass@k with the training verifiers.
 
 Under data parallelism every rank scores a strided shard and the counts are summed, so
 the numbers do not depend on the number of ranks. The per-problem greedy outcomes (in the
@@ -22,17 +22,20 @@ from rgpo_fast.trainer.distributed import DistInfo, all_reduce_sum
 def evaluate_set(engine, tokenizer, examples: Sequence[Example],
                  reward_fn: Callable[[str, str], float], *, max_new_tokens: int, pass_k: int,
                  temperature: float, seed: int, info: DistInfo, system: str | None = None,
-                 threshold: float = 0.5,
-                 per_problem: list[float] | None = None) -> dict[str, float]:
-    """{'accuracy': greedy accuracy, 'pass@k': share with >= 1 success in k samples}. A
+                 threshold: float = 0.5, mean_k: int = 0,
+                 per_problem: dict[str, list[float]] | None = None) -> dict[str, float]:
+    """{'accuracy': greedy accuracy, 'mean@k': the average success of k samples per problem
+    (less noisy than one greedy answer), 'pass@k': share with >= 1 success in k samples}. A
     sample is correct when its reward reaches `threshold` (the trainer passes
     algo.success_threshold, the value that triggers guidance). `per_problem`, when given,
-    receives each problem's greedy outcome (1.0 / 0.0) in the order of `examples`."""
+    receives each metric's per-problem values ('accuracy': 1.0 / 0.0, 'mean@k': the
+    problem's success share) in the order of `examples`."""
     everything = list(examples)
     shard = everything[info.rank::info.world_size]
     prompts = [encode_prompt(tokenizer, ex.problem, system=system) for ex in shard]
     correct = passed = 0
     outcomes = torch.zeros(len(everything), dtype=torch.float64)
+    shares = torch.zeros(len(everything), dtype=torch.float64)
     if prompts:
         greedy = engine.generate(prompts, SamplingParams(n=1, max_new_tokens=max_new_tokens,
                                                          temperature=0.0, seed=seed))
@@ -42,6 +45,16 @@ def evaluate_set(engine, tokenizer, examples: Sequence[Example],
                        f"the greedy answer to held-out problem {ex.uid}") >= threshold
             correct += ok
             outcomes[info.rank + i * info.world_size] = float(ok)
+        if mean_k > 0:
+            sampled = engine.generate(prompts, SamplingParams(
+                n=mean_k, max_new_tokens=max_new_tokens, temperature=temperature,
+                seed=seed + 2))
+            for i, (ex, out) in enumerate(zip(shard, sampled)):
+                wins = sum(score(reward_fn, tokenizer.decode(c.token_ids,
+                                                             skip_special_tokens=True),
+                                 ex.answer, f"sample {k} of held-out problem {ex.uid}")
+                           >= threshold for k, c in enumerate(out.completions))
+                shares[info.rank + i * info.world_size] = wins / mean_k
         if pass_k > 0:
             sampled = engine.generate(prompts, SamplingParams(
                 n=pass_k, max_new_tokens=max_new_tokens, temperature=temperature,
@@ -51,11 +64,18 @@ def evaluate_set(engine, tokenizer, examples: Sequence[Example],
                     score(reward_fn, tokenizer.decode(c.token_ids, skip_special_tokens=True),
                           ex.answer, f"sample {k} of held-out problem {ex.uid}") >= threshold
                     for k, c in enumerate(out.completions))
-    if per_problem is not None:  # each rank filled its own problems: the sum is the set
-        per_problem[:] = all_reduce_sum(outcomes, info).tolist()
+    # Each rank filled its own problems: the sums are the whole set, in its order.
+    outcomes = all_reduce_sum(outcomes, info)
+    shares = all_reduce_sum(shares, info) if mean_k > 0 else shares
+    if per_problem is not None:
+        per_problem["accuracy"] = outcomes.tolist()
+        if mean_k > 0:
+            per_problem[f"mean@{mean_k}"] = shares.tolist()
     counts = all_reduce_sum(torch.tensor([correct, passed, len(shard)], dtype=torch.float64), info)
     n = max(float(counts[2]), 1.0)
     res = {"accuracy": float(counts[0]) / n}
+    if mean_k > 0:
+        res[f"mean@{mean_k}"] = float(shares.sum()) / n
     if pass_k > 0:
         res[f"pass@{pass_k}"] = float(counts[1]) / n
     return res
@@ -64,19 +84,22 @@ def evaluate_set(engine, tokenizer, examples: Sequence[Example],
 def evaluate_all(engine, tokenizer, sets: dict[str, list[Example]], reward_fn, *,
                  max_new_tokens: int, pass_k: int, temperature: float, seed: int,
                  info: DistInfo, system: str | None = None, threshold: float = 0.5,
+                 mean_k: int = 0,
                  per_problem: dict[str, list[float]] | None = None) -> dict[str, float]:
-    """Flat metrics: {'<set>_accuracy': ..., '<set>_pass@k': ...} for every eval set.
-    `reward_fn`: one reward for every set, or a mapping set name -> that set's reward.
-    `per_problem`, when given, receives each set's greedy outcomes per problem."""
+    """Flat metrics: {'<set>_accuracy': ..., '<set>_mean@k': ..., '<set>_pass@k': ...} for
+    every eval set. `reward_fn`: one reward for every set, or a mapping set name -> that
+    set's reward. `per_problem`, when given, receives the per-problem values of the
+    accuracy and mean@k under the same flat names."""
     out: dict[str, float] = {}
     for name, examples in sets.items():
         fn = reward_fn[name] if isinstance(reward_fn, Mapping) else reward_fn
-        items = [] if per_problem is not None else None
+        items: dict[str, list[float]] | None = {} if per_problem is not None else None
         res = evaluate_set(engine, tokenizer, examples, fn, max_new_tokens=max_new_tokens,
                            pass_k=pass_k, temperature=temperature, seed=seed, info=info,
-                           system=system, threshold=threshold, per_problem=items)
+                           system=system, threshold=threshold, mean_k=mean_k,
+                           per_problem=items)
         if per_problem is not None:
-            per_problem[name] = items
+            per_problem.update({f"{name}_{k}": v for k, v in items.items()})
         for k, v in res.items():
             out[f"{name}_{k}"] = v
     return out

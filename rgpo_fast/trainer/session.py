@@ -104,7 +104,8 @@ class Session:
     ref_policy: torch.nn.Module | None = None  # frozen, for algo.beta > 0 (ref_policy.py)
     sinks: list[MetricsSink] = field(default_factory=list)  # rank 0: tensorboard, wandb
     eval_before: dict[str, float] = field(default_factory=dict)
-    # per eval set, each problem's greedy outcome before RL: the pairs of the final gain
+    # per held-out metric (<set>_accuracy, <set>_mean@k), each problem's value before RL:
+    # the pairs of the final gain
     eval_before_items: dict[str, list[float]] = field(default_factory=dict)
     # Running sums of the step metrics of the same names (summary.json "totals").
     totals: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TOTALS, 0.0))
@@ -309,7 +310,7 @@ def evaluate(s: Session, per_problem: dict[str, list[float]] | None = None) -> d
                        max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
                        pass_k=cfg.eval.pass_k, temperature=cfg.eval.temperature, info=s.info,
                        system=cfg.data.system_prompt, threshold=cfg.algo.success_threshold,
-                       per_problem=per_problem)  # fmt: skip
+                       mean_k=cfg.eval.mean_k, per_problem=per_problem)  # fmt: skip
     counts = reward_counts(list(s.eval_rewards.values()), s.info, prefix="reward/")
     for key, n in counts.items():
         s.totals[key] += n
@@ -405,10 +406,10 @@ def finish(s: Session) -> dict:
     eval_after = evaluate(s, after_items)
     # The gain on the same problems, with the paired standard error of its differences.
     gains = {}
-    for name, before in s.eval_before_items.items():
-        if len(after_items.get(name, ())) == len(before):
-            gain, se = paired_gain(before, after_items[name])
-            gains[f"{name}_accuracy"] = {"gain": gain, "paired_se": se, "n": len(before)}
+    for key, before in s.eval_before_items.items():
+        if len(after_items.get(key, ())) == len(before):
+            gain, se = paired_gain(before, after_items[key])
+            gains[key] = {"gain": gain, "paired_se": se, "n": len(before)}
     step = s.cfg.train.max_steps
     final = save_hf(s.policy, s.tokenizer, s.out_dir / "final", s.info, on_failure=(
         f". Training itself finished: checkpoints/step_{step:06d} is complete and intact; "
