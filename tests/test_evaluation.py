@@ -42,9 +42,10 @@ def test_mean_at_k_averages_the_samples_of_each_problem(tok):
                   (("1+1=?", "2"), ("2+2=?", "4"))]}  # fmt: skip
     items = {}
     res = evaluate_all(engine, tok, sets, lambda text, answer: float(text == answer),
-                       max_new_tokens=4, pass_k=0, temperature=1.0, seed=0, info=DistInfo(),
+                       max_new_tokens=4, pass_k=2, temperature=1.0, seed=0, info=DistInfo(),
                        mean_k=4, per_problem=items)  # fmt: skip
     assert items["s_mean@4"] == [0.75, 0.25] and res["s_mean@4"] == pytest.approx(0.5)
+    assert res["s_pass@2"] == 1.0  # from the first two of the same samples ("2"; "4")
     assert [n for n, _, _ in engine.calls] == [2, 2] and engine.calls[1][1] == 4
 
 

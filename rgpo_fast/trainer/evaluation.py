@@ -37,33 +37,33 @@ def evaluate_set(engine, tokenizer, examples: Sequence[Example],
     outcomes = torch.zeros(len(everything), dtype=torch.float64)
     shares = torch.zeros(len(everything), dtype=torch.float64)
     if prompts:
+        def correct_answer(out_ids, ex, what: str) -> bool:
+            text = tokenizer.decode(out_ids, skip_special_tokens=True)
+            where = f"{what} held-out problem {ex.uid}"
+            return score(reward_fn, text, ex.answer, where) >= threshold
+
         greedy = engine.generate(prompts, SamplingParams(n=1, max_new_tokens=max_new_tokens,
                                                          temperature=0.0, seed=seed))
         for i, (ex, out) in enumerate(zip(shard, greedy)):
-            text = tokenizer.decode(out.completions[0].token_ids, skip_special_tokens=True)
-            ok = score(reward_fn, text, ex.answer,
-                       f"the greedy answer to held-out problem {ex.uid}") >= threshold
+            ok = correct_answer(out.completions[0].token_ids, ex, "the greedy answer to")
             correct += ok
             outcomes[info.rank + i * info.world_size] = float(ok)
-        if mean_k > 0:
+        need = max(pass_k, mean_k)
+        if need:  # pass@k and mean@k read one set of samples: the first k of them each
             sampled = engine.generate(prompts, SamplingParams(
-                n=mean_k, max_new_tokens=max_new_tokens, temperature=temperature,
-                seed=seed + 2))
-            for i, (ex, out) in enumerate(zip(shard, sampled)):
-                wins = sum(score(reward_fn, tokenizer.decode(c.token_ids,
-                                                             skip_special_tokens=True),
-                                 ex.answer, f"sample {k} of held-out problem {ex.uid}")
-                           >= threshold for k, c in enumerate(out.completions))
-                shares[info.rank + i * info.world_size] = wins / mean_k
-        if pass_k > 0:
-            sampled = engine.generate(prompts, SamplingParams(
-                n=pass_k, max_new_tokens=max_new_tokens, temperature=temperature,
+                n=need, max_new_tokens=max_new_tokens, temperature=temperature,
                 seed=seed + 1))
-            for ex, out in zip(shard, sampled):
-                passed += any(
-                    score(reward_fn, tokenizer.decode(c.token_ids, skip_special_tokens=True),
-                          ex.answer, f"sample {k} of held-out problem {ex.uid}") >= threshold
-                    for k, c in enumerate(out.completions))
+            for i, (ex, out) in enumerate(zip(shard, sampled)):
+                wins = hit = 0
+                for k, c in enumerate(out.completions[:need]):
+                    ok = correct_answer(c.token_ids, ex, f"sample {k} of")
+                    wins += ok and k < mean_k
+                    hit = hit or (ok and k < pass_k)
+                    if hit and k + 1 >= mean_k:  # pass@k decided and mean@k complete
+                        break
+                passed += hit
+                if mean_k:
+                    shares[info.rank + i * info.world_size] = wins / mean_k
     # Each rank filled its own problems: the sums are the whole set, in its order.
     outcomes = all_reduce_sum(outcomes, info)
     shares = all_reduce_sum(shares, info) if mean_k > 0 else shares
