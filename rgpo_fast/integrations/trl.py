@@ -490,6 +490,15 @@ _COMPLETION_FILL = {"completion_ids": None, "completion_mask": 1, "old_per_token
                     "importance_sampling_ratio": 1.0, "tool_mask": 1}  # fmt: skip
 
 
+def _widen(t: torch.Tensor, width: int, value, left: bool) -> torch.Tensor:
+    """(B, w) -> (B, width), filled with `value` on the left (prompts) or right."""
+    extra = width - t.shape[1]
+    if extra == 0:
+        return t
+    fill = torch.full((t.shape[0], extra), value, dtype=t.dtype, device=t.device)
+    return torch.cat([fill, t] if left else [t, fill], dim=1)
+
+
 def append_sft_rows(out: dict, prompts: list[list[int]], completions: list[list[int]],
                     pad_id: int) -> dict:  # fmt: skip
     """Append transferred rows (unpadded prompt / completion ids) to TRL's batch dict.
@@ -513,20 +522,13 @@ def append_sft_rows(out: dict, prompts: list[list[int]], completions: list[list[
     P = max(out["prompt_ids"].shape[1], max(len(p) for p in prompts))
     C = max(out["completion_ids"].shape[1], max(len(c) for c in completions))
 
-    def widen(t: torch.Tensor, width: int, value, left: bool) -> torch.Tensor:
-        extra = width - t.shape[1]
-        if extra == 0:
-            return t
-        fill = torch.full((t.shape[0], extra), value, dtype=t.dtype, device=t.device)
-        return torch.cat([fill, t] if left else [t, fill], dim=1)
-
     new_pids = torch.full((n, P), pad_id, dtype=out["prompt_ids"].dtype)
     new_pmask = torch.zeros((n, P), dtype=out["prompt_mask"].dtype)
     for i, p in enumerate(prompts):
         new_pids[i, P - len(p):] = torch.tensor(p)
         new_pmask[i, P - len(p):] = 1
-    res["prompt_ids"] = torch.cat([widen(out["prompt_ids"], P, pad_id, True), new_pids.to(dev)])
-    res["prompt_mask"] = torch.cat([widen(out["prompt_mask"], P, 0, True), new_pmask.to(dev)])
+    res["prompt_ids"] = torch.cat([_widen(out["prompt_ids"], P, pad_id, True), new_pids.to(dev)])
+    res["prompt_mask"] = torch.cat([_widen(out["prompt_mask"], P, 0, True), new_pmask.to(dev)])
     for key, value in _COMPLETION_FILL.items():
         t = out.get(key)
         if t is None:
@@ -535,11 +537,11 @@ def append_sft_rows(out: dict, prompts: list[list[int]], completions: list[list[
         new = torch.full((n, C), pad_value, dtype=t.dtype)
         for i, c in enumerate(completions):
             new[i, : len(c)] = torch.tensor(c) if key == "completion_ids" else value
-        res[key] = torch.cat([widen(t, C, pad_value, False), new.to(dev)])
+        res[key] = torch.cat([_widen(t, C, pad_value, False), new.to(dev)])
     adv = out["advantages"]
     zeros = torch.zeros((n,) + tuple(adv.shape[1:]), dtype=adv.dtype, device=dev)
     if adv.dim() == 2:
-        adv = widen(adv, C, 0.0, False)
+        adv = _widen(adv, C, 0.0, False)
         zeros = torch.zeros((n, C), dtype=adv.dtype, device=dev)
     res["advantages"] = torch.cat([adv, zeros])
     return res
@@ -582,18 +584,12 @@ def replace_group_rows(out: dict, groups: list, group_size: int, pad_id: int,
     P = max(out["prompt_ids"].shape[1], max(len(p) for p in prompts.values()))
     C = max(out["completion_ids"].shape[1], max(len(c) for cs in comps.values() for c in cs))
 
-    def widen(t: torch.Tensor, width: int, value, left: bool) -> torch.Tensor:
-        extra = width - t.shape[1]
-        if extra == 0:
-            return t.clone()
-        fill = torch.full((t.shape[0], extra), value, dtype=t.dtype, device=t.device)
-        return torch.cat([fill, t] if left else [t, fill], dim=1)
-
-    res["prompt_ids"] = widen(out["prompt_ids"], P, pad_id, True)
-    res["prompt_mask"] = widen(out["prompt_mask"], P, 0, True)
+    # The rows below are written in place: copies, never views of `out`'s tensors.
+    res["prompt_ids"] = _widen(out["prompt_ids"], P, pad_id, True).clone()
+    res["prompt_mask"] = _widen(out["prompt_mask"], P, 0, True).clone()
     keys = [k for k in _COMPLETION_FILL if out.get(k) is not None and k not in _LOGPROB_KEYS]
     for key in keys:
-        res[key] = widen(out[key], C, pad_id if key == "completion_ids" else 0, False)
+        res[key] = _widen(out[key], C, pad_id if key == "completion_ids" else 0, False).clone()
     adv = out["advantages"].clone()
     for g in groups:
         if len(g.samples) != group_size:
