@@ -34,7 +34,7 @@ from pathlib import Path
 from rgpo_fast.data.types import Example
 from rgpo_fast.errors import UserError
 from rgpo_fast.rewards.timeout import run_with_timeout
-from rgpo_fast.rewards.verifiers import REWARDS, format_reward
+from rgpo_fast.rewards.verifiers import REWARDS, with_format
 
 RewardFn = Callable[[str, str], float]
 ON_ERROR = ("stop", "zero")
@@ -177,17 +177,10 @@ def checked_reward(spec: str, *, format_weight: float = 0.0, timeout_s: float = 
         def base(completion: str, answer: str) -> float:
             return raw(completion, answer, timeout_s=None)
 
-    if format_weight > 0.0:
-        if not (low <= 0.0 and high >= 1.0):
-            raise RewardError(f"data.format_weight mixes the [0, 1] format reward into {spec}, "
-                              f"whose range [{low:g}, {high:g}] does not contain it")
-        inner = base
-
-        def base(completion: str, answer: str) -> float:
-            r = inner(completion, answer)
-            if not isinstance(r, numbers.Real):
-                return r  # the contract reports it
-            return (1.0 - format_weight) * r + format_weight * format_reward(completion)
+    if format_weight > 0.0 and not (low <= 0.0 and high >= 1.0):
+        raise RewardError(f"data.format_weight mixes the [0, 1] format reward into {spec}, "
+                          f"whose range [{low:g}, {high:g}] does not contain it")
+    base = with_format(base, format_weight)
 
     name = spec + (f"+format{format_weight:g}" if format_weight else "")
     return CheckedReward(base, name, low, high, timeout_s, on_error)

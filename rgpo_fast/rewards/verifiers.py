@@ -17,7 +17,9 @@ verification there scores 0 and is counted in `TIMEOUTS`.
 
 from __future__ import annotations
 
+import functools
 import logging
+import numbers
 from collections.abc import Callable, Sequence
 
 from rgpo_fast.algos.registry import Registry
@@ -114,6 +116,22 @@ def format_reward(completion: str, answer: str = "") -> float:
     return float(answer_line(last) is not None or last_boxed(last) is not None)
 
 
+def with_format(fn: RewardFn, format_weight: float) -> RewardFn:
+    """`fn` mixed with the format reward: (1 - w) * fn + w * format (`fn` itself when
+    w = 0). A value that is not a number is passed on as it is, for the caller's checks
+    (rewards/contract.py) to name."""
+    if format_weight <= 0.0:
+        return fn
+
+    def mixed(completion: str, answer: str) -> float:
+        r = fn(completion, answer)
+        if not isinstance(r, numbers.Real):
+            return r
+        return (1.0 - format_weight) * r + format_weight * format_reward(completion, answer)
+
+    return mixed
+
+
 def get_reward_fn(name: str, *, format_weight: float = 0.0, **kwargs) -> RewardFn:
     """Reward function `name` (exact, math_verify, format), optionally mixed with format.
 
@@ -122,14 +140,7 @@ def get_reward_fn(name: str, *, format_weight: float = 0.0, **kwargs) -> RewardF
     """
     if not 0.0 <= format_weight <= 1.0:
         raise ValueError(f"format_weight must be in [0, 1], got {format_weight}")
-    base = REWARDS.get(name)
-
-    def reward(completion: str, answer: str) -> float:
-        r = base(completion, answer, **kwargs)
-        if format_weight > 0.0:
-            r = (1.0 - format_weight) * r + format_weight * format_reward(completion, answer)
-        return r
-
+    reward = with_format(functools.partial(REWARDS.get(name), **kwargs), format_weight)
     reward.__name__ = f"{name}_reward" + (f"+format{format_weight:g}" if format_weight else "")
     return reward
 
