@@ -6,11 +6,11 @@ Skipped without a CUDA GPU (conftest.py); `make gpu-check` runs them."""
 
 import pytest
 import torch
-from test_policy_loss import BF16_CASES, CASES, _batch, _kwargs
+from test_policy_loss import CASES, PARAMS, _batch, _kwargs, _oracle_runs, _run
 from tolerance import assert_three_way
 
 from rgpo_fast import fused_linear_logprobs, fused_linear_policy_loss
-from rgpo_fast.oracle import naive_logprobs, naive_policy_loss
+from rgpo_fast.oracle import naive_logprobs
 
 pytestmark = pytest.mark.gpu
 
@@ -78,34 +78,17 @@ def test_logprobs_forward_and_gradients(cuda_impl, dtype, entropy, bias, tempera
         assert_three_way(name, x, xn, xt, dtype)
 
 
-PARAMS = [pytest.param(c, torch.float32, id=f"{c}-fp32") for c in CASES] + [
-    pytest.param(c, torch.bfloat16, id=f"{c}-bf16") for c in BF16_CASES
-]
-
-
 @pytest.mark.parametrize("case, dtype", PARAMS)
 def test_policy_loss_and_gradients(cuda_impl, case, dtype):
     data = _batch(dtype)
     adv, kw = _kwargs(data, CASES[case])
-    params = [data["hidden"], data["weight"], data["bias"]]
-    nt = data["targets"].clamp(min=0)
-
-    def run(fn, ps):
-        for p in ps:
-            p.grad = None
-        loss, _ = fn()
-        loss.backward()
-        return [loss.detach().cpu()] + [p.grad.detach().cpu() for p in ps]
-
-    gp = [_cuda(p) for p in params]
+    gp = [_cuda(p) for p in (data["hidden"], data["weight"], data["bias"])]
     gkw = {k: _cuda(v) for k, v in kw.items()}
-    got = run(lambda: fused_linear_policy_loss(gp[0], gp[1], _cuda(data["targets"]),
-                                               _cuda(data["mask"]), _cuda(adv), bias=gp[2],
-                                               impl=cuda_impl, **gkw), gp)  # fmt: skip
-    args = (data["hidden"], data["weight"], nt, data["mask"], adv)
-    naive = run(lambda: naive_policy_loss(*args, bias=data["bias"], upcast=False, **kw), params)
-    truth = run(lambda: naive_policy_loss(*args, bias=data["bias"], compute_dtype=torch.float64,
-                                          **kw), params)  # fmt: skip
+    got, _ = _run(lambda: fused_linear_policy_loss(gp[0], gp[1], _cuda(data["targets"]),
+                                                   _cuda(data["mask"]), _cuda(adv), bias=gp[2],
+                                                   impl=cuda_impl, **gkw), data, gp)  # fmt: skip
+    got = [x.cpu() for x in got]  # the oracle ran on the CPU
+    naive, truth, _ = _oracle_runs(data, adv, kw)
     for name, x, xn, xt in zip(["loss", "dhidden", "dweight", "dbias"], got, naive, truth):
         assert_three_way(f"{case}: {name}", x, xn, xt, dtype)
 

@@ -120,6 +120,20 @@ def _run(fn, data, params):
     return [loss.detach()] + [p.grad.clone() for p in params], extra
 
 
+def _oracle_runs(data, adv, kw):
+    """[loss, dhidden, dweight, dbias] of naive PyTorch in the input dtype and of the
+    float64 oracle (the three-way rule's yardstick and truth), and the oracle's per-token
+    roles."""
+    params = [data["hidden"], data["weight"], data["bias"]]
+    args = (data["hidden"], data["weight"], data["targets"].clamp(min=0), data["mask"], adv)
+    naive, _ = _run(lambda: naive_policy_loss(*args, bias=data["bias"], upcast=False, **kw),
+                    data, params)  # fmt: skip
+    truth, tok = _run(lambda: naive_policy_loss(*args, bias=data["bias"],
+                                                compute_dtype=torch.float64, **kw),
+                      data, params)  # fmt: skip
+    return naive, truth, tok
+
+
 # Every case in fp32; bf16 on two representative cases to keep the suite fast.
 BF16_CASES = ("on-policy token-mean", "dual clip, k1, seq-mean-token-mean",
               "entropy bonus, k3, seq-mean-token-mean")
@@ -134,7 +148,6 @@ def test_matches_oracle_three_way(backend, case, dtype):
     adv, kw = _kwargs(data, CASES[case])
     params = [data["hidden"], data["weight"], data["bias"]]
     args = (data["hidden"], data["weight"], data["targets"], data["mask"], adv)
-    nt = data["targets"].clamp(min=0)
     got, metrics = _run(
         lambda: fused_linear_policy_loss(
             *args, bias=data["bias"], impl=backend, chunk_size=13, **kw
@@ -142,18 +155,7 @@ def test_matches_oracle_three_way(backend, case, dtype):
         data,
         params,
     )
-    naive, _ = _run(
-        lambda: naive_policy_loss(*args[:2], nt, *args[3:], bias=data["bias"], upcast=False, **kw),
-        data,
-        params,
-    )
-    truth, tok = _run(
-        lambda: naive_policy_loss(
-            *args[:2], nt, *args[3:], bias=data["bias"], compute_dtype=torch.float64, **kw
-        ),
-        data,
-        params,
-    )
+    naive, truth, tok = _oracle_runs(data, adv, kw)
     for name, g, gn, gt in zip(["loss", "dhidden", "dweight", "dbias"], got, naive, truth):
         assert_three_way(f"{case}: {name}", g, gn, gt, dtype)
     # Metrics agree with per-token counts of the oracle.
