@@ -304,7 +304,7 @@ def _load_data(cfg: RunConfig, tok):
 
 def evaluate(s: Session, per_problem: dict[str, list[float]] | None = None) -> dict[str, float]:
     """Held-out metrics of every eval set with the engine's current weights (`per_problem`
-    receives each set's greedy outcomes, evaluation.evaluate_all)."""
+    receives each metric's per-problem values, evaluation.evaluate_all)."""
     cfg = s.cfg
     out = evaluate_all(s.engine, s.tokenizer, s.eval_sets, s.eval_rewards, seed=cfg.train.seed,
                        max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
