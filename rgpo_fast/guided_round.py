@@ -8,15 +8,20 @@ moved back to the hint-free prompt and trained there (docs/algorithms.md, "RGPO"
                                                          generate=..., score=...))
 
 1. trigger    which prompts are guided this step (`guidance.needs_guidance`)
-2. hint       the first max(level, 1) rationale segments, in the user message (prompt
-              placement, `hinted_prompt`) or as the start of the response (response
-              placement: its tokens are hint-masked)
+2. hint       the first max(level, 1) rationale segments (the rationale's own steps by
+              default; never all of them), in the user message (prompt placement,
+              `hinted_prompt`) or as the start of the response (response placement: its
+              tokens are hint-masked)
 3. generate   K guided responses per hinted prompt (`generate`, the caller's sampler)
 4. score      their rewards against the hint-free problem (`score`, the caller's verifier)
-5. accept     those whose reward beats every unguided reward (`guidance.accept`)
-6. transfer   accepted responses re-tokenised after the hint-free prompt (`transfer_back`)
-7. levels     each prompt's hint level moves by one (`guidance.step_outcome`,
-              `guidance.update_level`); returned as updates, applied by the caller
+5. accept     those whose reward beats every unguided reward (`guidance.accept`); with
+              `hint_escalation` "round" a prompt with none accepted goes back to 2 at the
+              next level, in the same step
+6. transfer   accepted responses re-tokenised after the hint-free prompt (`transfer_back`);
+              copies of the reference follow `cfg.copies` (`guidance.transfer_copies`)
+7. levels     each prompt's next level: one below the level that solved it, one above the
+              last that failed (`guidance.step_outcome`, `guidance.update_level`);
+              returned as updates, applied by the caller
 
 The pure decisions live in algos/guidance.py; this module adds the tokenizer and the
 records. The caller owns sampling and scoring (`Callbacks`), so the same round runs on the
@@ -35,8 +40,8 @@ from rgpo_fast.data.prompts import token_starts
 from rgpo_fast.data.types import Sample
 from rgpo_fast.rollout.base import Completion
 
-# Sampling seed offsets of the guided calls of a step (the caller adds its step seed):
-# distinct calls never reuse a seed.
+# Sampling seed offset of a step's guided call r (times r + 1; the caller adds its step
+# seed): distinct calls never reuse a seed.
 GUIDED_SEED_OFFSET = 7919
 
 
@@ -101,70 +106,102 @@ def guided_round(groups: Sequence[PromptGroup], levels: guidance.HintLevels, cfg
                  io: Callbacks) -> GuidedRound:  # fmt: skip
     """Run steps 1-7 of the module docstring for `cfg` (an AlgoConfig with guidance "rgpo").
 
-    A hinted prompt longer than `io.max_prompt_len` tokens is not guided (counted in
-    `guided/too_long`): the engine was sized for prompts up to that length.
+    With `cfg.hint_escalation` "round" a prompt whose guided samples were not accepted (and
+    whose unguided group did not succeed) is sampled again at the next level in the same
+    step, until one is accepted or its last partial level failed; "visit" tries one level
+    per step. A hinted prompt longer than `io.max_prompt_len` tokens is not guided (counted
+    in `guided/too_long`): the engine was sized for prompts up to that length. A rationale
+    of one segment has no partial hint and is not guided either (`guided/unhintable`).
     """
     tokenizer = io.tokenizer
-    uids = [g.uid for g in groups]
-    current = levels.get_many(uids)
+    current = levels.get_many([g.uid for g in groups])
     need = guidance.needs_guidance(current, [g.rewards for g in groups], cfg,
                                    [bool(g.rationale.strip()) for g in groups])  # fmt: skip
-    jobs, too_long = [], 0
-    for i in (i for i, n in enumerate(need) if n):
-        job = _hint_job(i, groups[i], current[i], cfg, tokenizer, io.hinted_prompt)
-        if io.max_prompt_len is not None and len(job.prompt_ids) > io.max_prompt_len:
-            too_long += 1
-            continue
-        jobs.append(job)
+    segments = {i: rationale_segments(groups[i].rationale, cfg, tokenizer)
+                for i, n in enumerate(need) if n}  # fmt: skip
+    ceiling = {i: guidance.max_hint_level(len(segs), cfg.adaptive_levels)
+               for i, segs in segments.items()}  # fmt: skip
+    todo = {i: guidance.hint_level_used(current[i], ceiling[i], cfg.adaptive_levels)
+            for i in segments if ceiling[i] >= 1}  # fmt: skip
+    unhintable = len(segments) - len(todo)
 
     k = cfg.guided_samples(io.group_size)
-    completions = io.generate([j.prompt_ids for j in jobs], k, GUIDED_SEED_OFFSET) if jobs else []
-    guided = [[_guided_sample(j, groups[j.index], c, cfg, tokenizer) for c in comps]
-              for j, comps in zip(jobs, completions)]  # fmt: skip
-    rewards = io.score([groups[j.index] for j in jobs], guided) if jobs else []
-
+    shown: dict[int, int] = {}  # prompt -> deepest level tried
+    accepted: dict[int, list[bool]] = {}  # prompt -> acceptance of its last level's samples
     transferred: list[Sample] = []
-    accepted: dict[int, list[bool]] = {}
-    successes = 0
-    for job, samples, rws in zip(jobs, guided, rewards):
-        group = groups[job.index]
-        ok = guidance.accept(rws, group.rewards, cfg.acceptance, cfg.success_threshold)
-        accepted[job.index] = ok
-        successes += sum(r >= cfg.success_threshold for r in rws)
-        for s, r, good in zip(samples, rws, ok):
-            s.reward = float(r)
-            if good:
-                hint_text = job.hint if cfg.hint_placement == "response" else None
-                transferred.append(
-                    transfer_back(s, group.prompt_ids, tokenizer, cfg, hint_text=hint_text)
-                )
+    too_long = successes = n_accepted = copies = generated = samples = 0
+    rnd = 0
+    while todo:
+        jobs = []
+        for i, level in sorted(todo.items()):
+            job = _hint_job(i, groups[i], segments[i], level, cfg, tokenizer, io.hinted_prompt)
+            if io.max_prompt_len is not None and len(job.prompt_ids) > io.max_prompt_len:
+                too_long += 1  # this level and the longer ones do not fit
+                continue
+            jobs.append(job)
+        if not jobs:
+            break
+        completions = io.generate([j.prompt_ids for j in jobs], k,
+                                  GUIDED_SEED_OFFSET * (rnd + 1))  # fmt: skip
+        generated += sum(len(c.token_ids) for comps in completions for c in comps)
+        guided = [[_guided_sample(j, groups[j.index], c, cfg, tokenizer) for c in comps]
+                  for j, comps in zip(jobs, completions)]  # fmt: skip
+        rewards = io.score([groups[j.index] for j in jobs], guided)
+        todo = {}
+        for job, batch, rws in zip(jobs, guided, rewards):
+            group = groups[job.index]
+            samples += len(batch)
+            ok = guidance.accept(rws, group.rewards, cfg.acceptance, cfg.success_threshold)
+            shown[job.index], accepted[job.index] = job.level, ok
+            successes += sum(r >= cfg.success_threshold for r in rws)
+            copy = [guidance.is_copy(s.text, group.rationale) for s in batch]
+            n_accepted += sum(ok)
+            copies += sum(a and c for a, c in zip(ok, copy))
+            keep = guidance.transfer_copies(ok, copy, cfg.copies)
+            for s, r, good in zip(batch, rws, keep):
+                s.reward = float(r)
+                if good:
+                    hint_text = job.hint if cfg.hint_placement == "response" else None
+                    transferred.append(
+                        transfer_back(s, group.prompt_ids, tokenizer, cfg, hint_text=hint_text)
+                    )
+            _, failed = guidance.step_outcome(group.rewards, ok, cfg.success_threshold)
+            if (failed and cfg.hint_escalation == "round" and cfg.adaptive_levels
+                    and job.level < ceiling[job.index]):  # fmt: skip
+                todo[job.index] = job.level + 1
+        rnd += 1
 
     updates: dict[str, int] = {}
     for i, group in enumerate(groups):
         solved, failed = guidance.step_outcome(group.rewards, accepted.get(i),
                                                cfg.success_threshold)  # fmt: skip
-        new = guidance.update_level(current[i], solved=solved, guided_failed=failed,
-                                    n_segments=cfg.n_segments, adaptive=cfg.adaptive_levels)
+        new = guidance.update_level(current[i], shown=shown.get(i, 0), solved=solved,
+                                    guided_failed=failed, max_level=ceiling.get(i, 0),
+                                    adaptive=cfg.adaptive_levels)  # fmt: skip
         if new != current[i]:
             updates[group.uid] = new
 
     stats = {
-        "guided/prompts": float(len(jobs)),
-        "guided/samples": float(len(jobs) * k),
+        "guided/prompts": float(len(shown)),
+        "guided/samples": float(samples),
+        "guided/rounds": float(rnd),
         "guided/successes": float(successes),
-        "guided/accepted": float(len(transferred)),
+        "guided/accepted": float(n_accepted),
         "guided/accepted_prompts": float(sum(any(v) for v in accepted.values())),
-        "guided/mean_level": sum(j.level for j in jobs) / len(jobs) if jobs else 0.0,
+        "guided/copies": float(copies),
+        "guided/copy_share": copies / n_accepted if n_accepted else 0.0,
+        "guided/transferred": float(len(transferred)),
+        "guided/mean_level": sum(shown.values()) / len(shown) if shown else 0.0,
         "guided/too_long": float(too_long),
+        "guided/unhintable": float(unhintable),
     }
-    generated = sum(len(c.token_ids) for comps in completions for c in comps)
     return GuidedRound(transferred, updates, stats, generated)
 
 
 def rationale_segments(rationale: str, cfg: Any, tokenizer: Any) -> list[str]:
-    """The rationale cut into at most `cfg.n_segments` segments (`cfg.segmentation`; token
-    units are the tokenizer's): the units every hint is made of (guided round, probe, the
-    warm start's hinted prompts)."""
+    """The rationale's segments (`cfg.segmentation`; its own steps, or at most
+    `cfg.n_segments` groups of them; token units are the tokenizer's): the units every
+    hint is made of (guided round, probe, the warm start's hinted prompts)."""
     return guidance.segment_rationale(rationale, cfg.n_segments, cfg.segmentation,
                                       token_starts(tokenizer))  # fmt: skip
 
@@ -180,10 +217,9 @@ def place_hint(plain_ids: Sequence[int], hint: str, cfg: Any, tokenizer: Any,
     return list(plain_ids) + prefix, prefix
 
 
-def _hint_job(index: int, group: PromptGroup, level: int, cfg: Any, tokenizer: Any,
-              hinted_prompt: HintedPrompt) -> GuidedJob:  # fmt: skip
-    shown = guidance.hint_level_used(level, cfg)
-    hint = guidance.build_hint(rationale_segments(group.rationale, cfg, tokenizer), shown)
+def _hint_job(index: int, group: PromptGroup, segments: list[str], shown: int, cfg: Any,
+              tokenizer: Any, hinted_prompt: HintedPrompt) -> GuidedJob:  # fmt: skip
+    hint = guidance.build_hint(segments, shown)
     ids, prefix = place_hint(group.prompt_ids, hint, cfg, tokenizer,
                              lambda h: hinted_prompt(group, h))  # fmt: skip
     return GuidedJob(index, ids, hint, shown, prefix)

@@ -3,11 +3,12 @@
     python -m rgpo_fast.probe --model DIR --data countdown:hard
     python -m rgpo_fast.probe --model DIR --data problems.jsonl --n 128 --k 8 --json out.json
 
-For each hint level L = 0 .. N (L = 0: no hint; L >= the number of segments: the whole
-rationale), `--n` problems that have a rationale are prompted with the first L rationale
-segments as RGPO's guided round builds them (same segmentation and template; the hint in
-the user message, or with `--placement response` as the start of the response, which the
-model continues) and sampled `--k` times. Per level it reports
+For each hint level L = 0 .. the highest partial level (L = 0: no hint), the `--n` problems
+whose rationale has more than L segments are prompted with its first L segments as RGPO's
+guided round builds them (same segmentation, ceiling and template: by default one segment
+per step of the rationale, never all of them; the hint in the user message, or with
+`--placement response` as the start of the response, which the model continues) and
+sampled `--k` times. Per level it reports
 
     success   the share of the n*k samples the verifier accepts
     pass@k    the share of problems with at least one accepted sample
@@ -32,7 +33,7 @@ from rgpo_fast.errors import UserError
 @dataclass
 class LevelResult:
     level: int  # rationale segments shown (0 = none)
-    problems: int
+    problems: int  # problems whose rationale has a partial hint of this level
     samples: int
     success: float  # accepted samples / samples
     pass_at_k: float  # problems with an accepted sample / problems
@@ -53,27 +54,26 @@ def level_result(level: int, accepted: list[list[bool]], copies: list[list[bool]
                        copy=copied / ok if ok else 0.0)  # fmt: skip
 
 
-def same_text(a: str, b: str) -> bool:
-    """Equal up to surrounding whitespace (what copying the reference looks like)."""
-    return a.strip() == b.strip()
-
-
 def run_probe(engine, tokenizer, examples, reward_fn, algo, *, k: int, max_new_tokens: int,
               temperature: float = 1.0, seed: int = 0, system: str | None = None,
               ) -> list[LevelResult]:  # fmt: skip
-    """Levels 0 .. algo.n_segments on `examples` (each must have a rationale), with the
-    hint placed as `algo.hint_placement` says."""
+    """Levels 0 .. the highest partial level on `examples` (each must have a rationale),
+    level L on the problems that have it (`guidance.max_hint_level`), with the hint placed
+    as `algo.hint_placement` says."""
     from rgpo_fast.algos import guidance
     from rgpo_fast.data.prompts import encode_prompt
     from rgpo_fast.guided_round import place_hint, rationale_segments
     from rgpo_fast.rollout.base import SamplingParams
 
     segments = [rationale_segments(ex.rationale, algo, tokenizer) for ex in examples]
+    ceilings = [guidance.max_hint_level(len(segs), algo.adaptive_levels) for segs in segments]
     results = []
-    for level in range(algo.n_segments + 1):
-        hints = [guidance.build_hint(segs, level) if level else "" for segs in segments]
+    for level in range(max(ceilings, default=0) + 1):
+        chosen = [i for i, c in enumerate(ceilings) if c >= level]
+        cases = [(examples[i], guidance.build_hint(segments[i], level) if level else "")
+                 for i in chosen]  # fmt: skip
         prompts, prefixes = [], []
-        for ex, hint in zip(examples, hints):
+        for ex, hint in cases:
             ids, prefix = place_hint(
                 encode_prompt(tokenizer, ex.problem, system=system), hint, algo, tokenizer,
                 lambda h, ex=ex: encode_prompt(tokenizer, ex.problem, h,
@@ -84,11 +84,11 @@ def run_probe(engine, tokenizer, examples, reward_fn, algo, *, k: int, max_new_t
                                 seed=seed + level)  # fmt: skip
         outs = engine.generate(prompts, params)
         accepted, copies = [], []
-        for ex, prefix, out in zip(examples, prefixes, outs):
+        for (ex, _), prefix, out in zip(cases, prefixes, outs):
             texts = [tokenizer.decode(prefix + list(c.token_ids), skip_special_tokens=True)
                      for c in out.completions]  # fmt: skip
             accepted.append([reward_fn(t, ex.answer) >= algo.success_threshold for t in texts])
-            copies.append([same_text(t, ex.rationale) for t in texts])
+            copies.append([guidance.is_copy(t, ex.rationale) for t in texts])
         results.append(level_result(level, accepted, copies))
     return results
 
@@ -110,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
                         "answer and rationale columns")  # fmt: skip
     p.add_argument("--n", type=int, default=256, help="problems (with a rationale) to probe")
     p.add_argument("--k", type=int, default=8, help="samples per problem and level")
-    p.add_argument("--segments", type=int, default=4, help="N: rationale segments (levels)")
+    p.add_argument("--segments", type=int, default=None,
+                   help="group the rationale into at most this many segments (default: its "
+                        "own steps, as algo.n_segments unset)")  # fmt: skip
     p.add_argument("--segmentation", default="auto",
                    help="auto, lines, sentences, steps or tokens")  # fmt: skip
     p.add_argument("--placement", default="prompt", choices=("prompt", "response"),
@@ -143,7 +145,7 @@ def _probe(a) -> list[LevelResult]:
     from rgpo_fast.trainer.data_sources import load_source, resolve_reward
     from rgpo_fast.trainer.tiny_model import load_model_and_tokenizer
 
-    for name in ("n", "k", "segments", "max_new_tokens"):
+    for name in ("n", "k", "max_new_tokens"):
         if getattr(a, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
     if not a.temperature > 0:

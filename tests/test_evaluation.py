@@ -60,3 +60,23 @@ def test_the_run_reports_its_gain_on_the_same_problems(tmp_path, cache):
             g = summary["eval_gain"][key]
             assert g["n"] == n and g["paired_se"] >= 0
             assert g["gain"] == pytest.approx(summary["eval"][key] - summary["eval_before"][key])
+
+
+def test_training_prompts_are_scored_as_set_train(tmp_path, cache):
+    run = tmp_path / "run"
+    assert main(tiny_args(run, cache, steps=1, extra=["--logging.plots", "false",
+                                                     "--eval.train_problems", "3"])) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["eval_sizes"]["train"] == 3
+    assert "train_accuracy" in summary["eval"] and "train_accuracy" in summary["eval_gain"]
+
+
+def test_a_file_named_train_collides_with_the_training_set(tmp_path, cache, capsys):
+    data = tmp_path / "train.jsonl"
+    data.write_text(json.dumps({"problem": "1+1=?", "answer": "2"}) + "\n")
+    run = tmp_path / "run"
+    code = main(tiny_args(run, cache, steps=1, extra=["--data.eval", str(data),
+                                                     "--eval.train_problems", "2"]))
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: eval.train_problems") and "'train'" in err

@@ -14,9 +14,12 @@ from rgpo_fast.algos.guidance import (
     ghpo_escalate,
     ghpo_hint,
     hint_level_used,
+    is_copy,
+    max_hint_level,
     needs_guidance,
     segment_rationale,
     step_outcome,
+    transfer_copies,
     update_level,
 )
 from rgpo_fast.algos.presets import get_preset
@@ -59,6 +62,25 @@ def test_segment_tokens_fallback_uses_token_offsets(tok):
         segment_rationale(RAT, 0)
 
 
+def test_segments_default_to_the_rationales_own_steps(tok):
+    # n unset: one segment per line, so level k shows k distinct lines
+    assert segment_rationale(RAT) == ["12+17=29\n", "29*3=87\n", "87-19=68\n", "68+5=73\n",
+                                      "Answer: 73"]
+    # a blank line joins the step before it: no level adds only whitespace
+    assert segment_rationale("a\n\nb\n") == ["a\n\n", "b\n"]
+    assert segment_rationale("One. Two.") == ["One. ", "Two."]
+    assert segment_rationale("abcdefgh", None, "auto", token_starts(tok)) == ["ab", "cd", "ef",
+                                                                             "gh"]
+    # every countdown reference: one segment per step line, distinct, rebuilding the text
+    from rgpo_fast.data.countdown import make_countdown
+
+    for ex in make_countdown(0, 64, "hard"):
+        segs = segment_rationale(ex.rationale)
+        assert len(segs) == ex.meta["steps"] and "".join(segs) == ex.rationale
+        hints = [build_hint(segs, k) for k in range(1, len(segs))]
+        assert len(set(hints)) == len(hints)
+
+
 # ---------------------------------------------------------------- trigger and hint
 
 
@@ -79,14 +101,17 @@ def test_trigger_rgpo_vs_guide():
         needs_guidance([0], rewards, rgpo)
 
 
-def test_hint_is_first_max_level_1_segments():
+def test_hint_is_first_max_level_1_segments_never_the_whole_rationale():
     segs = segment_rationale(RAT, 4)
-    cfg = get_preset("rgpo")
-    assert build_hint(segs, hint_level_used(0, cfg)) == "12+17=29\n"
-    assert build_hint(segs, hint_level_used(2, cfg)) == "12+17=29\n29*3=87\n"
+    top = max_hint_level(len(segs))
+    assert top == 3  # all segments but the last: the model always writes a step
+    assert build_hint(segs, hint_level_used(0, top)) == "12+17=29\n"
+    assert build_hint(segs, hint_level_used(2, top)) == "12+17=29\n29*3=87\n"
+    assert hint_level_used(9, top) == 3  # a stored level above the ceiling is clamped
     assert build_hint(segs, 4) == RAT
-    fixed = get_preset("rgpo", adaptive_levels=False)
-    assert build_hint(segs, hint_level_used(0, fixed)) == RAT  # ablation: full hint
+    # ablation: full hint
+    assert build_hint(segs, hint_level_used(0, max_hint_level(4, False), False)) == RAT
+    assert max_hint_level(1) == 0 and max_hint_level(0) == 0  # no partial hint: not guided
 
 
 def test_prompt_placement_goes_in_user_message(chat_tok, tok):
@@ -112,15 +137,24 @@ def test_acceptance_is_strict():
         accept([1.0], [])
 
 
-def test_levels_move_by_one_and_stay_in_range():
-    assert update_level(2, solved=True, guided_failed=False, n_segments=4) == 1
-    assert update_level(0, solved=True, guided_failed=False, n_segments=4) == 0
-    assert update_level(3, solved=False, guided_failed=True, n_segments=4) == 4
-    assert update_level(4, solved=False, guided_failed=True, n_segments=4) == 4
-    assert update_level(2, solved=False, guided_failed=False, n_segments=4) == 2
-    assert update_level(2, solved=False, guided_failed=True, n_segments=4, adaptive=False) == 2
+def test_levels_follow_what_was_shown_and_stay_in_range():
+    def up(level, shown, solved=False, failed=False, top=3, adaptive=True):
+        return update_level(level, shown=shown, solved=solved, guided_failed=failed,
+                            max_level=top, adaptive=adaptive)
+
+    # a fresh prompt (level 0) is shown one step; failing it moves on to two, not to
+    # "level 1" = one step again (the wasted escalation)
+    assert up(0, shown=1, failed=True) == 2
+    assert up(2, shown=3, failed=True) == 3  # round escalation got to 3 and failed: stays
+    assert up(3, shown=3, failed=True) == 3  # cap: the prompt's last partial level
+    assert up(2, shown=2, solved=True) == 1  # solved at 2: next visit tries 1
+    assert up(1, shown=3, solved=True) == 2  # solved after escalating to 3: next tries 2
+    assert up(2, shown=0, solved=True) == 1  # unguided success, not guided: one down
+    assert up(0, shown=1, solved=True) == 0
+    assert up(2, shown=0) == 2  # neither: unchanged
+    assert up(2, shown=2, failed=True, adaptive=False) == 2
     with pytest.raises(ValueError, match="level"):
-        update_level(5, solved=True, guided_failed=False, n_segments=4)
+        up(-1, shown=0)
     # (solved, guided_failed) from a step's outcome
     assert step_outcome([0, 0], [False, False]) == (False, True)
     assert step_outcome([0, 0], [False, True]) == (True, False)
@@ -128,8 +162,19 @@ def test_levels_move_by_one_and_stay_in_range():
     assert step_outcome([0, 0], None) == (False, False)
 
 
+def test_copies_are_transferred_by_rule():
+    assert is_copy("3+4=7 | 7\n7*2=14 | 14", " 3+4=7 | 7\n7*2=14 | 14\n")
+    assert not is_copy("4+3=7 | 7\n7*2=14 | 14", "3+4=7 | 7\n7*2=14 | 14")
+    ok, copy = [True, True, False, True, True], [True, False, True, True, False]
+    assert transfer_copies(ok, copy, "train") == ok
+    assert transfer_copies(ok, copy, "once") == [True, True, False, False, True]
+    assert transfer_copies(ok, copy, "drop") == [False, True, False, False, True]
+    with pytest.raises(ValueError, match="copy rule"):
+        transfer_copies(ok, copy, "half")
+
+
 def test_hint_levels_table_survives_checkpoint(tmp_path):
-    levels = HintLevels(n_segments=2)
+    levels = HintLevels()
     levels.set("p1", 2)
     levels.set("p2", 1)
     levels.set("p2", 0)  # back to the default: not stored
@@ -138,9 +183,12 @@ def test_hint_levels_table_survives_checkpoint(tmp_path):
     path.write_text(json.dumps(levels.state_dict()))
     restored = HintLevels()
     restored.load_state_dict(json.loads(path.read_text()))
-    assert restored.n_segments == 2 and restored.levels == {"p1": 2}
-    with pytest.raises(ValueError, match="outside"):
-        restored.load_state_dict({"n_segments": 2, "levels": {"x": 3}})
+    assert restored.levels == {"p1": 2}
+    # a checkpoint written with a global segment count still loads
+    restored.load_state_dict({"n_segments": 2, "adaptive": True, "levels": {"x": 3}})
+    assert restored.levels == {"x": 3}
+    with pytest.raises(ValueError, match="negative"):
+        restored.load_state_dict({"levels": {"x": -1}})
 
 
 # ---------------------------------------------------------------- GHPO
@@ -174,11 +222,11 @@ def test_ghpo_guided_group_is_trained_in_hinted_context():
 
 
 def test_hint_levels_set_stores_merged_levels_and_checks_range():
-    levels = HintLevels(n_segments=4)
+    levels = HintLevels()
     levels.set("a", 3)
     levels.set("b", 0)
     assert levels.get("a") == 3 and "b" not in levels.levels
     levels.set("a", 0)
     assert levels.levels == {}
-    with pytest.raises(ValueError, match="outside"):
-        levels.set("a", 5)
+    with pytest.raises(ValueError, match="hint level"):
+        levels.set("a", -1)

@@ -132,7 +132,7 @@ def _groups(tok):
 def test_guided_round_hints_accepts_transfers_and_moves_levels(tok):
     cfg = get_preset("rgpo")
     problems, groups = _groups(tok)
-    levels = HintLevels(cfg.n_segments)
+    levels = HintLevels()
     sampler = ScriptedSampler(tok, {"1+2": ["Answer: 3", "Answer: 4"]})
     rnd = guided_round(groups, levels, cfg, callbacks(tok, sampler, cfg))
     assert sampler.offsets == [GUIDED_SEED_OFFSET]
@@ -153,25 +153,77 @@ def test_guided_round_hints_accepts_transfers_and_moves_levels(tok):
 def test_guided_round_failure_raises_the_level_and_response_placement(tok):
     cfg = get_preset("rgpo", hint_placement="response")
     problems, groups = _groups(tok)
-    levels = HintLevels(cfg.n_segments)
+    levels = HintLevels()
     levels.set("u1", 2)  # level > 0 triggers guidance even after an unguided success
     sampler = ScriptedSampler(tok, {"1+2": ["Answer: 5", "Answer: 6"],
                                     "3+4": ["Answer: 7", "no"]})  # fmt: skip
     rnd = guided_round(groups, levels, cfg, callbacks(tok, sampler, cfg))
     prompts = [tok.decode(p) for p in sampler.prompts[0]]
-    # the hint starts the response: plain prompt + hint text (2 segments for prompt 1)
+    # the hint starts the response: plain prompt + hint text; two-line rationales have one
+    # partial level, so prompt 1's stored level 2 shows one line, never the whole answer
     assert prompts[0] == tok.decode(groups[0].prompt_ids) + "1+2=3\n"
-    assert prompts[1] == tok.decode(groups[1].prompt_ids) + "3+4=7\nAnswer: 7"
-    # prompt 0: every guided answer wrong -> level 0 -> 1; prompt 1: a guided 1.0 does not
-    # beat the unguided 1.0 (strict), but the unguided success lowers its level 2 -> 1
-    assert rnd.transferred == [] and rnd.level_updates == {"u0": 1, "u1": 1}
+    assert prompts[1] == tok.decode(groups[1].prompt_ids) + "3+4=7\n"
+    # prompt 0: every guided answer wrong at its last partial level -> stays there (1), no
+    # second call; prompt 1: a guided 1.0 does not beat the unguided 1.0 (strict), but the
+    # unguided success lowers its level below what was shown (1 -> 0)
+    assert len(sampler.prompts) == 1
+    assert rnd.transferred == [] and rnd.level_updates == {"u0": 1, "u1": 0}
+
+
+ESCALATE = {"3*3=9": ["Answer: 9", "Answer: 8"],  # two steps shown: one right answer
+            "1+2*3": ["Answer: 1", "Answer: 2"]}  # one step shown: both wrong
+
+
+def _three_step_group(tok):
+    return prompt_groups(tok, ["1+2*3=?"], ["9"], ["1+2=3\n3*3=9\nAnswer: 9"], [[0.0, 0.0]])
+
+
+@pytest.mark.parametrize("copies, kept", [("train", 1), ("once", 1), ("drop", 0)])
+def test_round_escalation_reaches_the_next_level_in_the_same_step(tok, copies, kept):
+    cfg = get_preset("rgpo", hint_placement="response", copies=copies)
+    groups = _three_step_group(tok)
+    sampler = ScriptedSampler(tok, ESCALATE)
+    rnd = guided_round(groups, HintLevels(), cfg, callbacks(tok, sampler, cfg))
+    plain = tok.decode(groups[0].prompt_ids)
+    assert [tok.decode(p[0]) for p in sampler.prompts] == [plain + "1+2=3\n",
+                                                          plain + "1+2=3\n3*3=9\n"]
+    assert sampler.offsets == [GUIDED_SEED_OFFSET, 2 * GUIDED_SEED_OFFSET]
+    # the accepted answer completes the reference word for word: a copy, kept by rule
+    assert rnd.stats["guided/accepted"] == 1 and rnd.stats["guided/copies"] == 1
+    assert rnd.stats["guided/copy_share"] == 1.0 and len(rnd.transferred) == kept
+    assert rnd.stats["guided/prompts"] == 1 and rnd.stats["guided/samples"] == 4
+    assert rnd.stats["guided/rounds"] == 2 and rnd.stats["guided/mean_level"] == 2
+    assert rnd.level_updates == {"u0": 1}  # solved at 2: the next visit tries 1
+
+
+def test_visit_escalation_tries_one_level_and_never_repeats_it(tok):
+    cfg = get_preset("rgpo", hint_placement="response", hint_escalation="visit")
+    groups = _three_step_group(tok)
+    sampler = ScriptedSampler(tok, ESCALATE)
+    levels = HintLevels()
+    rnd = guided_round(groups, levels, cfg, callbacks(tok, sampler, cfg))
+    assert len(sampler.prompts) == 1 and rnd.transferred == []
+    assert rnd.level_updates == {"u0": 2}  # one step failed: the next visit shows two
+    levels.set("u0", 2)
+    rnd = guided_round(groups, levels, cfg, callbacks(tok, sampler, cfg))
+    assert tok.decode(sampler.prompts[1][0]).endswith("1+2=3\n3*3=9\n")
+    assert len(rnd.transferred) == 1 and rnd.level_updates == {"u0": 1}
+
+
+def test_one_segment_rationale_is_not_guided(tok):
+    cfg = get_preset("rgpo")
+    # one line and one token: no step to show while leaving one ("Answer: 3" would be cut
+    # into token chunks, the fallback for a rationale without steps)
+    groups = prompt_groups(tok, ["1+2=?"], ["3"], ["3"], [[0.0, 0.0]])
+    rnd = guided_round(groups, HintLevels(), cfg, callbacks(tok, ScriptedSampler(tok, {}), cfg))
+    assert rnd.stats["guided/unhintable"] == 1 and rnd.stats["guided/prompts"] == 0
 
 
 def test_guided_round_skips_hinted_prompts_over_the_limit(tok):
     cfg = get_preset("rgpo")
     problems, groups = _groups(tok)
     sampler = ScriptedSampler(tok, {})
-    rnd = guided_round(groups, HintLevels(4), cfg,
+    rnd = guided_round(groups, HintLevels(), cfg,
                        callbacks(tok, sampler, cfg, max_prompt_len=10,
                                  hinted_prompt=lambda g, h: [1] * 50))  # fmt: skip
     assert sampler.prompts == [] and rnd.stats["guided/too_long"] == 1

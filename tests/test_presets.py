@@ -29,8 +29,9 @@ def test_presets_hold_their_defining_choices():
         "rgpo",
         "level_or_fail",
         "sft",
-        4,
+        None,  # the rationale's own steps
     )
+    assert (rgpo.hint_escalation, rgpo.copies) == ("round", "train")
     assert rgpo.guided_samples(8) == 4 and rgpo.guided_samples(1) == 1
     dapo = get_preset("dapo")
     assert (dapo.clip_low, dapo.clip_high, dapo.loss_agg, dapo.dynamic_sampling) == (
@@ -74,7 +75,9 @@ def test_loss_fields_are_checked_once_by_loss_config():
         ({"transfer": "rl"}, "transfer"),
         ({"hint_placement": "middle"}, "hint_placement"),
         ({"clip_low": 1.5}, "clip_low"),
-        ({"n_segments": 0}, "n_segments"),
+        ({"n_segments": 1}, "n_segments"),
+        ({"hint_escalation": "never"}, "hint_escalation"),
+        ({"copies": "half"}, "copies"),
         ({"ghpo_omegas": (0.5, 0.25)}, "ghpo_omegas"),
         ({"success_threshold": 0.0}, "success_threshold"),
         ({"hint_template": "{problem}"}, "hint_template"),

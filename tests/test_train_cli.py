@@ -33,7 +33,7 @@ def test_tiny_rgpo_run_writes_all_outputs(tmp_path, cache, capsys):
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert ckpts == ["step_000001", "step_000002"]  # keep_checkpoints=2 pruned step 0
     printed = capsys.readouterr().out
-    assert "accepted transfers" in printed and "hard_accuracy" in printed
+    assert "accepted guided solutions" in printed and "hard_accuracy" in printed
 
 
 @pytest.mark.parametrize("algo", ["grpo", "dapo", "ghpo", "luffy", "guide", "dr_grpo", "gspo",

@@ -70,48 +70,70 @@ def _token_chunks(text: str, n: int, token_starts: TokenStarts | None) -> list[s
     return [text[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]
 
 
+# Token chunks a rationale without steps, lines or sentences is cut into when no segment
+# count is given (the other units are the rationale's own).
+TOKEN_CHUNKS = 4
+
+
 def segment_rationale(
-    text: str, n: int = 4, mode: str = "auto", token_starts: TokenStarts | None = None
+    text: str, n: int | None = None, mode: str = "auto", token_starts: TokenStarts | None = None
 ) -> list[str]:
-    """Split a rationale into at most `n` contiguous segments; "".join(result) == text.
+    """Split a rationale into contiguous segments; "".join(result) == text.
 
     mode: "lines", "sentences", "steps" (numbered steps), "tokens" (equal token chunks), or
     "auto": steps if there are >= 2 numbered steps, else lines if >= 2 non-empty lines,
     else sentences if >= 2, else equal token chunks (cut at `token_starts(text)`, see
-    data.prompts.token_starts). A rationale with fewer units than `n`
-    gives fewer segments (each unit one segment): hint levels above the count mean "all".
-    An empty rationale gives [] (that prompt is never guided).
+    data.prompts.token_starts).
+
+    n=None (the default) keeps the rationale's own units, one segment per step, line or
+    sentence (TOKEN_CHUNKS chunks for "tokens"): a hint level then shows whole steps. An int
+    n groups the units into at most n contiguous segments, as even as possible (fewer
+    units than n give one segment each). An empty rationale gives [] (never guided).
     """
     if not isinstance(text, str):
         raise TypeError(f"text must be str, got {type(text).__name__}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be an int >= 1, got {n!r}")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"n must be an int >= 1 or None, got {n!r}")
     if not text.strip():
         return []
+    chunks = TOKEN_CHUNKS if n is None else n
     if mode == "auto":
         for candidate in ("steps", "lines", "sentences"):
             units = _units(text, candidate)
             if len([u for u in units if u.strip()]) >= 2:
-                return _group(units, n)
-        return _token_chunks(text, n, token_starts)
+                return _grouped(units, n)
+        return _token_chunks(text, chunks, token_starts)
     if mode == "tokens":
-        return _token_chunks(text, n, token_starts)
+        return _token_chunks(text, chunks, token_starts)
     if mode not in ("lines", "sentences", "steps"):
         raise ValueError(f"mode={mode!r} is invalid; valid: auto, lines, sentences, steps, tokens")
-    return _group(_units(text, mode), n)
+    return _grouped(_units(text, mode), n)
+
+
+def _grouped(units: list[str], n: int | None) -> list[str]:
+    """The units themselves (n None), or grouped into at most n. A blank unit (an empty
+    line) joins the unit before it, so no level adds nothing but whitespace."""
+    merged: list[str] = []
+    for u in units:
+        if merged and not u.strip():
+            merged[-1] += u
+        else:
+            merged.append(u)
+    return merged if n is None else _group(merged, n)
 
 
 # ----------------------------------------------------------------------------- hint levels
 
 
 class HintLevels:
-    """Per-prompt hint level l in [0, N], keyed by the example uid; plain serialisable state
-    (a dict of ints) so it survives checkpoints. Unknown prompts start at level 0."""
+    """Per-prompt hint level l >= 0, keyed by the example uid; plain serialisable state (a
+    dict of ints) so it survives checkpoints. Unknown prompts start at level 0.
 
-    def __init__(self, n_segments: int = 4, adaptive: bool = True) -> None:
-        if n_segments < 1:
-            raise ValueError(f"n_segments must be >= 1, got {n_segments}")
-        self.n_segments = n_segments
+    Level l means "show l segments the next time this prompt is guided" (0: not yet
+    needed, shown as 1); each prompt's ceiling is its own segment count, applied where the
+    segments are known (`max_hint_level`, `hint_level_used`)."""
+
+    def __init__(self, adaptive: bool = True) -> None:
         self.adaptive = adaptive
         self.levels: dict[str, int] = {}
 
@@ -123,45 +145,64 @@ class HintLevels:
 
     def set(self, uid: str, level: int) -> None:
         """Store a level computed elsewhere (e.g. merged from other ranks)."""
-        if not 0 <= level <= self.n_segments:
-            raise ValueError(f"hint level {level} outside [0, {self.n_segments}]")
+        if isinstance(level, bool) or not isinstance(level, int) or level < 0:
+            raise ValueError(f"hint level must be an int >= 0, got {level!r}")
         if level == 0:
             self.levels.pop(uid, None)  # keep the table small: 0 is the default
         else:
             self.levels[uid] = level
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "n_segments": self.n_segments,
-            "adaptive": self.adaptive,
-            "levels": dict(self.levels),
-        }
+        return {"adaptive": self.adaptive, "levels": dict(self.levels)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        n = int(state["n_segments"])
+        # checkpoints written before per-prompt ceilings also hold "n_segments" (ignored:
+        # a level above a prompt's segment count is clamped where it is used)
         levels = {str(k): int(v) for k, v in state["levels"].items()}
-        bad = {k: v for k, v in levels.items() if not 0 <= v <= n}
+        bad = {k: v for k, v in levels.items() if v < 0}
         if bad:
-            raise ValueError(f"hint levels outside [0, {n}]: {dict(list(bad.items())[:5])}")
-        self.n_segments = n
+            raise ValueError(f"negative hint levels: {dict(list(bad.items())[:5])}")
         self.adaptive = bool(state.get("adaptive", True))
         self.levels = {k: v for k, v in levels.items() if v > 0}
 
 
-def update_level(
-    level: int, *, solved: bool, guided_failed: bool, n_segments: int, adaptive: bool = True
-) -> int:
-    """One step of the level rule: solved -> l - 1 (floor 0); guided attempt failed ->
-    l + 1 (cap N); otherwise unchanged. `solved` means an unguided success or an accepted
-    guided response. With adaptation off the level never moves (fixed full hint)."""
-    if not 0 <= level <= n_segments:
-        raise ValueError(f"level={level} outside [0, n_segments={n_segments}]")
+def max_hint_level(n_segments: int, adaptive: bool = True) -> int:
+    """The most segments a hint may show for a rationale of `n_segments` segments.
+
+    Adaptive levels stop one short of the whole rationale, so a guided solution always
+    holds at least one step the model wrote (a prompt whose rationale is one segment is
+    never guided: 0); the fixed-hint ablation shows everything."""
+    if n_segments < 0:
+        raise ValueError(f"n_segments must be >= 0, got {n_segments}")
+    return max(n_segments - 1, 0) if adaptive else n_segments
+
+
+def hint_level_used(level: int, max_level: int, adaptive: bool = True) -> int:
+    """Segments shown for stored level `level`: max(l, 1) clamped to the prompt's ceiling
+    with adaptation; the ceiling (the whole rationale) without it."""
+    if level < 0:
+        raise ValueError(f"level must be >= 0, got {level}")
+    return min(max(level, 1), max_level) if adaptive else max_level
+
+
+def update_level(level: int, *, shown: int, solved: bool, guided_failed: bool,
+                 max_level: int, adaptive: bool = True) -> int:  # fmt: skip
+    """The level a prompt is guided at next time.
+
+    `shown` is the deepest level this step tried (0: not guided). Solved (an unguided
+    success, or an accepted guided response at `shown`) -> one less than what solved it,
+    so the next visit tries a smaller hint (floor 0: guided only on failure); the guided
+    round failed -> one more than was shown (cap `max_level`), so the next visit never
+    repeats a hint that already failed; otherwise unchanged. Without adaptation the level
+    never moves (fixed full hint)."""
+    if level < 0 or shown < 0:
+        raise ValueError(f"level={level} and shown={shown} must be >= 0")
     if not adaptive:
         return level
     if solved:
-        return max(level - 1, 0)
+        return max((shown or level) - 1, 0)
     if guided_failed:
-        return min(level + 1, n_segments)
+        return min(shown + 1, max_level)
     return level
 
 
@@ -204,11 +245,6 @@ def needs_guidance(
     return out
 
 
-def hint_level_used(level: int, cfg: Any) -> int:
-    """Segments shown: max(l, 1) with adaptation, all N without (the fixed-hint ablation)."""
-    return max(level, 1) if cfg.adaptive_levels else cfg.n_segments
-
-
 def build_hint(segments: Sequence[str], level: int) -> str:
     """The first max(level, 1) segments, concatenated (an exact prefix of the rationale)."""
     if level < 0:
@@ -236,6 +272,32 @@ def accept(
     if mode == "any_success":
         return [r >= success_threshold for r in g]
     raise ValueError(f"mode={mode!r} is invalid; valid: beat_all, any_success")
+
+
+COPY_RULES = ("train", "once", "drop")
+
+
+def is_copy(solution: str, rationale: str) -> bool:
+    """Is `solution` the reference rationale itself? Equal once runs of whitespace are
+    collapsed (a copy may end with or without a newline)."""
+    return " ".join(solution.split()) == " ".join(rationale.split())
+
+
+def transfer_copies(accepted: Sequence[bool], copies: Sequence[bool], rule: str) -> list[bool]:
+    """Which accepted guided responses of one prompt are transferred, given which of them
+    copy the reference: "train" all of them; "once" the responses of the model's own and
+    one copy at most (K copies of one reference would weigh K times in the NLL); "drop"
+    only the model's own."""
+    if len(accepted) != len(copies):
+        raise ValueError(f"accepted ({len(accepted)}) and copies ({len(copies)}) differ")
+    if rule not in COPY_RULES:
+        raise ValueError(f"copy rule {rule!r} is invalid; valid: {', '.join(COPY_RULES)}")
+    out, kept_copy = [], False
+    for ok, copy in zip(accepted, copies):
+        keep = ok and (not copy or rule == "train" or (rule == "once" and not kept_copy))
+        kept_copy |= keep and copy
+        out.append(keep)
+    return out
 
 
 # ----------------------------------------------------------------------------- outcome

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rgpo_fast.algos.advantages import ADVANTAGES
+from rgpo_fast.algos.guidance import COPY_RULES
 from rgpo_fast.algos.policy_loss import LossConfig
 
 GUIDANCE_MODES = ("none", "rgpo", "ghpo", "luffy")
@@ -24,6 +25,7 @@ PLACEMENTS = ("prompt", "response")
 TRANSFERS = ("sft", "is")
 ACCEPTANCES = ("beat_all", "any_success")
 TRANSFERRED_HINT = ("masked", "trained")
+ESCALATIONS = ("round", "visit")
 
 
 def _choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
@@ -62,7 +64,24 @@ class _AlgoOptions:
     success_threshold: float = field(
         default=0.5, metadata={"help": "A sample with reward >= this counts as a success."}
     )
-    n_segments: int = field(default=4, metadata={"help": "N: rationale segments = max level."})
+    n_segments: int | None = field(
+        default=None,
+        metadata={"help": "Hint segments per rationale: None = the rationale's own steps "
+                  "(lines, sentences), one per level; an int groups them into at most that "
+                  "many. A hint shows at most all but the last segment."},
+    )
+    hint_escalation: str = field(
+        default="round",
+        metadata={"help": "round: a prompt whose guided samples were not accepted is tried "
+                  "at the next level in the same step, up to its last partial level; "
+                  "visit: one level per step, the next visit one higher."},
+    )
+    copies: str = field(
+        default="train",
+        metadata={"help": "An accepted guided solution equal to the reference rationale: "
+                  "train (like any other), once (at most one per prompt and step) or drop "
+                  "(only the model's own solutions are transferred)."},
+    )
     segmentation: str = field(
         default="auto",
         metadata={"help": "Rationale units: auto, lines, sentences, steps or tokens (fallback)."},
@@ -127,13 +146,16 @@ class _AlgoOptions:
         _choice("transfer", self.transfer, TRANSFERS)
         _choice("acceptance", self.acceptance, ACCEPTANCES)
         _choice("transferred_hint", self.transferred_hint, TRANSFERRED_HINT)
+        _choice("hint_escalation", self.hint_escalation, ESCALATIONS)
+        _choice("copies", self.copies, COPY_RULES)
         if self.transferred_hint == "trained" and self.transfer != "sft":
             raise ValueError("AlgoConfig.transferred_hint='trained' needs transfer='sft': hint "
                              "tokens were not sampled, so they have no rollout log-probs")
         if self.max_extra_rounds < 0:
             raise ValueError(f"AlgoConfig.max_extra_rounds={self.max_extra_rounds} must be >= 0")
-        if self.n_segments < 1:
-            raise ValueError(f"AlgoConfig.n_segments={self.n_segments} must be >= 1")
+        if self.n_segments is not None and self.n_segments < 2:
+            raise ValueError(f"AlgoConfig.n_segments={self.n_segments} must be >= 2 or None "
+                             "(a hint shows all segments but the last)")
         if self.num_guided is not None and self.num_guided < 1:
             raise ValueError(f"AlgoConfig.num_guided={self.num_guided} must be >= 1 or None")
         if not 0.0 < self.success_threshold <= 1.0:

@@ -238,7 +238,7 @@ class RGPOFusedGRPOTrainer(GRPOTrainer):
         if guidance is not None and guidance.guidance != "none":
             self._check_guidance(guidance, why)
             self.rgpo_guidance = guidance
-            self.rgpo_levels = HintLevels(guidance.n_segments, guidance.adaptive_levels)
+            self.rgpo_levels = HintLevels(guidance.adaptive_levels)
             # sft_coef travels with the loss options
         self.rgpo_sft_coef = guidance.sft_coef if guidance is not None else 0.0
         self._rgpo_last_rewards: torch.Tensor | None = None
@@ -466,8 +466,9 @@ class RGPOFusedGRPOTrainer(GRPOTrainer):
         transferred = [s for s in result.samples if s.kind == "transferred"]
         new_prompts = [t.prompt_ids for t in transferred]
         new_completions = [t.response_ids[: self.max_completion_length] for t in transferred]
-        self._metrics["train"]["guided/prompts"].append(result.stats["guided/prompts"])
-        self._metrics["train"]["guided/accepted"].append(float(len(new_completions)))
+        for name, value in result.stats.items():  # guided/prompts, accepted, copies, ...
+            self._metrics["train"][name].append(float(value))
+        self._metrics["train"]["guided/transferred"].append(float(len(new_completions)))
         return append_sft_rows(out, new_prompts, new_completions, tok.pad_token_id)
 
     def _prepare_inputs(self, generation_batch):

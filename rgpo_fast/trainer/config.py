@@ -133,6 +133,12 @@ class DataConfig:
         default=256,
         metadata=_help("Problems per eval set (built-in tasks, or the first N rows of a file)."),
     )
+    eval_seed: int = field(
+        default=0,
+        metadata=_help("Seed of the built-in tasks' held-out eval problems; apart from "
+                       "train.seed, so runs of every seed and algorithm are scored on the "
+                       "same problems and their differences pair up."),
+    )
     reward: str = field(
         default="auto",
         metadata=_help(
@@ -400,14 +406,20 @@ class EvalConfig:
                        "eval.temperature, reported beside greedy accuracy with its paired "
                        "gain (0 = off)."),
     )
+    train_problems: int = field(
+        default=0,
+        metadata=_help("Also score the first N training prompts at every evaluation, as set "
+                       "`train` (training accuracy beside held-out shows memorisation; 0 = off)."),
+    )
     temperature: float = field(default=1.0, metadata=_help("Sampling temperature of pass@k."))
     max_new_tokens: int | None = field(
         default=None, metadata=_help("Eval response limit (default rollout.max_new_tokens).")
     )
 
     def __post_init__(self) -> None:
-        if self.every < 0 or self.pass_k < 0 or self.mean_k < 0:
-            raise ConfigError("eval.every, eval.pass_k and eval.mean_k must be >= 0")
+        if self.every < 0 or self.pass_k < 0 or self.mean_k < 0 or self.train_problems < 0:
+            raise ConfigError("eval.every, eval.pass_k, eval.mean_k and eval.train_problems "
+                              "must be >= 0")
         if self.max_new_tokens is not None:
             _positive("eval", "max_new_tokens", self.max_new_tokens)
         if (self.pass_k or self.mean_k) and not self.temperature > 0:

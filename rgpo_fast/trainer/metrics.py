@@ -92,6 +92,8 @@ def step_row(step: int, collected, batch, update: dict, phases: dict[str, float]
             collected.stats.get("guided/accepted", 0.0),
             collected.generated_tokens,
             float(batch.attention_mask.sum()),
+            collected.stats.get("guided/copies", 0.0),
+            collected.stats.get("guided/transferred", 0.0),
         ],
         dtype=torch.float64,
     )
@@ -102,6 +104,9 @@ def step_row(step: int, collected, batch, update: dict, phases: dict[str, float]
         "accuracy/mean": g[1] / max(g[2], 1),
         "guided/prompts": g[3],
         "guided/accepted": g[4],
+        "guided/copies": g[7],
+        "guided/copy_share": g[7] / g[4] if g[4] else 0.0,
+        "guided/transferred": g[8],
         "loss/total": update["loss/total"],
         "loss/pg": update.get("loss/pg", 0.0),
         "loss/sft": update.get("loss/sft", 0.0),
@@ -168,6 +173,10 @@ def paired_gain(before: Sequence[float], after: Sequence[float]) -> tuple[float,
     return mean, math.sqrt(var / n)
 
 
+def _share(part: float, whole: float) -> str:
+    return f"{int(part)} ({100 * part / whole:.0f} %)" if whole else f"{int(part)}"
+
+
 def summary_table(summary: dict) -> str:
     """The human-readable end-of-run table (rank 0 prints it). Held-out accuracies carry
     one standard error (`eval_sizes` holds the problems per set)."""
@@ -189,7 +198,10 @@ def summary_table(summary: dict) -> str:
     tot = summary.get("totals", {})
     rows += [
         ("guided prompts (total)", "", f"{int(tot.get('guided/prompts', 0))}"),
-        ("accepted transfers (total)", "", f"{int(tot.get('guided/accepted', 0))}"),
+        ("accepted guided solutions (total)", "", f"{int(tot.get('guided/accepted', 0))}"),
+        ("  of them copies of the reference", "", _share(tot.get("guided/copies", 0.0),
+                                                        tot.get("guided/accepted", 0.0))),
+        ("transferred (total)", "", f"{int(tot.get('guided/transferred', 0))}"),
         ("tokens/s (generation+train)", "", f"{tot.get('tokens_per_s', 0.0):.0f}"),
         (
             "RL steps / wall time",

@@ -30,6 +30,7 @@ from rgpo_fast.trainer.build import build_engine, load_policy, resolve_model_dir
 from rgpo_fast.trainer.collect import CollectContext
 from rgpo_fast.trainer.config import ConfigError, RunConfig, load_yaml
 from rgpo_fast.trainer.data_sources import (
+    DataSourceError,
     PromptSampler,
     check_data_paths,
     checked_reward_for,
@@ -66,9 +67,11 @@ from rgpo_fast.trainer.update import make_optimizer, make_scheduler
 from rgpo_fast.trainer.warm_start import sft_guard, sft_warm_start
 from rgpo_fast.trainer.weight_sync import sync_engine
 
+# The eval set of eval.train_problems: the first training prompts, scored like held-out ones.
+TRAIN_SET = "train"
 # Step metrics summed over the run into summary.json's totals, under the same names.
-SUMMED = ("guided/prompts", "guided/accepted", "tokens/generated", "time/step_s",
-          "reward/timeouts", "reward/zeroed")  # fmt: skip
+SUMMED = ("guided/prompts", "guided/accepted", "guided/copies", "guided/transferred",
+          "tokens/generated", "time/step_s", "reward/timeouts", "reward/zeroed")  # fmt: skip
 TOTALS = (*SUMMED, "nonfinite/skipped")
 # Names of the totals in checkpoints written before they took the metrics' names.
 LEGACY_TOTALS = {"guided_prompts": "guided/prompts", "accepted": "guided/accepted",
@@ -194,6 +197,13 @@ def _build(cfg: RunConfig, info: DistInfo, out_dir: Path, lock: RunLock | None,
     if info.is_main:
         print("start-up: " + ", ".join(f"{k}={v}" for k, v in features.items()), flush=True)
     train_set, sft_set, eval_sets, data_report = _load_data(cfg, tok)
+    if cfg.eval.train_problems:  # training prompts scored like held-out ones
+        if TRAIN_SET in eval_sets:
+            raise DataSourceError(f"eval.train_problems reports the training prompts as set "
+                                  f"{TRAIN_SET!r}, and data.eval already has a set of that "
+                                  "name; rename that file")
+        eval_sets[TRAIN_SET] = train_set[: cfg.eval.train_problems]
+        eval_rewards[TRAIN_SET] = reward_fn
     for entry in data_report.values():  # files: one line each, every dropped row counted
         line = entry.pop("line", None)
         if line and info.is_main:
@@ -233,7 +243,7 @@ def _build(cfg: RunConfig, info: DistInfo, out_dir: Path, lock: RunLock | None,
         features=features, engine=engine, shares_weights=shares, reward_fn=reward_fn,
         sft_set=sft_set, eval_sets=eval_sets, eval_rewards=eval_rewards, data_report=data_report,
         sampler=PromptSampler(train_set, cfg.train.seed),
-        levels=HintLevels(cfg.algo.n_segments, cfg.algo.adaptive_levels),
+        levels=HintLevels(cfg.algo.adaptive_levels),
         optimizer=optimizer, scheduler=scheduler, metrics=MetricsLog(out_dir / "metrics.jsonl"),
         collect=collect, t_start=t_start, lock=lock, ref_policy=ref, sinks=sinks,
         rl_guard=NonFiniteGuard("RL", f"Lower optim.lr (now {cfg.optim.lr:g}) or check the "
@@ -294,7 +304,7 @@ def _load_data(cfg: RunConfig, tok):
                               heldout=False, require_rationale=True, report=report,
                               role="sft", **common)  # fmt: skip
     eval_sets = {
-        name: load_source(spec, n=cfg.data.n_eval, seed=cfg.train.seed, heldout=True,
+        name: load_source(spec, n=cfg.data.n_eval, seed=cfg.data.eval_seed, heldout=True,
                           limit=cfg.data.n_eval, report=report, role=f"eval {name}",
                           **common)[: cfg.data.n_eval]
         for name, spec in eval_sources(cfg.data.eval)
@@ -389,7 +399,7 @@ def start_fresh(s: Session) -> int:
 def record(s: Session, row: dict) -> None:
     """Add a step's row to the totals and to metrics.jsonl (every `log_every` steps)."""
     for key in SUMMED:
-        s.totals[key] += row[key]
+        s.totals[key] += row.get(key, 0.0)  # guided/* only where a guidance mode ran
     s.totals["nonfinite/skipped"] = s.rl_guard.skipped  # the SFT warm start's count too
     step, cfg = row["step"], s.cfg
     if s.info.is_main and (step % cfg.logging.log_every == 0 or step == cfg.train.max_steps):
@@ -423,6 +433,9 @@ def finish(s: Session) -> dict:
         "eval_before": s.eval_before,
         "eval_sizes": {name: len(exs) for name, exs in s.eval_sets.items()},
         "eval_gain": gains,
+        # per-problem outcomes in set order, so runs on the same problems pair up
+        # (another algorithm or seed: metrics.paired_gain on these lists)
+        "eval_items": {"before": s.eval_before_items, "after": after_items},
         "data": s.data_report,
         "totals": s.totals,
         "time_s": time.perf_counter() - s.t_start,
