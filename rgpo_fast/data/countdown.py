@@ -26,12 +26,16 @@ Why this shape (what RGPO needs, measured in docs/learning.md):
 - numbers 1-6 and values up to 40 keep the arithmetic facts few enough for a tiny
   character-level model; everything stays under ~60 characters.
 
-Splits: `easy` = 3 numbers; `hard` = 4 numbers whose search really is a search (at most 3
-of the ~18 possible first steps can still reach the target, `good_first_steps`: with small
-numbers most 4-number problems are solvable from half of their first steps); `mixed` =
-both; `warm` = 2-4 numbers, unfiltered, for the SFT warm start. Levels "2".."5" name a
-number count, "4-rare" the hard level. Held-out problems are separated from training ones
-by a hash of the problem text (not by seed), so train and held-out sets never share one.
+Splits: `easy` = 3 numbers; `hard` = 4 numbers with a single good first step (of the ~18
+possible first steps exactly one leaves a pool from which the target can still be reached,
+`good_first_steps`): finding that step is the search, and plain sampling rarely does; a
+hint of one step leaves a 3-number problem that the model still has to solve itself (two
+steps, usually more than one way to write them). `mixed` = both; `warm` = 2-4 numbers,
+unfiltered, for the SFT warm start. Levels "2".."5" name a number count, "4-rare" (at most
+3 good first steps, the earlier hard split) and "4-one" (the hard level). Held-out problems
+are separated from training ones by a hash of the problem text (not by seed), so train and
+held-out sets never share a problem text; with numbers 1-6 a 4-number problem has up to 24
+orderings, and another ordering of a held-out problem may be a training one.
 """
 
 from __future__ import annotations
@@ -59,17 +63,19 @@ class CountdownLevel:
     max_good_first_steps: int | None = None
 
 
-# Levels by name: the number count, or "4-rare" (4 numbers, at most 3 good first steps).
+# Levels by name: the number count, "4-rare" (4 numbers, at most 3 good first steps) or
+# "4-one" (4 numbers, a single good first step: the hard split).
 LEVELS: dict[str, CountdownLevel] = {
     **{str(n): CountdownLevel(numbers=n) for n in (2, 3, 4, 5)},
     "4-rare": CountdownLevel(numbers=4, max_good_first_steps=3),
+    "4-one": CountdownLevel(numbers=4, max_good_first_steps=1),
 }
 # Two numbers give only ~200 distinct problems (a held-out set of them would repeat): they
 # serve the warm start, not evaluation.
 SPLITS: dict[str, tuple[str, ...]] = {
     "easy": ("3",),
-    "hard": ("4-rare",),
-    "mixed": ("3", "4-rare"),
+    "hard": ("4-one",),
+    "mixed": ("3", "4-one"),
     "warm": ("2", "3", "4"),
 }
 OPS = "+-*"
