@@ -1,4 +1,9 @@
-"""Trainer plots: the trend line and the files written from metrics rows."""
+"""Trainer plots: the trend line and the files written from metrics rows; the summary
+table's standard errors."""
+
+import math
+
+import pytest
 
 from rgpo_fast.trainer.plots import _series, moving_average, with_held_out, write_plots
 
@@ -38,3 +43,19 @@ def test_summary_table_gives_standard_errors():
     text = summary_table({"eval": {"easy_accuracy": 0.5}, "eval_before": {"easy_accuracy": 0.3},
                           "eval_sizes": {"easy": 100}, "totals": {}, "steps": 1})
     assert "0.300 ± 0.046" in text and "0.500 ± 0.050" in text
+
+
+def test_summary_table_mean_at_k_error_is_that_of_the_per_problem_values():
+    from rgpo_fast.trainer.metrics import mean_and_se, summary_table
+
+    values = [0.25, 0.5, 0.75, 0.5]  # mean@4 of four problems
+    m, se = mean_and_se(values)
+    assert m == 0.5 and se == pytest.approx(math.sqrt(1 / 24 / 4))
+    text = summary_table({"eval": {"easy_mean@4": 0.5}, "eval_before": {"easy_mean@4": 0.5},
+                          "eval_items": {"after": {"easy_mean@4": values}},
+                          "eval_sizes": {"easy": 4}, "totals": {"guided/accepted": 4.0,
+                                                               "guided/copies": 1.0},
+                          "steps": 1})
+    # after: the per-problem error (0.102), not the binomial one of 0.5 on 4 (0.250)
+    assert f"0.500 ± {se:.3f}" in text and "0.500 ± 0.250" in text  # before: binomial
+    assert "1 (25 %)" in text  # copies among the accepted guided solutions

@@ -156,21 +156,24 @@ def standard_error(p: float, n: int) -> float:
     return math.sqrt(max(p * (1.0 - p), 0.0) / n) if n > 0 else float("nan")
 
 
+def mean_and_se(values: Sequence[float]) -> tuple[float, float]:
+    """The mean of per-problem values and its standard error, sd / sqrt(n)."""
+    n = len(values)
+    if n == 0:
+        return float("nan"), float("nan")
+    mean = math.fsum(values) / n
+    if n < 2:
+        return mean, float("nan")
+    return mean, math.sqrt(math.fsum((x - mean) ** 2 for x in values) / (n - 1) / n)
+
+
 def paired_gain(before: Sequence[float], after: Sequence[float]) -> tuple[float, float]:
     """The mean per-problem difference after - before on the same problems, and its paired
     standard error, sd(differences) / sqrt(n): problems solved both times or neither add
     no noise, so it is smaller than the two accuracies' separate errors suggest."""
     if len(before) != len(after):
         raise ValueError(f"paired outcomes differ in length: {len(before)} and {len(after)}")
-    n = len(before)
-    if n == 0:
-        return float("nan"), float("nan")
-    d = [a - b for a, b in zip(after, before)]
-    mean = math.fsum(d) / n
-    if n < 2:
-        return mean, float("nan")
-    var = math.fsum((x - mean) ** 2 for x in d) / (n - 1)
-    return mean, math.sqrt(var / n)
+    return mean_and_se([a - b for a, b in zip(after, before)])
 
 
 def _share(part: float, whole: float) -> str:
@@ -178,21 +181,26 @@ def _share(part: float, whole: float) -> str:
 
 
 def summary_table(summary: dict) -> str:
-    """The human-readable end-of-run table (rank 0 prints it). Held-out accuracies carry
-    one standard error (`eval_sizes` holds the problems per set)."""
+    """The human-readable end-of-run table (rank 0 prints it). Held-out values carry one
+    standard error: of the per-problem values where summary.json holds them (mean@k is an
+    average per problem, not a coin flip), else the binomial one of `eval_sizes`."""
     ev = summary.get("eval", {})
     before = summary.get("eval_before", {})
     sizes = summary.get("eval_sizes", {})
+    items = summary.get("eval_items", {})
 
-    def cell(key: str, value) -> str:
+    def cell(key: str, value, when: str) -> str:
         if not isinstance(value, float):
             return "-"
+        values = items.get(when, {}).get(key)
+        if values and len(values) > 1:
+            return f"{value:.3f} ± {mean_and_se(values)[1]:.3f}"
         n = next((m for name, m in sizes.items() if key.startswith(f"{name}_")), 0)
         return f"{value:.3f} ± {standard_error(value, n):.3f}" if n else f"{value:.3f}"
 
     rows = [("metric", "before", "after")]
     for key in sorted(ev):
-        rows.append((key, cell(key, before.get(key)), cell(key, ev[key])))
+        rows.append((key, cell(key, before.get(key), "before"), cell(key, ev[key], "after")))
     for key, g in sorted(summary.get("eval_gain", {}).items()):
         rows.append((f"{key} gain", "", f"{g['gain']:+.3f} ± {g['paired_se']:.3f} paired"))
     tot = summary.get("totals", {})
