@@ -76,7 +76,7 @@ SPLITS: dict[str, tuple[str, ...]] = {
     "easy": ("3",),
     "hard": ("4-one",),
     "mixed": ("3", "4-one"),
-    "warm": ("2", "3", "4"),
+    "warm": ("2", "3", "4", "5"),
 }
 OPS = "+-*"
 

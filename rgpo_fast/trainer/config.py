@@ -401,10 +401,10 @@ class EvalConfig:
         default=0, metadata=_help("k of pass@k (sampled at eval temperature; 0 = greedy only).")
     )
     mean_k: int = field(
-        default=0,
+        default=8,
         metadata=_help("k of mean@k: the average success of k samples per problem at "
                        "eval.temperature, reported beside greedy accuracy with its paired "
-                       "gain (0 = off)."),
+                       "gain; k times the eval generation of greedy alone (0 = off)."),
     )
     train_problems: int = field(
         default=0,
@@ -603,10 +603,12 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 # The algorithm of the built-in default run, when no preset is named: RGPO with the hint as
 # the start of the response (the tiny model continues a partial solution; it does not
 # restate one from the prompt), the accepted solution trained whole under the hint-free
-# prompt with NLL weight 0.1 (docs/learning.md measures why). Naming a preset (`--algo
-# rgpo`) gives that preset's own defaults instead.
+# prompt with NLL weight 0.1, a copy of the reference at most once per prompt and step
+# (docs/learning.md measures why). Naming a preset (`--algo rgpo`) gives that preset's own
+# defaults instead.
 DEFAULT_ALGO: dict[str, Any] = {
     "name": "rgpo", "hint_placement": "response", "transferred_hint": "trained", "sft_coef": 0.1,
+    "copies": "once",
 }  # fmt: skip
 
 
