@@ -1,20 +1,23 @@
-"""Learning benchmark: RGPO against GRPO, DAPO, GHPO and LUFFY (+ RGPO ablations) on `countdown`.
+"""Learning benchmark: RGPO against GRPO on `countdown`, with the ablations that explain it.
 
-    python benchmarks/learning.py            # full: 8 configurations x 3 seeds (<= 30 min, 2 cores)
+    python benchmarks/learning.py            # core: GRPO, RGPO, 3 ablations x 3 seeds
     python benchmarks/learning.py --quick    # smaller version (a few minutes)
+    python benchmarks/learning.py --all      # + DAPO, GHPO, LUFFY and three more ablations
     python benchmarks/learning.py --report   # rebuild table + figure from finished runs
 
 What is compared, and how it is kept fair:
 - one SFT warm-start (tiny Qwen2, solutions of `countdown:warm`), done ONCE and cached as an HF
   directory; every algorithm and seed starts RL from that directory (`--model DIR`, no SFT);
+  its hint probe (benchmarks/learning_probe.py) says what each hint level opens;
 - the same training prompts (`countdown:mixed`, generated from the seed), the same
-  prompts per step, group size, learning rate, steps and held-out sets for everyone;
-- the budget is counted twice: RL steps (equal for all) and generated tokens (guided,
-  regenerated and refill rollouts included; `tokens/generated` of metrics.jsonl), so the
-  table also reports hard accuracy at GRPO's token spend and tokens to reach GRPO's final
-  hard accuracy;
-- held-out greedy accuracy (easy and hard) every `eval_every` steps through the trainer's
-  own periodic evaluation; mean and spread over seeds, every seed reported (no selection).
+  prompts per step, group size, learning rate, steps for everyone, and the same held-out
+  problems for every run (data.eval_seed), so runs pair problem by problem;
+- held-out mean@8 (average success of 8 samples per problem) beside greedy accuracy, on
+  easy, hard and training problems, every `eval_every` steps through the trainer's own
+  evaluation; differences to GRPO come with their paired standard error (per-problem
+  differences, averaged over seeds) and per seed; every seed reported (no selection);
+- the budget is counted twice: RL steps (equal for all) and generated tokens (guided
+  rollouts included; `tokens/generated` of metrics.jsonl).
 
 Each training run is a subprocess `python -m rgpo_fast.train ...` (at most `--jobs` at once,
 one thread each); finished runs are reused when their arguments are unchanged, so an
@@ -46,6 +49,7 @@ from learning_curves import (  # noqa: E402,F401 (re-exported for tests and --re
     curve_from_rows,
     first_reach,
     mean_std,
+    paired_difference,
     read_curve,
     summarize,
     value_at_budget,
@@ -55,7 +59,6 @@ from learning_report import (  # noqa: E402,F401
     machine_meta,
     markdown_table,
     plot,
-    probe_summary,
     probe_table,
     target_checks,
     wall_time_text,
@@ -151,16 +154,32 @@ def run_jobs(jobs: list[Job], n_parallel: int, total_steps: int) -> int:
 # ----------------------------------------------------------------------------- main
 
 
+def paired_to_baseline(by_seed: dict[str, dict[int, Curve]], metric: str) -> dict[str, dict]:
+    """Each variant's final held-out `metric` minus the baseline's, problem by problem:
+    over the seeds ("hard", "easy": (difference, paired s.e., problems)) and per seed."""
+    base = by_seed.get(BASELINE, {})
+    out = {}
+    for name, runs in by_seed.items():
+        if name == BASELINE:
+            continue
+        out[name] = {split: paired_difference(runs, base, f"{split}_{metric}")
+                     for split in ("hard", "easy")}  # fmt: skip
+        out[name]["seeds"] = {seed: {"hard": paired_difference({seed: c}, base,
+                                                                f"hard_{metric}")}
+                              for seed, c in sorted(runs.items())}  # fmt: skip
+    return out
+
+
 def report(jobs: list[Job], s: Settings, vs: list[Variant], md: Path, png: Path,
            command: str, wall: dict) -> str:
-    aggs = {}
-    for v in vs:
-        curves = [read_curve(j.out) for j in jobs if j.variant == v and j.done()]
-        if curves:
-            aggs[v.name] = aggregate(curves)
+    by_seed: dict[str, dict[int, Curve]] = {}
+    for j in jobs:
+        if j.done():
+            by_seed.setdefault(j.variant.name, {})[j.seed] = read_curve(j.out, s.metric)
+    aggs = {v.name: aggregate(list(by_seed[v.name].values())) for v in vs if v.name in by_seed}
     if BASELINE not in aggs:
         raise RuntimeError(f"no finished {BASELINE} runs to compare against")
-    rows, target, base_tokens = summarize(aggs, vs)
+    rows, target, _ = summarize(aggs, vs)
     meta = machine_meta()
     if wall.get("git"):
         meta["git"] = f"{wall['git']} (code of the runs)"
@@ -170,9 +189,10 @@ def report(jobs: list[Job], s: Settings, vs: list[Variant], md: Path, png: Path,
         meta["benchmark wall time"] = wall_time_text(wall)
     probe_file = RUNS / f"warmstart-{s.warm_key()}" / "hint_probe.json"
     probe = json.loads(probe_file.read_text()) if probe_file.exists() else None
-    text = write_markdown(md, rows, target, base_tokens, s, command, meta, probe)
+    paired = paired_to_baseline(by_seed, s.metric)
+    text = write_markdown(md, rows, target, s, command, meta, paired, probe)
     plot(aggs, vs, png, f"countdown: RL on {s.train_data} from one SFT warm start, "
-                        f"{len(s.seeds)} seeds")
+                        f"{len(s.seeds)} seeds", s.metric)
     return text
 
 
@@ -183,7 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=2, help="training processes at once")
     p.add_argument("--seeds", type=str, help="comma-separated RL seeds (override)")
     p.add_argument("--steps", type=int, help="RL steps (override)")
-    p.add_argument("--only", type=str, help="comma-separated variant names to run")
+    p.add_argument("--only", type=str,
+                   help="comma-separated variant names to run (any of them, core or not)")
+    p.add_argument("--all", action="store_true",
+                   help="every variant: the core comparison plus DAPO, GHPO, LUFFY and the "
+                        "other ablations")
     p.add_argument("--sft-coefs", type=str,
                    help="instead of the comparison: RGPO at these comma-separated sft_coef "
                         "values beside GRPO (-> results/learning_sft_coef.{md,png})")
@@ -217,7 +241,13 @@ def main(argv: list[str] | None = None) -> int:
         vs = sft_coef_variants(s, coefs)
     if a.only:
         keep = {x.strip() for x in a.only.split(",")} | {BASELINE}
+        unknown = keep - {v.name for v in vs}
+        if unknown:
+            p.error(f"--only: unknown variant(s) {', '.join(sorted(unknown))}; valid: "
+                    f"{', '.join(v.name for v in vs)}")
         vs = [v for v in vs if v.name in keep]
+    elif not a.all and not a.sft_coefs:
+        vs = [v for v in vs if v.core]
     stem = a.out or ("learning_quick" if a.quick else "learning") + (
         "_sft_coef" if a.sft_coefs else "")
     mode = "quick" if a.quick else "full"

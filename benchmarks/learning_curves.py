@@ -25,13 +25,18 @@ class Curve:
     guided_prompts: float = 0.0
     accepted: float = 0.0
     time_s: float = 0.0
+    copies: float = 0.0  # accepted guided solutions equal to the reference
+    final: dict[str, float] = field(default_factory=dict)  # summary["eval"]: every metric
+    # final per-problem outcomes (summary["eval_items"]["after"]), for paired comparisons
+    items: dict[str, list[float]] = field(default_factory=dict)
 
 
-def curve_from_rows(rows: list[dict], summary: dict) -> Curve:
-    """Build a Curve from metrics.jsonl rows and summary.json.
+def curve_from_rows(rows: list[dict], summary: dict, metric: str = "accuracy") -> Curve:
+    """Build a Curve of held-out `metric` ("accuracy" = greedy, or "mean@k") from
+    metrics.jsonl rows and summary.json.
 
     Eval points: step 0 (summary["eval_before"], the warm start), every row with
-    `eval/<set>_accuracy`, and the final step (summary["eval"])."""
+    `eval/<set>_<metric>`, and the final step (summary["eval"])."""
     rows = sorted(rows, key=lambda r: r["step"])
     steps, reward, tokens, cum = [], [], [], 0.0
     tok_at: dict[int, float] = {0: 0.0}
@@ -41,31 +46,61 @@ def curve_from_rows(rows: list[dict], summary: dict) -> Curve:
         reward.append(float(r.get("reward/mean", 0.0)))
         tokens.append(cum)
         tok_at[int(r["step"])] = cum
+    e_key, h_key = f"easy_{metric}", f"hard_{metric}"
     ev_steps = [0]
-    easy = [float(summary["eval_before"].get("easy_accuracy", math.nan))]
-    hard = [float(summary["eval_before"].get("hard_accuracy", math.nan))]
+    easy = [float(summary["eval_before"].get(e_key, math.nan))]
+    hard = [float(summary["eval_before"].get(h_key, math.nan))]
     for r in rows:
-        if "eval/hard_accuracy" in r or "eval/easy_accuracy" in r:
+        if f"eval/{h_key}" in r or f"eval/{e_key}" in r:
             ev_steps.append(int(r["step"]))
-            easy.append(float(r.get("eval/easy_accuracy", math.nan)))
-            hard.append(float(r.get("eval/hard_accuracy", math.nan)))
+            easy.append(float(r.get(f"eval/{e_key}", math.nan)))
+            hard.append(float(r.get(f"eval/{h_key}", math.nan)))
     final = int(summary.get("steps", steps[-1] if steps else 0))
     if final not in ev_steps:
         ev_steps.append(final)
-        easy.append(float(summary["eval"].get("easy_accuracy", math.nan)))
-        hard.append(float(summary["eval"].get("hard_accuracy", math.nan)))
+        easy.append(float(summary["eval"].get(e_key, math.nan)))
+        hard.append(float(summary["eval"].get(h_key, math.nan)))
     tot = summary.get("totals", {})
     return Curve(eval_steps=ev_steps, eval_tokens=[tok_at.get(s, math.nan) for s in ev_steps],
                  easy=easy, hard=hard, steps=steps, reward=reward, tokens=tokens,
                  guided_prompts=float(tot.get("guided/prompts", 0.0)),
                  accepted=float(tot.get("guided/accepted", 0.0)),
-                 time_s=float(summary.get("time_s", 0.0)))
+                 time_s=float(summary.get("time_s", 0.0)),
+                 copies=float(tot.get("guided/copies", 0.0)),
+                 final=dict(summary.get("eval", {})),
+                 items=dict(summary.get("eval_items", {}).get("after", {})))
 
 
-def read_curve(run_dir: Path) -> Curve:
+def read_curve(run_dir: Path, metric: str = "accuracy") -> Curve:
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     rows = [json.loads(x) for x in lines if x.strip()]
-    return curve_from_rows(rows, json.loads((run_dir / "summary.json").read_text()))
+    return curve_from_rows(rows, json.loads((run_dir / "summary.json").read_text()), metric)
+
+
+def paired_difference(runs: dict[int, Curve], base: dict[int, Curve], key: str
+                      ) -> tuple[float, float, int] | None:  # fmt: skip
+    """Mean per-problem difference of final `key` (e.g. "hard_mean@8") between `runs` and
+    the baseline's `base`, over the seeds both have, with its paired standard error.
+
+    Every run is scored on the same held-out problems (data.eval_seed), so seed s of both
+    pairs problem by problem: each problem's difference is averaged over the seeds, and the
+    standard error is that of the mean over problems (sd / sqrt(n)). It holds the problem
+    and sampling noise; a seed's shift common to every problem shows in the per-seed
+    values reported beside it. -> (difference, s.e., problems), or None without data."""
+    from rgpo_fast.trainer.metrics import paired_gain
+
+    seeds = sorted(set(runs) & set(base))
+    pairs = [(base[s].items.get(key), runs[s].items.get(key)) for s in seeds]
+    pairs = [(b, r) for b, r in pairs if b and r and len(b) == len(r)]
+    if not pairs:
+        return None
+    n = len(pairs[0][0])
+    if any(len(b) != n for b, _ in pairs):
+        return None
+    base_avg = [sum(b[i] for b, _ in pairs) / len(pairs) for i in range(n)]
+    run_avg = [sum(r[i] for _, r in pairs) / len(pairs) for i in range(n)]
+    gain, se = paired_gain(base_avg, run_avg)
+    return gain, se, n
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:
@@ -101,6 +136,9 @@ class Aggregate:
     accepted: float
     time_s: float
     per_seed_final_hard: list[float]
+    # every final metric of summary["eval"] (greedy, mean@k, the training set), over seeds
+    final_metrics: dict[str, tuple[float, float]] = field(default_factory=dict)
+    copies: float = 0.0
 
 
 def aggregate(curves: list[Curve]) -> Aggregate:
@@ -132,6 +170,9 @@ def aggregate(curves: list[Curve]) -> Aggregate:
         accepted=mean_std([c.accepted for c in curves])[0],
         time_s=mean_std([c.time_s for c in curves])[0],
         per_seed_final_hard=[c.hard[i] for c, i in zip(curves, last)],
+        final_metrics={k: mean_std([c.final.get(k, math.nan) for c in curves])
+                       for k in curves[0].final},
+        copies=mean_std([c.copies for c in curves])[0],
     )
 
 

@@ -13,12 +13,12 @@ from learning_settings import DRIVER, ROOT, Settings
 
 PROBE_N = 256  # held-out hard problems
 PROBE_K = 8  # samples per problem and hint level
-HARD_STEPS = 3  # countdown:hard solutions have 3 steps: levels 0 (no hint) .. 3 (all)
 
 
 def hint_probe_worker(model_dir: Path, s: Settings) -> None:
     """Success, pass@k and copy share per hint level, written to <model_dir>/hint_probe.json
-    (RGPO's segmentation and placement, temperature 1)."""
+    (RGPO's levels: one per solution step, never the whole solution; its placement,
+    temperature 1)."""
     import torch
 
     from rgpo_fast.algos.presets import get_preset
@@ -36,7 +36,7 @@ def hint_probe_worker(model_dir: Path, s: Settings) -> None:
     engine = HFEngine(lm, eos_token_ids=[tok.eos_token_id], pad_token_id=tok.pad_token_id)
     hard = dict(eval_sources(s.eval_data))["hard"]
     examples = load_source(hard, n=PROBE_N, seed=0, heldout=True)
-    algo = get_preset("rgpo", hint_placement=s.hint_placement, n_segments=HARD_STEPS)
+    algo = get_preset("rgpo", hint_placement=s.hint_placement)
     res = run_probe(engine, tok, examples, get_reward_fn(task_of(hard).reward), algo,
                     k=PROBE_K, max_new_tokens=s.max_new_tokens)  # fmt: skip
     rows = [{"level": r.level, "sample_success": r.success, f"pass@{PROBE_K}": r.pass_at_k,

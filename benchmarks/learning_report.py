@@ -28,89 +28,107 @@ def _tok(x: float | None) -> str:
     return f"{x / 1e3:.0f}k" if x >= 1e4 else f"{x:.0f}"
 
 
-def markdown_table(rows: list[Row], target: float, base_tokens: float, total_steps: int) -> str:
-    """The results table (accuracies in %, mean ± sample std over seeds)."""
-    head = ("| algorithm | final easy acc % | final hard acc % | hard acc % per seed "
-            f"| hard acc % at {BASELINE}'s tokens ({_tok(base_tokens)}) "
-            f"| steps to {100 * target:.1f} % hard | tokens to {100 * target:.1f} % hard "
-            "| generated tokens | guided prompts / accepted | wall s per run |")
+def _diff(d: tuple[float, float, int] | None) -> str:
+    return "-" if d is None else f"{100 * d[0]:+.1f} ± {100 * d[1]:.1f}"
+
+
+def markdown_table(rows: list[Row], target: float, total_steps: int, metric: str,
+                   paired: dict[str, dict[str, tuple | None]]) -> str:  # fmt: skip
+    """The results table: held-out `metric` in % (mean ± sample std over seeds), the
+    paired difference to the baseline (± its paired standard error), greedy and training
+    accuracy beside it."""
+    head = (f"| algorithm | hard {metric} % | easy {metric} % | hard {metric} % per seed "
+            f"| hard vs {BASELINE} (paired) | easy vs {BASELINE} (paired) "
+            f"| hard greedy % | easy greedy % | train {metric} % "
+            f"| steps to {100 * target:.1f} % hard | generated tokens "
+            "| guided prompts / accepted (copies) | wall s per run |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        a = r.agg
+        a, f = r.agg, r.agg.final_metrics
         reach = ("not reached" if r.steps_to_target is None else
                  "0 (warm start)" if r.steps_to_target == 0 else f"{r.steps_to_target:.0f}")
         name = f"{r.name} ({r.note})" if r.note else r.name
+        nan = (math.nan, math.nan)
+        copies = f" ({100 * a.copies / a.accepted:.0f} %)" if a.accepted else ""
         lines.append(
-            f"| {name} | {_pct(a.final_easy)} | {_pct(a.final_hard)} "
+            f"| {name} | {_pct(a.final_hard)} | {_pct(a.final_easy)} "
             f"| {', '.join(f'{100 * h:.1f}' for h in a.per_seed_final_hard)} "
-            f"| {_num(100 * r.hard_at_base_tokens)} "
-            f"| {reach} / {total_steps} | {_tok(r.tokens_to_target)} "
+            f"| {_diff(paired.get(r.name, {}).get('hard'))} "
+            f"| {_diff(paired.get(r.name, {}).get('easy'))} "
+            f"| {_pct(f.get('hard_accuracy', nan))} | {_pct(f.get('easy_accuracy', nan))} "
+            f"| {_pct(f.get(f'train_{metric}', nan))} "
+            f"| {reach} / {total_steps} "
             f"| {_tok(a.total_tokens[0])} ± {_tok(a.total_tokens[1])} "
-            f"| {a.guided_prompts:.0f} / {a.accepted:.0f} | {a.time_s:.0f} |")
+            f"| {a.guided_prompts:.0f} / {a.accepted:.0f}{copies} | {a.time_s:.0f} |")
     return "\n".join(lines)
 
 
-def target_checks(rows: list[Row], total_steps: int, main: str = MAIN,
-                  baseline: str = BASELINE, easy_tol: float = 0.02) -> list[tuple[str, bool, str]]:
-    """The issue's three targets, evaluated on the measured numbers."""
-    by = {r.name: r for r in rows}
-    if main not in by or baseline not in by:
+def target_checks(paired: dict[str, dict[str, tuple | None]], main: str = MAIN,
+                  min_gain: float = 0.03, min_se: float = 2.0, easy_tol: float = 0.02
+                  ) -> list[tuple[str, bool, str]]:  # fmt: skip
+    """The targets, on the paired differences of `main` to the baseline (means over seeds)."""
+    hard, easy = paired.get(main, {}).get("hard"), paired.get(main, {}).get("easy")
+    if hard is None or easy is None:
         return []
-    m, b = by[main].agg, by[baseline].agg
-    s = by[main].steps_to_target
-    # If the baseline ended no higher than the shared warm start, every run "reaches" its
-    # final accuracy at step 0: that is no speed-up, so the target counts as not met.
-    start = b.hard[0] if b.eval_steps and b.eval_steps[0] == 0 else -math.inf
-    improved = b.final_hard[0] > start + 1e-9
-    if not improved:
-        detail = (f"not measurable: {baseline} ended at {100 * b.final_hard[0]:.1f} %, no higher "
-                  f"than the warm start ({100 * start:.1f} %), so every run 'reaches' it at step 0")
-    else:
-        detail = "not reached" if s is None else f"reached at step {s:.0f}"
-    out = [
-        (f"{main} reaches {baseline}'s final hard accuracy in at most half the steps "
-         f"(<= {total_steps // 2} of {total_steps})",
-         improved and s is not None and s <= total_steps / 2, detail),
-        (f"{main} ends >= 10 points higher on hard (mean over seeds)",
-         m.final_hard[0] - b.final_hard[0] >= 0.10 - 1e-9,
-         f"{100 * m.final_hard[0]:.1f} vs {100 * b.final_hard[0]:.1f} "
-         f"({100 * (m.final_hard[0] - b.final_hard[0]):+.1f} points)"),
-        (f"{main} keeps easy accuracy (>= {baseline}'s final easy - {100 * easy_tol:.0f} points)",
-         m.final_easy[0] >= b.final_easy[0] - easy_tol - 1e-9,
-         f"{100 * m.final_easy[0]:.1f} vs {100 * b.final_easy[0]:.1f}"),
+    g, se, n = hard
+    return [
+        (f"{main} above {BASELINE} on held-out hard by >= {100 * min_gain:.0f} points and "
+         f">= {min_se:.0f} paired standard errors",
+         g >= min_gain - 1e-9 and g >= min_se * se,
+         f"{100 * g:+.1f} ± {100 * se:.1f} points on {n} problems "
+         f"({g / se if se > 0 else math.inf:.1f} s.e.)"),
+        (f"{main} keeps easy within {100 * easy_tol:.0f} points of {BASELINE}",
+         easy[0] >= -easy_tol - 1e-9, f"{100 * easy[0]:+.1f} ± {100 * easy[1]:.1f} points"),
     ]
-    return out
 
 
-def write_markdown(path: Path, rows: list[Row], target: float, base_tokens: float,
-                   s: Settings, command: str, meta: dict, probe: list[dict] | None = None) -> str:
-    checks = target_checks(rows, s.steps)
+def write_markdown(path: Path, rows: list[Row], target: float, s: Settings, command: str,
+                   meta: dict, paired: dict, probe: list[dict] | None = None) -> str:
+    """The results page: setup, table, per-seed paired differences, targets, probe."""
+    metric = s.metric
+    checks = target_checks(paired)
     warm = rows[0].agg if rows else None
     text = [
-        "# Learning benchmark: RGPO vs GRPO, DAPO, GHPO, LUFFY on `countdown`",
+        "# Learning benchmark: RGPO against GRPO on `countdown`",
         "",
         f"Command: `{command}`",
         "",
         f"Setup: one SFT warm-start ({s.sft_steps} steps on `{s.sft_data}`, tiny Qwen2 "
         f"{s.tiny_layers} layers x {s.tiny_hidden}, character tokenizer) shared by every run; RL "
-        f"on `{s.train_data}` for {s.steps} steps x {s.prompts_per_step} prompts x G="
-        f"{s.group_size}, lr {s.lr:g}, max {s.max_new_tokens} new tokens; held-out greedy "
-        f"accuracy on {s.n_eval} easy + {s.n_eval} hard problems every {s.eval_every} steps; "
-        f"seeds {', '.join(map(str, s.seeds))} (every seed reported). RGPO variants place the "
-        f"hint in the response, train the accepted solution whole ({s.transferred_hint} hint) "
-        f"with sft_coef={s.sft_coef} (docs/learning.md says why).",
+        f"on `{s.train_data}` ({s.n_train} training problems) for {s.steps} steps x "
+        f"{s.prompts_per_step} prompts x G={s.group_size}, lr {s.lr:g}, max "
+        f"{s.max_new_tokens} new tokens; held-out {metric} (average success of "
+        f"{s.eval_mean_k} samples per problem at temperature 1) and greedy accuracy on the "
+        f"same {s.n_eval} easy + {s.n_eval} hard problems for every run (data.eval_seed), "
+        f"and on {s.eval_train} training problems, every {s.eval_every} steps; seeds "
+        f"{', '.join(map(str, s.seeds))} (every seed reported). RGPO variants place the hint "
+        f"in the response, one solution step per level, escalate within a step "
+        f"(hint_escalation={s.hint_escalation}), train the accepted solution whole "
+        f"({s.transferred_hint} hint) with sft_coef={s.sft_coef}, and transfer copies of the "
+        f"reference by the rule copies={s.copies} (docs/learning.md says why).",
         "",
-        "Accuracies in %, mean ± sample std over seeds. Target = "
-        f"{BASELINE}'s final hard accuracy (mean) = {100 * target:.1f} %; 'steps/tokens to' are "
-        "read off the mean-over-seeds curve at eval points. Tokens = generated tokens of "
-        "training rollouts (guided, regenerated and refill rollouts included; evaluation "
-        "excluded).",
+        f"Held-out {metric} in %, mean ± sample std over seeds. 'vs {BASELINE} (paired)': "
+        "the mean per-problem difference of the final values, each problem averaged over "
+        "the seeds, ± its paired standard error (problem and sampling noise; the per-seed "
+        f"differences below show the seed-to-seed spread). Steps to = first eval point of "
+        f"the mean-over-seeds curve at {BASELINE}'s final hard {metric}. Tokens = generated "
+        "tokens of training rollouts (guided ones included; evaluation excluded).",
         "",
     ]
     if warm is not None and warm.eval_steps and warm.eval_steps[0] == 0:
-        text += [f"Warm start (step 0, mean over the seeds' eval sets): easy "
-                 f"{100 * warm.easy[0]:.1f} %, hard {100 * warm.hard[0]:.1f} %.", ""]
-    text += [markdown_table(rows, target, base_tokens, s.steps), ""]
+        text += [f"Warm start (step 0): easy {100 * warm.easy[0]:.1f} %, hard "
+                 f"{100 * warm.hard[0]:.1f} % {metric}.", ""]
+    text += [markdown_table(rows, target, s.steps, metric, paired), ""]
+    per_seed = [(name, d["seeds"]) for name, d in paired.items() if d.get("seeds")]
+    if per_seed:
+        seeds = sorted({k for _, v in per_seed for k in v})
+        text += [f"Hard {metric} difference to {BASELINE} per seed (points, ± paired s.e. "
+                 "over problems):", "",
+                 "| algorithm | " + " | ".join(f"seed {k}" for k in seeds) + " |",
+                 "|---|" + "---|" * len(seeds)]
+        text += [f"| {name} | " + " | ".join(_diff(v.get(k, {}).get("hard")) for k in seeds)
+                 + " |" for name, v in per_seed]  # fmt: skip
+        text += [""]
     if checks:
         text += ["Targets (measured):", ""]
         text += [f"- [{'x' if ok else ' '}] {what}: {detail}" for what, ok, detail in checks]
@@ -119,8 +137,8 @@ def write_markdown(path: Path, rows: list[Row], target: float, base_tokens: floa
         text += ["Does the warm start use partial solutions? `python -m rgpo_fast.probe` on "
                  "256 held-out hard problems, 8 samples each at temperature 1, with the first "
                  "`level` solution steps as the start of the response (RGPO's guided prompt; "
-                 "level 0 = no hint); copy = accepted samples equal to the reference:", "",
-                 probe_table(probe), "", probe_summary(probe), ""]
+                 "level 0 = no hint; never the whole solution); copy = accepted samples equal "
+                 "to the reference:", "", probe_table(probe), ""]
     text += [f"![learning curves]({path.stem}.png)", "",
              "Machine: " + ", ".join(f"{k} {v}" for k, v in meta.items()), ""]
     out = "\n".join(text)
@@ -132,8 +150,10 @@ def write_markdown(path: Path, rows: list[Row], target: float, base_tokens: floa
 # ----------------------------------------------------------------------------- figure
 
 
-def plot(aggs: dict[str, Aggregate], variants_: list[Variant], path: Path, title: str) -> None:
-    """2 x 3 panels: hard acc, easy acc, reward; vs RL steps (top) and generated tokens."""
+def plot(aggs: dict[str, Aggregate], variants_: list[Variant], path: Path, title: str,
+         metric: str = "accuracy") -> None:  # fmt: skip
+    """2 x 3 panels: held-out hard and easy `metric`, training reward; vs RL steps (top) and
+    generated tokens."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -164,8 +184,7 @@ def plot(aggs: dict[str, Aggregate], variants_: list[Variant], path: Path, title
             axes[row][2].fill_between(xs_st, [y - d for y, d in zip(r, rs)],
                                       [y + d for y, d in zip(r, rs)], color=colors(k), alpha=0.08)
     for row, xl in enumerate(("RL step", "generated tokens (training rollouts)")):
-        for col, yl in enumerate(("held-out hard accuracy % (greedy)",
-                                  "held-out easy accuracy % (greedy)",
+        for col, yl in enumerate((f"held-out hard {metric} %", f"held-out easy {metric} %",
                                   "train reward, unguided (5-step mean)")):
             ax = axes[row][col]
             ax.set_xlabel(xl)
@@ -186,21 +205,6 @@ def probe_table(probe: list[dict]) -> str:
     for p in probe:
         lines.append(f"| {p['level']} | " + " | ".join(f"{100 * p[k]:.1f}" for k in keys) + " |")
     return "\n".join(lines)
-
-
-def probe_summary(probe: list[dict]) -> str:
-    """RGPO's precondition in one sentence from the hint probe: how far a *partial* hint
-    (1..N-1 of N segments) raises sample success over no hint, next to the whole solution."""
-    by = {p["level"]: p["sample_success"] for p in probe}
-    top = max(by)
-    partial = {lv: v for lv, v in by.items() if 0 < lv < top}
-    if 0 not in by or not partial:
-        return ""
-    best = max(partial, key=partial.get)
-    return (f"Partial hints raise sample success from {100 * by[0]:.1f} % (no hint) to at most "
-            f"{100 * partial[best]:.1f} % (level {best}); the whole solution gives "
-            f"{100 * by[top]:.1f} %. RGPO needs the partial levels well above level 0: "
-            "otherwise its accepted samples are mostly copies of whole solutions.")
 
 
 def machine_meta() -> dict:

@@ -110,24 +110,51 @@ def test_summarize_steps_and_tokens_to_reach():
     assert by["rgpo: transfer=is"].steps_to_target is None
     # hard accuracy at grpo's token spend (2000): rgpo has spent 160/step -> last eval <= 2000
     assert by["rgpo"].hard_at_base_tokens == pytest.approx(0.125)  # step 10: (0.15 + 0.10) / 2
-    checks = L.target_checks(rows, total_steps=20)
-    assert [ok for _, ok, _ in checks] == [True, True, True]
+
+
+def _curve_with_items(hard: list[float], easy: list[float]) -> "L.Curve":
+    rows, summary = synthetic_run([0.0, sum(hard) / len(hard)], [0.5, sum(easy) / len(easy)])
+    summary["eval_items"] = {"after": {"hard_mean@8": hard, "easy_mean@8": easy}}
+    return L.curve_from_rows(rows, summary)
+
+
+def test_paired_difference_pairs_problems_over_seeds():
+    base = {0: _curve_with_items([0.0, 0.5, 1.0, 0.0], [1.0] * 4),
+            1: _curve_with_items([0.0, 0.0, 1.0, 0.5], [1.0] * 4)}
+    run = {0: _curve_with_items([0.5, 0.5, 1.0, 0.5], [1.0] * 4),
+           1: _curve_with_items([0.0, 0.5, 1.0, 0.5], [0.5] * 4)}
+    # per-problem differences averaged over the seeds: 0.25, 0.25, 0, 0.25
+    g, se, n = L.paired_difference(run, base, "hard_mean@8")
+    assert n == 4 and g == pytest.approx(0.1875)
+    assert se == pytest.approx(math.sqrt(sum((d - 0.1875) ** 2 for d in (0.25, 0.25, 0, 0.25))
+                                         / 3 / 4))
+    assert L.paired_difference({2: run[0]}, base, "hard_mean@8") is None  # no common seed
+    paired = L.paired_to_baseline({"grpo": base, "rgpo": run}, "mean@8")
+    assert paired["rgpo"]["easy"][0] == pytest.approx(-0.25)
+    assert paired["rgpo"]["seeds"][0]["hard"][0] == pytest.approx(0.25)
+    checks = L.target_checks(paired)
+    assert [ok for _, ok, _ in checks] == [True, False]  # +18.8 > 2 s.e.; easy -25 points
+    assert "+18.8 ± " in checks[0][2]
 
 
 def test_markdown_table_and_file(tmp_path):
     vs, aggs = _rows()
-    rows, target, base_tokens = L.summarize(aggs, vs)
-    table = L.markdown_table(rows, target, base_tokens, total_steps=20)
+    rows, target, _ = L.summarize(aggs, vs)
+    paired = {"rgpo": {"hard": (0.05, 0.01, 256), "easy": (-0.01, 0.01, 256),
+                       "seeds": {0: {"hard": (0.04, 0.02, 256)}, 1: {"hard": (0.06, 0.02, 256)}}}}
+    table = L.markdown_table(rows, target, 20, "accuracy", paired)
     lines = table.splitlines()
     assert len(lines) == 2 + len(rows)
     assert all(line.count("|") == lines[0].count("|") for line in lines)
     assert "rgpo (sft_coef=0.1)" in table and "not reached / 20" in table
     assert "20.0 ± 0.0" in table  # rgpo final hard, both seeds 0.2
-    md = L.write_markdown(tmp_path / "x.md", rows, target, base_tokens, L.QUICK, "cmd",
-                          {"git": "abc"})
+    assert "| +5.0 ± 1.0 | -1.0 ± 1.0 |" in table
+    md = L.write_markdown(tmp_path / "x.md", rows, target, L.QUICK, "cmd", {"git": "abc"},
+                          paired)
     assert (tmp_path / "x.md").read_text() == md
-    assert "- [x] rgpo ends >= 10 points higher" in md
-    assert "sft_coef=0.1" in md
+    assert "- [x] rgpo above grpo on held-out hard by >= 3 points" in md
+    assert "| rgpo | +4.0 ± 2.0 | +6.0 ± 2.0 |" in md  # per seed
+    assert "copies=once" in md
 
 
 def test_plot_writes_png(tmp_path):
@@ -141,21 +168,29 @@ def test_every_variant_is_a_valid_trainer_config(tmp_path):
 
     s = L.FULL
     names = [v.name for v in L.variants(s)]
-    assert names[:5] == ["grpo", "dapo", "ghpo", "luffy", "rgpo"] and len(names) == 8
+    assert [v.name for v in L.variants(s) if v.core] == [
+        "grpo", "rgpo", "rgpo: copies=train", "rgpo: copies=drop", "rgpo: one level per visit"]
+    assert {"dapo", "ghpo", "luffy"} <= set(names) and len(set(names)) == len(names) == 11
     seen = set()
     for v in L.variants(s):
         _, cfg = parse_args(L.train_args(v, 1, s, tmp_path / "model", tmp_path / "out"))
         assert cfg.train.sft_steps == 0 and cfg.model.path == str(tmp_path / "model")
         assert cfg.train.max_steps == s.steps and cfg.optim.lr == s.lr
         assert cfg.eval.every == s.eval_every and cfg.rollout.n == s.group_size
+        assert cfg.eval.mean_k == s.eval_mean_k == 8 and cfg.eval.train_problems == s.eval_train
         if v.algo == "rgpo":
             assert cfg.algo.sft_coef == s.sft_coef  # the same for every RGPO variant
             assert cfg.algo.hint_placement == s.hint_placement
+            assert cfg.algo.n_segments is None  # one level per solution step
         assert cfg.data.train == s.train_data and cfg.data.eval == s.eval_data
-        seen.add((cfg.algo.name, cfg.algo.transfer, cfg.algo.acceptance, cfg.algo.adaptive_levels))
-    assert ("rgpo", "is", "beat_all", True) in seen
-    assert ("rgpo", "sft", "any_success", True) in seen
-    assert ("rgpo", "sft", "beat_all", False) in seen
+        seen.add((cfg.algo.name, cfg.algo.transfer, cfg.algo.acceptance, cfg.algo.adaptive_levels,
+                  cfg.algo.copies, cfg.algo.hint_escalation))
+    assert ("rgpo", "is", "beat_all", True, "once", "round") in seen
+    assert ("rgpo", "sft", "any_success", True, "once", "round") in seen
+    assert ("rgpo", "sft", "beat_all", False, "once", "round") in seen
+    for rule in ("train", "once", "drop"):
+        assert ("rgpo", "sft", "beat_all", True, rule, "round") in seen
+    assert ("rgpo", "sft", "beat_all", True, "once", "visit") in seen
 
 
 def test_probe_table_in_markdown(tmp_path):
@@ -166,20 +201,19 @@ def test_probe_table_in_markdown(tmp_path):
     table = L.probe_table(probe)
     assert table.splitlines()[0] == "| hint level (segments shown) | sample_success % | pass@8 % |"
     assert "| 1 | 20.0 | 50.0 |" in table
-    md = L.write_markdown(tmp_path / "y.md", rows, target, base_tokens, L.FULL, "cmd", {}, probe)
+    md = L.write_markdown(tmp_path / "y.md", rows, target, L.FULL, "cmd", {}, {}, probe)
     assert table in md and "![learning curves](y.png)" in md
 
 
-def test_no_speedup_claim_when_baseline_did_not_improve():
+def test_warm_start_reach_is_labelled():
     vs = [L.Variant("grpo", "grpo"), L.Variant("rgpo", "rgpo")]
     aggs = {n: L.aggregate([L.curve_from_rows(*synthetic_run(h, [0.8] * 3))])
             for n, h in (("grpo", [0.02, 0.0, 0.02]), ("rgpo", [0.02, 0.03, 0.04]))}
     rows, target, _ = L.summarize(aggs, vs)
     assert target == pytest.approx(0.02)
     assert {r.name: r.steps_to_target for r in rows} == {"grpo": 0, "rgpo": 0}
-    first = L.target_checks(rows, total_steps=10)[0]
-    assert first[1] is False and "not measurable" in first[2]
-    assert "0 (warm start) / 10" in L.markdown_table(rows, target, 100.0, 10)
+    assert "0 (warm start) / 10" in L.markdown_table(rows, target, 10, "accuracy", {})
+    assert L.target_checks({}) == []  # nothing paired: no claim
 
 
 def test_wall_time_text_says_whether_the_warm_start_was_made():
@@ -196,38 +230,3 @@ def test_sft_coef_sweep_reuses_the_main_rgpo_runs_and_adds_the_others():
     assert ("algo.sft_coef", "0.3") in vs[3].overrides
     assert ("algo.hint_placement", "response") in vs[3].overrides  # only the weight differs
     assert len({L.slug(v.name) for v in vs}) == len(vs)  # no run directory shared
-
-
-def test_probe_summary_reports_the_best_partial_hint():
-    probe = [{"level": 0, "sample_success": 0.018}, {"level": 1, "sample_success": 0.031},
-             {"level": 2, "sample_success": 0.018}, {"level": 3, "sample_success": 0.091},
-             {"level": 4, "sample_success": 0.994}]
-    v = L.probe_summary(probe)
-    assert "from 1.8 % (no hint) to at most 9.1 % (level 3)" in v
-    assert "whole solution gives 99.4 %" in v
-    assert L.probe_summary(probe[:1]) == ""  # nothing to compare
-
-
-def test_trl_parity_runs_grpo_with_the_learning_settings(tmp_path):
-    """benchmarks/e2e_vs_trl.py --learning: the rgpo_fast side is plain GRPO with the
-    benchmark's RL settings, and the TRL side is scored on that run's held-out problems."""
-    from rgpo_fast.trainer.cli import parse_args
-    from rgpo_fast.trainer.data_sources import eval_sources, load_source
-
-    path = ROOT / "benchmarks" / "e2e_vs_trl.py"
-    spec = importlib.util.spec_from_file_location("e2e_vs_trl", path)
-    E = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(E)
-    s = L.FULL
-    _, cfg = parse_args(E.rgpo_learn_argv(s, str(tmp_path / "m"), str(tmp_path / "o"), 2, 1))
-    assert cfg.algo.name == "grpo" and cfg.algo.guidance == "none" and cfg.algo.beta == 0
-    assert cfg.train.sft_steps == 0 and cfg.train.seed == 2 and cfg.train.max_steps == s.steps
-    assert (cfg.data.train, cfg.data.eval, cfg.data.n_eval) == (s.train_data, s.eval_data, s.n_eval)
-    assert (cfg.train.prompts_per_step, cfg.rollout.n) == (s.prompts_per_step, s.group_size)
-    assert (cfg.optim.lr, cfg.optim.schedule) == (s.lr, s.schedule)
-    assert cfg.rollout.max_new_tokens == s.max_new_tokens
-    small = L.dataclasses.replace(s, n_eval=8)
-    held = E._held_out(small, None, seed=2)
-    for name, src in eval_sources(s.eval_data):  # the trainer's draw for --seed 2
-        assert held[name] == load_source(src, n=8, seed=cfg.train.seed, heldout=True)
-    assert held != E._held_out(small, None, seed=0)
