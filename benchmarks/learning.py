@@ -156,7 +156,8 @@ def run_jobs(jobs: list[Job], n_parallel: int, total_steps: int) -> int:
 
 def paired_to_baseline(by_seed: dict[str, dict[int, Curve]], metric: str) -> dict[str, dict]:
     """Each variant's final held-out `metric` minus the baseline's, problem by problem:
-    over the seeds ("hard", "easy": (difference, paired s.e., problems)) and per seed."""
+    over the seeds ("hard", "easy": (difference, paired s.e., problems); greedy accuracy
+    as "hard_greedy", "easy_greedy") and per seed."""
     base = by_seed.get(BASELINE, {})
     out = {}
     for name, runs in by_seed.items():
@@ -164,6 +165,8 @@ def paired_to_baseline(by_seed: dict[str, dict[int, Curve]], metric: str) -> dic
             continue
         out[name] = {split: paired_difference(runs, base, f"{split}_{metric}")
                      for split in ("hard", "easy")}  # fmt: skip
+        out[name].update({f"{split}_greedy": paired_difference(runs, base, f"{split}_accuracy")
+                          for split in ("hard", "easy")})  # fmt: skip
         out[name]["seeds"] = {seed: {"hard": paired_difference({seed: c}, base,
                                                                 f"hard_{metric}")}
                               for seed, c in sorted(runs.items())}  # fmt: skip

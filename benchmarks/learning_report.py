@@ -32,6 +32,10 @@ def _diff(d: tuple[float, float, int] | None) -> str:
     return "-" if d is None else f"{100 * d[0]:+.1f} ± {100 * d[1]:.1f}"
 
 
+def _greedy(value: tuple[float, float], diff: tuple[float, float, int] | None) -> str:
+    return _pct(value) + ("" if diff is None else f" ({_diff(diff)})")
+
+
 def markdown_table(rows: list[Row], target: float, total_steps: int, metric: str,
                    paired: dict[str, dict[str, tuple | None]]) -> str:  # fmt: skip
     """The results table: held-out `metric` in % (mean ± sample std over seeds), the
@@ -39,7 +43,8 @@ def markdown_table(rows: list[Row], target: float, total_steps: int, metric: str
     accuracy beside it."""
     head = (f"| algorithm | hard {metric} % | easy {metric} % | hard {metric} % per seed "
             f"| hard vs {BASELINE} (paired) | easy vs {BASELINE} (paired) "
-            f"| hard greedy % | easy greedy % | train {metric} % "
+            f"| hard greedy % (vs {BASELINE}) | easy greedy % (vs {BASELINE}) "
+            f"| train {metric} % "
             f"| steps to {100 * target:.1f} % hard | generated tokens "
             "| guided prompts / accepted (copies) | wall s per run |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -49,13 +54,14 @@ def markdown_table(rows: list[Row], target: float, total_steps: int, metric: str
                  "0 (warm start)" if r.steps_to_target == 0 else f"{r.steps_to_target:.0f}")
         name = f"{r.name} ({r.note})" if r.note else r.name
         nan = (math.nan, math.nan)
+        pair = paired.get(r.name, {})
         copies = f" ({100 * a.copies / a.accepted:.0f} %)" if a.accepted else ""
         lines.append(
             f"| {name} | {_pct(a.final_hard)} | {_pct(a.final_easy)} "
             f"| {', '.join(f'{100 * h:.1f}' for h in a.per_seed_final_hard)} "
-            f"| {_diff(paired.get(r.name, {}).get('hard'))} "
-            f"| {_diff(paired.get(r.name, {}).get('easy'))} "
-            f"| {_pct(f.get('hard_accuracy', nan))} | {_pct(f.get('easy_accuracy', nan))} "
+            f"| {_diff(pair.get('hard'))} | {_diff(pair.get('easy'))} "
+            f"| {_greedy(f.get('hard_accuracy', nan), pair.get('hard_greedy'))} "
+            f"| {_greedy(f.get('easy_accuracy', nan), pair.get('easy_greedy'))} "
             f"| {_pct(f.get(f'train_{metric}', nan))} "
             f"| {reach} / {total_steps} "
             f"| {_tok(a.total_tokens[0])} ± {_tok(a.total_tokens[1])} "
@@ -110,7 +116,8 @@ def write_markdown(path: Path, rows: list[Row], target: float, s: Settings, comm
         f"Held-out {metric} in %, mean ± sample std over seeds. 'vs {BASELINE} (paired)': "
         "the mean per-problem difference of the final values, each problem averaged over "
         "the seeds, ± its paired standard error (problem and sampling noise; the per-seed "
-        f"differences below show the seed-to-seed spread). Steps to = first eval point of "
+        f"differences below show the seed-to-seed spread); the greedy columns carry theirs "
+        f"in brackets. Steps to = first eval point of "
         f"the mean-over-seeds curve at {BASELINE}'s final hard {metric}. Tokens = generated "
         "tokens of training rollouts (guided ones included; evaluation excluded).",
         "",

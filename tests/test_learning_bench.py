@@ -131,6 +131,7 @@ def test_paired_difference_pairs_problems_over_seeds():
     assert L.paired_difference({2: run[0]}, base, "hard_mean@8") is None  # no common seed
     paired = L.paired_to_baseline({"grpo": base, "rgpo": run}, "mean@8")
     assert paired["rgpo"]["easy"][0] == pytest.approx(-0.25)
+    assert paired["rgpo"]["hard_greedy"] is None  # no greedy per-problem values here
     assert paired["rgpo"]["seeds"][0]["hard"][0] == pytest.approx(0.25)
     checks = L.target_checks(paired)
     assert [ok for _, ok, _ in checks] == [True, False]  # +18.8 > 2 s.e.; easy -25 points
@@ -141,6 +142,7 @@ def test_markdown_table_and_file(tmp_path):
     vs, aggs = _rows()
     rows, target, _ = L.summarize(aggs, vs)
     paired = {"rgpo": {"hard": (0.05, 0.01, 256), "easy": (-0.01, 0.01, 256),
+                       "hard_greedy": (0.078, 0.022, 256),
                        "seeds": {0: {"hard": (0.04, 0.02, 256)}, 1: {"hard": (0.06, 0.02, 256)}}}}
     table = L.markdown_table(rows, target, 20, "accuracy", paired)
     lines = table.splitlines()
@@ -149,6 +151,7 @@ def test_markdown_table_and_file(tmp_path):
     assert "rgpo (sft_coef=0.1)" in table and "not reached / 20" in table
     assert "20.0 ± 0.0" in table  # rgpo final hard, both seeds 0.2
     assert "| +5.0 ± 1.0 | -1.0 ± 1.0 |" in table
+    assert "(+7.8 ± 2.2)" in table  # greedy hard beside its paired difference
     md = L.write_markdown(tmp_path / "x.md", rows, target, L.QUICK, "cmd", {"git": "abc"},
                           paired)
     assert (tmp_path / "x.md").read_text() == md

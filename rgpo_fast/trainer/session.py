@@ -399,7 +399,7 @@ def start_fresh(s: Session) -> int:
 def record(s: Session, row: dict) -> None:
     """Add a step's row to the totals and to metrics.jsonl (every `log_every` steps)."""
     for key in SUMMED:
-        s.totals[key] += row.get(key, 0.0)  # guided/* only where a guidance mode ran
+        s.totals[key] += row[key]
     s.totals["nonfinite/skipped"] = s.rl_guard.skipped  # the SFT warm start's count too
     step, cfg = row["step"], s.cfg
     if s.info.is_main and (step % cfg.logging.log_every == 0 or step == cfg.train.max_steps):
