@@ -391,4 +391,6 @@ def test_a_full_disk_at_final_says_training_finished(tmp_path, cache, capsys, mo
     assert (run / "final" / "model.safetensors").is_file() and (run / "summary.json").is_file()
     summary = json.loads((run / "summary.json").read_text())
     assert math.isfinite(summary["time_s"])
-    assert set(summary["eval_gain"]) == {"easy_accuracy", "hard_accuracy"}  # from the checkpoint
+    # the gains use the per-problem outcomes before RL, kept in the checkpoint
+    assert set(summary["eval_gain"]) == {f"{split}_{metric}" for split in ("easy", "hard")
+                                         for metric in ("accuracy", "mean@8")}
