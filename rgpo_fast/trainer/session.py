@@ -190,6 +190,10 @@ def _build(cfg: RunConfig, info: DistInfo, out_dir: Path, lock: RunLock | None,
     reward_fn = checked_reward_for(cfg, cfg.data.train)  # imports a custom reward
     eval_rewards = {name: checked_reward_for(cfg, spec)
                     for name, spec in eval_sources(cfg.data.eval)}  # fmt: skip
+    if cfg.eval.train_problems and TRAIN_SET in eval_rewards:
+        raise DataSourceError(f"eval.train_problems reports the training prompts as set "
+                              f"{TRAIN_SET!r}, and data.eval already has a set of that name; "
+                              "rename that file")
     model_dir = resolve_model_dir(cfg)
     max_model_len = check_sequence_lengths(cfg, model_dir)
 
@@ -197,13 +201,6 @@ def _build(cfg: RunConfig, info: DistInfo, out_dir: Path, lock: RunLock | None,
     if info.is_main:
         print("start-up: " + ", ".join(f"{k}={v}" for k, v in features.items()), flush=True)
     train_set, sft_set, eval_sets, data_report = _load_data(cfg, tok)
-    if cfg.eval.train_problems:  # training prompts scored like held-out ones
-        if TRAIN_SET in eval_sets:
-            raise DataSourceError(f"eval.train_problems reports the training prompts as set "
-                                  f"{TRAIN_SET!r}, and data.eval already has a set of that "
-                                  "name; rename that file")
-        eval_sets[TRAIN_SET] = train_set[: cfg.eval.train_problems]
-        eval_rewards[TRAIN_SET] = reward_fn
     for entry in data_report.values():  # files: one line each, every dropped row counted
         line = entry.pop("line", None)
         if line and info.is_main:
@@ -214,6 +211,9 @@ def _build(cfg: RunConfig, info: DistInfo, out_dir: Path, lock: RunLock | None,
     for notice in filter(None, notices):
         if info.is_main:
             print(notice, flush=True)
+    if cfg.eval.train_problems:  # training prompts scored like held-out ones (probed above)
+        eval_sets[TRAIN_SET] = train_set[: cfg.eval.train_problems]
+        eval_rewards[TRAIN_SET] = reward_fn
     notice = check_rationales(cfg, train_set)
     if notice and info.is_main:
         print(notice, flush=True)
