@@ -80,8 +80,10 @@ def jobs(archs: list[int], quick: bool) -> list[tuple[str, object, int, dict, di
             for flags_on in (True, False) if dtype == "bf16" and not quick else (True,):
                 for ci, c in enumerate(configs):
                     blocks = dict(c.kwargs)
-                    fwd = {"HAS_BIAS": flags_on, "WITH_ENTROPY": flags_on, **dot, **blocks}
-                    bwd = {"HAS_BIAS": flags_on, "WITH_ENTROPY": flags_on, "NEED_DH": True,
+                    fwd = {"HAS_BIAS": flags_on, "WITH_ENTROPY": flags_on,
+                           "THRESHOLD": flags_on, **dot, **blocks}
+                    bwd = {"HAS_BIAS": flags_on, "WITH_ENTROPY": flags_on,
+                           "THRESHOLD": flags_on, "NEED_DH": True,
                            "NEED_DW": True, "NEED_DB": flags_on, **dot, **blocks}  # fmt: skip
                     tag = f"sm_{arch} {dtype} config {ci} flags {'on' if flags_on else 'off'}"
                     out.append((f"fwd {tag}", klp._logprob_fwd_kernel, arch, ptrs, fwd,

@@ -4,6 +4,8 @@ Maths (per token n, vocab entry k, temperature T):
     z_nk  = (h_n . w_k + b_k) / T
     lse_n = log sum_k exp(z_nk)          logp_n = z_n,t_n - lse_n
     H_n   = -sum_k p_nk log p_nk         p_nk = exp(z_nk - lse_n)
+With a truncated sampler's per-row threshold c_n (THRESHOLD; ops/truncation.py) every sum
+over k runs over the kept logits z_nk >= c_n (and the target) only, and p_nk = 0 elsewhere.
 Backward, with upstream gradients g_n (of logp) and e_n (of entropy):
     dL/dz_nk = g_n (1[k = t_n] - p_nk) - e_n p_nk (log p_nk + H_n)
     dh = (dL/dz) W / T,  dW = (dL/dz)^T h / T,  db = sum_n dL/dz_nk / T
@@ -100,6 +102,7 @@ def _logprob_fwd_kernel(
     weight_ptr,  # (V, H) lm_head weight, input dtype
     bias_ptr,  # (V,) lm_head bias (unused unless HAS_BIAS)
     targets_ptr,  # (N,) int target ids in [0, V)
+    thr_ptr,  # (N,) fp32 per-row threshold of a truncated sampler (THRESHOLD)
     part_m_ptr,  # (S, N) fp32 out: max of z over the split
     part_s_ptr,  # (S, N) fp32 out: sum exp(z - m) over the split
     part_a_ptr,  # (S, N) fp32 out: sum exp(z - m) (z - m) over the split (WITH_ENTROPY)
@@ -108,9 +111,9 @@ def _logprob_fwd_kernel(
     stride_hidden_n, stride_hidden_h, stride_weight_v, stride_weight_h, stride_part_s,
     inv_temp,
     n_bucket,  # unused by the kernel: the autotuner's key for N (see n_bucket())
-    HAS_BIAS: tl.constexpr, WITH_ENTROPY: tl.constexpr, UPCAST_DOT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
-    BLOCK_H: tl.constexpr, GROUP_N: tl.constexpr,
+    HAS_BIAS: tl.constexpr, WITH_ENTROPY: tl.constexpr, THRESHOLD: tl.constexpr,
+    UPCAST_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr, GROUP_N: tl.constexpr,
 ):  # fmt: skip
     """Online log-sum-exp over one vocab split for one token block.
 
@@ -123,6 +126,8 @@ def _logprob_fwd_kernel(
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_mask = rows < N
     tgt = tl.load(targets_ptr + rows, mask=row_mask, other=-1).to(tl.int64)
+    if THRESHOLD:
+        thr = tl.load(thr_ptr + rows, mask=row_mask, other=float("-inf"))
     v_start = pid_s * v_per_split
     v_end = tl.minimum(v_start + v_per_split, V)
 
@@ -139,7 +144,10 @@ def _logprob_fwd_kernel(
             stride_hidden_n, stride_hidden_h, stride_weight_v, stride_weight_h, inv_temp,
             HAS_BIAS, UPCAST_DOT, DOT_PRECISION, BLOCK_N, BLOCK_V, BLOCK_H,
         )  # fmt: skip
-        z = tl.where(col_mask[None, :], z, float("-inf"))
+        live = col_mask[None, :]
+        if THRESHOLD:  # a truncated sampler's dropped logits leave every sum
+            live = live & ((z >= thr[:, None]) | (cols[None, :] == tgt[:, None]))
+        z = tl.where(live, z, float("-inf"))
         zt += tl.sum(tl.where(cols[None, :] == tgt[:, None], z, 0.0), axis=1)
         m_new = tl.maximum(m, tl.max(z, axis=1))
         alpha = tl.exp(m - m_new)
@@ -147,7 +155,7 @@ def _logprob_fwd_kernel(
         e = tl.exp(zc)
         if WITH_ENTROPY:
             # e = 0 on masked columns; zero their -inf before the product (no 0 * inf).
-            ez = e * tl.where(col_mask[None, :], zc, 0.0)
+            ez = e * tl.where(live, zc, 0.0)
             a = alpha * (a + (m - m_new) * s) + tl.sum(ez, axis=1)
         s = s * alpha + tl.sum(e, axis=1)
         m = m_new
@@ -209,6 +217,7 @@ def _logprob_bwd_kernel(
     weight_ptr,  # (V, H) lm_head weight, input dtype
     bias_ptr,  # (V,) lm_head bias (unused unless HAS_BIAS)
     targets_ptr,  # (N,) int target ids
+    thr_ptr,  # (N,) fp32 per-row threshold of a truncated sampler (THRESHOLD)
     lse_ptr,  # (N,) fp32 log-sum-exp saved by the forward
     ent_ptr,  # (N,) fp32 entropy saved by the forward (WITH_ENTROPY)
     g_logp_ptr,  # (N,) fp32 upstream gradient of logp
@@ -221,8 +230,8 @@ def _logprob_bwd_kernel(
     stride_dh_n, stride_dw_v,
     inv_temp,
     n_bucket,  # unused by the kernel: the autotuner's key for N (see n_bucket())
-    HAS_BIAS: tl.constexpr, WITH_ENTROPY: tl.constexpr, NEED_DH: tl.constexpr,
-    NEED_DW: tl.constexpr, NEED_DB: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    HAS_BIAS: tl.constexpr, WITH_ENTROPY: tl.constexpr, THRESHOLD: tl.constexpr,
+    NEED_DH: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr, UPCAST_DOT: tl.constexpr,
     DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
     BLOCK_H: tl.constexpr, GROUP_N: tl.constexpr,
 ):  # fmt: skip
@@ -247,6 +256,11 @@ def _logprob_bwd_kernel(
     tgt = tl.load(targets_ptr + rows, mask=row_mask, other=-1).to(tl.int64)
     logq = z - lse[:, None]  # log p; finite on masked entries (z read zeros there)
     p = tl.exp(logq)
+    if THRESHOLD:  # dropped logits: p = 0, and log p zeroed so that p (log p + H) = 0
+        thr = tl.load(thr_ptr + rows, mask=row_mask, other=float("-inf"))
+        live = (z >= thr[:, None]) | (cols[None, :] == tgt[:, None])
+        p = tl.where(live, p, 0.0)
+        logq = tl.where(live, logq, 0.0)
     dz = tl.where(cols[None, :] == tgt[:, None], g[:, None], 0.0) - g[:, None] * p
     if WITH_ENTROPY:
         ent = tl.load(ent_ptr + rows, mask=row_mask, other=0.0)
@@ -369,9 +383,10 @@ def n_bucket(n: int) -> int:
 # flag of the launch (bias, entropy, which gradients, the dot's precision), which change
 # the kernel's work and registers. Tensor dtypes are added to the key by Triton itself.
 TUNE_KEYS = {
-    "fwd": ["H", "V", "n_bucket", "HAS_BIAS", "WITH_ENTROPY", "UPCAST_DOT", "DOT_PRECISION"],
-    "bwd": ["H", "V", "n_bucket", "HAS_BIAS", "WITH_ENTROPY", "NEED_DH", "NEED_DW", "NEED_DB",
-            "UPCAST_DOT", "DOT_PRECISION"],
+    "fwd": ["H", "V", "n_bucket", "HAS_BIAS", "WITH_ENTROPY", "THRESHOLD", "UPCAST_DOT",
+            "DOT_PRECISION"],
+    "bwd": ["H", "V", "n_bucket", "HAS_BIAS", "WITH_ENTROPY", "THRESHOLD", "NEED_DH",
+            "NEED_DW", "NEED_DB", "UPCAST_DOT", "DOT_PRECISION"],
 }  # fmt: skip
 
 
@@ -396,7 +411,7 @@ INTERPRET_BLOCKS = {"BLOCK_N": 32, "BLOCK_V": 64, "BLOCK_H": 32, "GROUP_N": 4}
 _MAX_BLOCK_V = max(c.kwargs["BLOCK_V"] for c in GPU_CONFIGS + GPU_CONFIGS_FP32)
 
 
-def _check_inputs(hidden, weight, bias, targets):
+def _check_inputs(hidden, weight, bias, targets, threshold=None):
     assert hidden.dim() == 2 and weight.dim() == 2, "hidden (N, H) and weight (V, H)"
     assert hidden.shape[1] == weight.shape[1], "hidden and weight disagree on H"
     assert hidden.dtype == weight.dtype, "hidden and weight must share a dtype"
@@ -408,6 +423,9 @@ def _check_inputs(hidden, weight, bias, targets):
         assert bias.shape == (weight.shape[0],) and bias.device == weight.device
         assert bias.is_contiguous()
     assert targets.is_contiguous()
+    if threshold is not None:
+        assert threshold.shape == (hidden.shape[0],) and threshold.dtype == torch.float32
+        assert threshold.is_contiguous() and threshold.device == hidden.device
 
 
 def _dot_flags(dtype: torch.dtype) -> dict:
@@ -479,15 +497,17 @@ def linear_logprob_forward(
     blocks: dict | None = None,
     configs: Sequence[triton.Config] | None = None,
     num_splits: int | None = None,
+    threshold: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(N, H), (V, H), (V,)|None, (N,) -> logp, lse, entropy|None: fp32 (N,) each.
+    `threshold` (N,) fp32: a truncated sampler's per-row cut (the sums skip logits below it).
 
     `blocks` fixes BLOCK_N/BLOCK_V/BLOCK_H/GROUP_N; `configs` autotunes over that list
     (default: autotuned over gpu_configs(dtype) on GPU, small fixed blocks under the
     interpreter);
     `num_splits` fixes the number of vocab splits.
     """
-    _check_inputs(hidden, weight, bias, targets)
+    _check_inputs(hidden, weight, bias, targets, threshold)
     N, H = hidden.shape
     V = weight.shape[0]
     dev = hidden.device
@@ -505,13 +525,14 @@ def linear_logprob_forward(
     part = torch.empty((4, S, N), dtype=torch.float32, device=dev)
     args = (
         hidden, weight, bias if bias is not None else _placeholder(dev), targets,
+        threshold if threshold is not None else _placeholder(dev),
         part[0], part[1], part[2], part[3],
         N, V, H, S, v_per_split,
         hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), part.stride(1),
         1.0 / float(temperature), n_bucket(N),
     )  # fmt: skip
     flags = {"HAS_BIAS": bias is not None, "WITH_ENTROPY": with_entropy,
-             **_dot_flags(hidden.dtype)}  # fmt: skip
+             "THRESHOLD": threshold is not None, **_dot_flags(hidden.dtype)}  # fmt: skip
     if blk is not None:
         grid = (triton.cdiv(N, blk["BLOCK_N"]) * S,)
         _logprob_fwd_kernel[grid](*args, **flags, **blk)
@@ -541,13 +562,14 @@ def linear_logprob_backward(
     *,
     blocks: dict | None = None,
     configs: Sequence[triton.Config] | None = None,
+    threshold: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Gradients (dh, dW, db) in the input dtypes (None where `needs` says so).
 
     g_ent (with the forward's entropy) adds the entropy term; without it only logp flows.
-    `blocks` / `configs` as in `linear_logprob_forward`.
+    `blocks` / `configs` / `threshold` as in `linear_logprob_forward`.
     """
-    _check_inputs(hidden, weight, bias, targets)
+    _check_inputs(hidden, weight, bias, targets, threshold)
     need_h, need_w, need_b = needs
     need_b = bool(need_b and bias is not None)
     N, H = hidden.shape
@@ -568,7 +590,7 @@ def linear_logprob_backward(
             return t if t is not None else _placeholder(dev)
 
         args = (
-            hidden, weight, given(bias), targets, lse,
+            hidden, weight, given(bias), targets, given(threshold), lse,
             given(entropy if with_ent else None), g_logp, given(g_ent),
             given(dh), given(dw), given(db),
             N, V, H,
@@ -576,8 +598,9 @@ def linear_logprob_backward(
             H, H,
             1.0 / float(temperature), n_bucket(N),
         )  # fmt: skip
-        flags = {"HAS_BIAS": bias is not None, "WITH_ENTROPY": with_ent, "NEED_DH": need_h,
-                 "NEED_DW": need_w, "NEED_DB": need_b, **_dot_flags(hidden.dtype)}  # fmt: skip
+        flags = {"HAS_BIAS": bias is not None, "WITH_ENTROPY": with_ent,
+                 "THRESHOLD": threshold is not None, "NEED_DH": need_h, "NEED_DW": need_w,
+                 "NEED_DB": need_b, **_dot_flags(hidden.dtype)}  # fmt: skip
         blk, tune = _launch_plan(blocks, configs, hidden.dtype)
         if blk is not None:
             grid = (triton.cdiv(N, blk["BLOCK_N"]) * triton.cdiv(V, blk["BLOCK_V"]),)

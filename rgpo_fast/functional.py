@@ -11,7 +11,7 @@ import torch
 
 from rgpo_fast.algos.aggregation import aggregation_weights, token_roles
 from rgpo_fast.algos.policy_loss import LossConfig, TokenTerms, metrics_from_stats
-from rgpo_fast.algos.sequence_loss import sequence_rollout_weights
+from rgpo_fast.algos.sequence_loss import sequence_rollout_weights, token_mask_weights
 from rgpo_fast.input_checks import (
     check_finite,
     check_linear,
@@ -39,13 +39,18 @@ def fused_linear_logprobs(
     return_entropy: bool = False,
     impl: str = "auto",
     chunk_size: int | None = None,
+    top_p: float = 1.0,
+    top_k: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log softmax((hidden @ weight.T + bias) / temperature)[targets], without the logits.
 
     hidden (N, H) or (B, T, H); weight (V, H); bias (V,); targets (N,) or (B, T) integers in
     [0, V). Returns (logp, entropy) as float32 with the leading shape of hidden; entropy is
     None unless `return_entropy`. Differentiable w.r.t. hidden, weight and bias (and through
-    entropy when requested).
+    entropy when requested). With `top_k` > 0 or `top_p` < 1 the log-probs (and entropy) are
+    those of the truncated, renormalised distribution such a sampler draws from (top-k,
+    then top-p, as vLLM and transformers apply them; the target always kept): see
+    rgpo_fast/ops/truncation.py.
     """
     check_linear(hidden, weight, bias)
     check_tensor("targets", targets, floating=False)
@@ -55,9 +60,11 @@ def fused_linear_logprobs(
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     _check_chunk(chunk_size)
+    # LossConfig holds the one check of the sampler's options
+    LossConfig.build(temperature=float(temperature), top_p=top_p, top_k=top_k)
     h = hidden.reshape(-1, hidden.shape[-1])
     opts = LogprobOptions(temperature=float(temperature), return_entropy=bool(return_entropy),
-                          impl=impl, chunk_size=chunk_size)
+                          impl=impl, chunk_size=chunk_size, top_p=float(top_p), top_k=top_k)
     logp, ent = LinearLogprobFunction.apply(
         h, weight, bias, targets.reshape(-1).long().contiguous(), opts
     )
@@ -79,11 +86,14 @@ def build_token_terms(
     num_global_seqs=None,
     num_global_sft_tokens=None,
     max_response_len: int | None = None,
-) -> tuple[TokenTerms, torch.Tensor]:
-    """Validated (B, T) inputs -> flat TokenTerms over active tokens, and the active mask.
+) -> tuple[TokenTerms, torch.Tensor, torch.Tensor]:
+    """Validated (B, T) inputs -> flat TokenTerms over active tokens, the active mask, and
+    the number of policy tokens the token mask of the rollout correction dropped (0-dim).
 
     Active = mask & ~hint. Of those, SFT tokens (transferred samples) get the NLL term with
-    weight sft_coef / #SFT tokens; the rest are policy tokens weighted by `loss_agg`.
+    weight sft_coef / #SFT tokens; the rest are policy tokens weighted by `loss_agg`. With
+    rollout_correction="token_mask", policy tokens whose ratio to the rollout leaves the band
+    are not active (see `token_mask_weights` in algos/sequence_loss.py).
     """
     B, T = mask.shape
     bt = [(B, T)]
@@ -116,6 +126,18 @@ def build_token_terms(
         return x[:, None].expand(B, T) if x.dim() == 1 else x
 
     active, sft_tok, policy = token_roles(mask, hint, sft)
+    n_masked = mask.new_zeros((), dtype=torch.float32)
+    token_w = None
+    if rollout_logprobs is not None and cfg.rollout_correction == "token_mask":
+        if old_logprobs is None:
+            raise ValueError("rollout_correction='token_mask' needs old_logprobs (the "
+                             "trainer's log-probs the ratio to the rollout is taken of)")
+        keep, token_w = token_mask_weights(policy, old_logprobs.float(),
+                                           rollout_logprobs.float(), cfg)
+        n_masked = (policy & ~keep).sum().float()
+        active = active & (keep | ~policy)  # masked tokens leave the op entirely
+        policy = keep
+        rollout_logprobs = None  # the weight is folded in below, no truncated IS on top
     pg_w = aggregation_weights(
         policy,
         cfg.loss_agg,
@@ -133,6 +155,8 @@ def build_token_terms(
                                          cfg)
         pg_w = pg_w * seq_w[:, None]
         rollout_logprobs = None  # no token-level weight on top
+    if token_w is not None:
+        pg_w = pg_w * token_w
     n_sft = sft_tok.sum().float() if num_global_sft_tokens is None else num_global_sft_tokens
     n_sft = torch.as_tensor(n_sft, dtype=torch.float32, device=mask.device).clamp(min=1)
     sft_w = sft_tok.float() * (cfg.sft_coef / n_sft)
@@ -153,7 +177,7 @@ def build_token_terms(
         rollout_logprobs=flat(rollout_logprobs),
         seq_index=flat(torch.arange(B, device=mask.device), torch.long),
     )
-    return terms, active
+    return terms, active, n_masked
 
 
 def fused_linear_policy_loss(
@@ -192,8 +216,9 @@ def fused_linear_policy_loss(
 
     Loss options are the fields of `LossConfig` (`LossConfig.names()`: clip_low, clip_high,
     clip_ratio_c, beta, kl_estimator, sft_coef, loss_agg, temperature, luffy_gamma, tis_cap,
-    entropy_coef, objective, rollout_correction): pass a `config`, keywords, or both
-    (keywords replace the config's fields).
+    entropy_coef, objective, sapo_tau_pos, sapo_tau_neg, rollout_correction, token_mask_low,
+    token_mask_high, top_p, top_k): pass a `config`, keywords, or both (keywords replace
+    the config's fields). `tokens/masked` counts the policy tokens the token mask dropped.
     """
     cfg = LossConfig.build(config, **options)
     check_linear(hidden, weight, bias)
@@ -204,7 +229,7 @@ def fused_linear_policy_loss(
     check_shape("targets", targets, (B, T), "the leading shape of hidden")
     mask = check_mask("mask", mask, [(B, T)])
     _check_chunk(chunk_size)
-    terms, active = build_token_terms(
+    terms, active, n_masked = build_token_terms(
         mask,
         advantages,
         old_logprobs=old_logprobs,
@@ -232,4 +257,6 @@ def fused_linear_policy_loss(
     loss, stats = LinearPolicyLossFunction.apply(
         h, weight, bias, t.long().contiguous(), terms, opts
     )
-    return loss, metrics_from_stats(stats, bool(return_entropy))
+    metrics = metrics_from_stats(stats, bool(return_entropy))
+    metrics["tokens/masked"] = n_masked
+    return loss, metrics

@@ -38,6 +38,25 @@ def naive_logits(
     return z / temperature
 
 
+def sampler_support(z: torch.Tensor, targets: torch.Tensor, top_p: float = 1.0,
+                    top_k: int = 0) -> torch.Tensor:
+    """(..., V) bool: the tokens a top-k-then-top-p sampler can draw, plus the target.
+
+    Written from the engines' rule, token by token in rank order: rank < top_k, and the
+    probability (renormalised over the top-k) of the tokens ranked above it < top_p."""
+    V = z.shape[-1]
+    order = z.argsort(dim=-1, descending=True, stable=True)
+    ranked = z.gather(-1, order)
+    rank_ok = torch.ones_like(ranked, dtype=torch.bool)
+    if 0 < top_k < V:
+        rank_ok[..., top_k:] = False
+    probs = torch.softmax(ranked.masked_fill(~rank_ok, float("-inf")), dim=-1)
+    mass_above = torch.cumsum(probs, dim=-1) - probs
+    keep_ranked = rank_ok & (mass_above < top_p)
+    keep = torch.zeros_like(keep_ranked).scatter(-1, order, keep_ranked)
+    return keep | torch.nn.functional.one_hot(targets.long(), V).bool()
+
+
 def naive_logprobs(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -47,12 +66,23 @@ def naive_logprobs(
     return_entropy: bool = False,
     compute_dtype: torch.dtype = torch.float32,
     upcast: bool = True,
+    top_p: float = 1.0,
+    top_k: int = 0,
 ):
-    """Token log-probs log softmax(z)[target] and (optionally) entropy -sum p log p."""
+    """Token log-probs log softmax(z)[target] and (optionally) entropy -sum p log p; with
+    top_p < 1 or top_k > 0, of the softmax over `sampler_support` only."""
     z = naive_logits(hidden, weight, bias, temperature, compute_dtype, upcast)
+    if top_p < 1.0 or top_k > 0:
+        with torch.no_grad():
+            support = sampler_support(z, targets, top_p, top_k)
+        z = z.masked_fill(~support, float("-inf"))
     logsm = torch.log_softmax(z, dim=-1)
     logp = logsm.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1)
-    entropy = -(logsm.exp() * logsm).sum(-1) if return_entropy else None
+    if return_entropy:  # 0 log 0 = 0 on the tokens outside the support
+        p = logsm.exp()
+        entropy = -(p * torch.where(p > 0, logsm, torch.zeros_like(logsm))).sum(-1)
+    else:
+        entropy = None
     return logp, entropy
 
 
@@ -100,7 +130,7 @@ def naive_policy_loss(
     dt = compute_dtype
     logp, entropy = naive_logprobs(
         hidden, weight, targets, bias, c.temperature, return_entropy or c.entropy_coef > 0,
-        dt, upcast,
+        dt, upcast, c.top_p, c.top_k,
     )
     mask = mask.bool()
     hint = hint_mask.bool() if hint_mask is not None else torch.zeros_like(mask)
@@ -124,6 +154,10 @@ def naive_policy_loss(
     pg = torch.max(surr1, surr2)
     if clip_ratio_c is not None:
         pg = torch.where(adv < 0, torch.min(pg, -adv * clip_ratio_c), pg)
+    if c.objective == "sapo":  # a sigmoid gate of the ratio instead of the clip
+        tau = torch.where(adv > 0, torch.full_like(adv, c.sapo_tau_pos),
+                          torch.full_like(adv, c.sapo_tau_neg))
+        pg = -adv * torch.sigmoid(tau * (ratio - 1)) * 4 / tau
     if c.objective == "cispo":  # detached clipped weight times the log-prob
         weight_is = torch.clamp(ratio, 1 - clip_low, 1 + clip_high).detach()
         pg = -adv * weight_is * logp
@@ -144,8 +178,23 @@ def naive_policy_loss(
     p = torch.exp(logp)
     pg = torch.where(off_tok, -adv * p / (p + c.luffy_gamma), pg)
 
+    token_w = None
+    masked = torch.zeros_like(policy)
+    if rollout_logprobs is not None and c.rollout_correction == "token_mask":
+        if old_logprobs is None:
+            raise ValueError("the token mask needs old_logprobs")
+        # IcePop: the token leaves the loss (and the counts) outside [low, high]
+        rho_t = torch.exp(torch.clamp(old.detach() - rollout_logprobs.to(dt), -20.0, 20.0))
+        inside = (rho_t >= c.token_mask_low) & (rho_t <= c.token_mask_high)
+        masked = policy & ~inside
+        policy = policy & inside
+        ratio_tok = ratio_tok & inside
+        off_tok = off_tok & inside
+        token_w = torch.where(inside, rho_t, torch.zeros_like(rho_t))
     w = aggregation_weights(policy, c.loss_agg, max_response_len=max_response_len).to(dt)
-    if rollout_logprobs is not None and c.rollout_correction != "token":
+    if token_w is not None:
+        w = w * token_w
+    if rollout_logprobs is not None and c.rollout_correction.startswith("seq"):
         if old_logprobs is None:
             raise ValueError("a sequence-level rollout correction needs old_logprobs")
         q = rollout_logprobs.to(dt)
@@ -185,8 +234,10 @@ def naive_policy_loss(
         "kl": kl,
         "weight": w,
         "policy": policy,
+        "masked": masked,
         "sft": sft_tok,
-        "clip_low": (adv < 0) & (ratio < 1 - clip_low) & ratio_tok,
-        "clip_high": (adv > 0) & (ratio > 1 + clip_high) & ratio_tok,
+        # SAPO's gate clips nothing
+        "clip_low": (adv < 0) & (ratio < 1 - clip_low) & ratio_tok & (c.objective != "sapo"),
+        "clip_high": (adv > 0) & (ratio > 1 + clip_high) & ratio_tok & (c.objective != "sapo"),
     }
     return loss, per_token

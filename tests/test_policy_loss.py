@@ -87,7 +87,25 @@ CASES = {
                          tis_cap=1.03),
     "seq mask, gspo": dict(old=True, rollout=True, rollout_correction="seq_mask", tis_cap=1.03,
                            objective="gspo", clip_low=0.05, clip_high=0.05),
+    # SAPO's sigmoid gate (composed path), its two temperatures on both advantage signs
+    "sapo, tis, hint, per-token adv": dict(old=True, objective="sapo", rollout=True, hint=True,
+                                           token_adv=True),
+    "sapo taus, sft, seq-mean-token-mean": dict(
+        old=True, objective="sapo", sapo_tau_pos=2.0, sapo_tau_neg=4.0, sft=True,
+        loss_agg="seq-mean-token-mean"),
+    # the token mask: a band narrow enough that the batch's rollout noise leaves it
+    "token mask, k3, entropy": dict(old=True, rollout=True, rollout_correction="token_mask",
+                                    token_mask_low=0.85, token_mask_high=1.2, beta=0.1,
+                                    entropy_coef=0.05, loss_agg="seq-mean-token-mean"),
+    "token mask, luffy slot, sft": dict(old=True, rollout=True, rollout_correction="token_mask",
+                                        token_mask_low=0.85, token_mask_high=1.2, off=True,
+                                        sft=True),
+    # a truncated sampler's log-probs (per-row thresholds; not in the csrc kernels)
+    "top-p, clip, sft, hint": dict(old=True, top_p=0.8, sft=True, hint=True),
+    "top-k top-p, entropy, temperature": dict(old=True, top_k=20, top_p=0.9, temperature=0.7,
+                                              entropy_coef=0.1),
 }
+TRUNCATED = ("top_p", "top_k")
 
 
 def _kwargs(data, case):
@@ -136,7 +154,7 @@ def _oracle_runs(data, adv, kw):
 
 # Every case in fp32; bf16 on two representative cases to keep the suite fast.
 BF16_CASES = ("on-policy token-mean", "dual clip, k1, seq-mean-token-mean",
-              "entropy bonus, k3, seq-mean-token-mean")
+              "entropy bonus, k3, seq-mean-token-mean", "top-k top-p, entropy, temperature")
 PARAMS = [pytest.param(c, torch.float32, id=f"{c}-fp32") for c in CASES] + [
     pytest.param(c, torch.bfloat16, id=f"{c}-bf16") for c in BF16_CASES
 ]
@@ -148,6 +166,12 @@ def test_matches_oracle_three_way(backend, case, dtype):
     adv, kw = _kwargs(data, CASES[case])
     params = [data["hidden"], data["weight"], data["bias"]]
     args = (data["hidden"], data["weight"], data["targets"], data["mask"], adv)
+    if backend == "cpp" and any(k in kw for k in TRUNCATED):
+        # refused with what to use instead, never computed against the full softmax
+        with pytest.raises(ValueError, match="impl='cpp' has no kernels for the log-probs of "
+                                             "a top-k / top-p sampler; use impl='triton'"):
+            fused_linear_policy_loss(*args, bias=data["bias"], impl=backend, **kw)
+        return
     got, metrics = _run(
         lambda: fused_linear_policy_loss(
             *args, bias=data["bias"], impl=backend, chunk_size=13, **kw
@@ -163,6 +187,9 @@ def test_matches_oracle_three_way(backend, case, dtype):
     n_pol = pol.sum().item()
     assert metrics["tokens/policy"].item() == n_pol
     assert metrics["tokens/sft"].item() == tok["sft"].sum().item()
+    assert metrics["tokens/masked"].item() == tok["masked"].sum().item()
+    if kw.get("rollout_correction") == "token_mask":
+        assert 0 < tok["masked"].sum().item() < tok["policy"].sum().item()  # the mask acts
     if dtype == torch.float32:
         assert metrics["clip_frac/low"].item() == pytest.approx(
             tok["clip_low"].sum().item() / n_pol

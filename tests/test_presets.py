@@ -15,8 +15,10 @@ def test_every_field_has_help():
 
 def test_presets_hold_their_defining_choices():
     assert preset_names() == ["cispo", "dapo", "dr_grpo", "ghpo", "grpo", "gspo", "guide",
-                              "luffy", "rgpo"]
-    gspo, cispo = get_preset("gspo"), get_preset("cispo")
+                              "luffy", "rgpo", "sapo"]
+    gspo, cispo, sapo = get_preset("gspo"), get_preset("cispo"), get_preset("sapo")
+    assert (sapo.objective, sapo.sapo_tau_pos, sapo.sapo_tau_neg, sapo.loss_agg,
+            sapo.guidance) == ("sapo", 1.0, 1.05, "seq-mean-token-mean", "none")
     assert (gspo.objective, gspo.clip_low, gspo.clip_high, gspo.loss_agg) == (
         "gspo", 3e-4, 4e-4, "seq-mean-token-mean")
     assert (cispo.objective, cispo.clip_low, cispo.clip_high) == ("cispo", 1.0, 4.0)

@@ -31,12 +31,15 @@ KL_ESTIMATORS = ("k1", "k2", "k3")
 # tokens' ratios (Qwen's GSPO; registered by algos/sequence_loss.py, which the algos package
 # imports). Only "ppo" runs in the kernels' one-sweep path; the others depend on more than
 # the token's own log-prob in the ratio's gradient (gspo) or are rarer (cispo) and take the
-# composed path of ops/linear_policy_loss.py, on every backend.
+# composed path of ops/linear_policy_loss.py, on every backend. "sapo": a sigmoid gate on
+# the token ratio instead of a hard clip (Qwen's SAPO), also composed.
 # Rollout/trainer mismatch correction with the engine's log-probs q and the trainer's o:
-# "token": each token weighted by min(exp(o - q), tis_cap) (truncated IS); "seq_truncate" /
-# "seq_mask": one weight per sequence from the geometric mean of its tokens' ratios,
-# truncated at tis_cap, or 0 when outside [1 / tis_cap, tis_cap] (a masked sequence).
-ROLLOUT_CORRECTIONS = ("token", "seq_truncate", "seq_mask")
+# "token": each token weighted by min(exp(o - q), tis_cap) (truncated IS); "token_mask":
+# weighted by exp(o - q) inside [token_mask_low, token_mask_high] and dropped from the loss
+# and the token counts outside (IcePop); "seq_truncate" / "seq_mask": one weight per
+# sequence from the geometric mean of its tokens' ratios, truncated at tis_cap, or 0 when
+# outside [1 / tis_cap, tis_cap] (a masked sequence).
+ROLLOUT_CORRECTIONS = ("token", "token_mask", "seq_truncate", "seq_mask")
 # The one code table of the KL estimators, passed to the Triton, C++ and CUDA kernels
 # (0 means "no KL term": beta = 0 or no reference log-probs). csrc/common/token_loss.h
 # holds the same values; tests/test_loss_constants.py checks that they agree.
@@ -89,10 +92,21 @@ class LossConfig:
                                "tokens, aggregated like the loss (computed in the fused op).")
     objective: str = _opt("ppo", "Policy-gradient objective: ppo (clipped token ratio), cispo "
                           "(clipped detached IS weight x log-prob), gspo (clipped sequence "
-                          "ratio).")
-    rollout_correction: str = _opt("token", "Rollout/trainer mismatch correction at tis_cap: "
-                                   "token (truncated per-token IS), seq_truncate or seq_mask "
-                                   "(geometric-mean sequence ratio).")
+                          "ratio), sapo (sigmoid-gated token ratio).")
+    sapo_tau_pos: float = _opt(1.0, "SAPO gate temperature for tokens with advantage > 0.")
+    sapo_tau_neg: float = _opt(1.05, "SAPO gate temperature for tokens with advantage <= 0 "
+                               "(SAPO uses tau_neg >= tau_pos).")
+    rollout_correction: str = _opt("token", "Rollout/trainer mismatch correction: token "
+                                   "(per-token IS truncated at tis_cap), token_mask (IS "
+                                   "weight inside [token_mask_low, token_mask_high], token "
+                                   "masked outside), seq_truncate or seq_mask (geometric-mean "
+                                   "sequence ratio at tis_cap).")
+    token_mask_low: float = _opt(0.5, "token_mask: lower bound of exp(o - q) (IcePop's 0.5).")
+    token_mask_high: float = _opt(5.0, "token_mask: upper bound of exp(o - q) (IcePop's 5).")
+    top_p: float = _opt(1.0, "Nucleus (top-p) of the sampler: log-probs are those of the "
+                        "truncated, renormalised distribution the samples came from.")
+    top_k: int = _opt(0, "Top-k of the sampler (0 = off), applied before top_p as the "
+                      "engines do.")
 
     def __post_init__(self) -> None:
         if self.tis_cap is None:  # no cap: the kernels take a number
@@ -127,9 +141,19 @@ class LossConfig:
         if self.rollout_correction not in ROLLOUT_CORRECTIONS:
             raise ValueError(f"rollout_correction={self.rollout_correction!r} is unknown; "
                              f"valid: {', '.join(ROLLOUT_CORRECTIONS)}")
-        if self.objective == "cispo" and self.clip_ratio_c is not None:
-            raise ValueError("clip_ratio_c (dual clip) has no meaning for objective='cispo': "
-                             "its importance weight is already clipped and detached")
+        if self.objective in ("cispo", "sapo") and self.clip_ratio_c is not None:
+            raise ValueError(f"clip_ratio_c (dual clip) has no meaning for objective="
+                             f"{self.objective!r}: its weight is already bounded")
+        if not (self.sapo_tau_pos > 0.0 and self.sapo_tau_neg > 0.0):
+            raise ValueError(f"sapo_tau_pos / sapo_tau_neg must be > 0, got "
+                             f"{self.sapo_tau_pos} / {self.sapo_tau_neg}")
+        if not 0.0 <= self.token_mask_low < 1.0 < self.token_mask_high:
+            raise ValueError(f"token_mask bounds must satisfy 0 <= low < 1 < high, got "
+                             f"[{self.token_mask_low}, {self.token_mask_high}]")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be an int >= 0 (0 = off), got {self.top_k!r}")
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -144,6 +168,11 @@ class LossConfig:
             raise TypeError(f"unknown loss option {unknown[0]!r}; valid: {', '.join(cls.names())}")
         base = config if config is not None else cls()
         return dataclasses.replace(base, **options) if options else base
+
+    @property
+    def truncated(self) -> bool:
+        """Does the sampler truncate its distribution (top_p < 1 or top_k > 0)?"""
+        return self.top_p < 1.0 or self.top_k > 0
 
     @property
     def kl_code(self) -> int:
@@ -250,6 +279,33 @@ def cispo_term(logp, old, adv, cfg: LossConfig):
     return -c * adv * logp, -c * adv, ratio, clip_low, clip_high, torch.zeros_like(clip_low)
 
 
+@POLICY_TERMS.register("sapo")
+def sapo_term(logp, old, adv, cfg: LossConfig):
+    """SAPO per token: -A * g(rho), g(rho) = (4 / tau) sigmoid(tau (rho - 1)), tau =
+    sapo_tau_pos for A > 0 else sapo_tau_neg. A smooth gate instead of the hard clip:
+    dg/dl = 4 s (1 - s) rho with s = sigmoid(tau (rho - 1)), which is 1 at rho = 1 (the
+    4 / tau factor makes the on-policy gradient the plain policy gradient's) and decays
+    smoothly as rho leaves 1, faster for larger tau.
+
+    Returns (pg, dpg/dl, ratio, clipped_low, clipped_high, dual) like the ppo term; nothing
+    is clipped, so the three masks are all False.
+    """
+    if old is None:
+        log_ratio = torch.zeros_like(logp)
+        in_range = torch.ones_like(logp, dtype=torch.bool)
+    else:
+        raw = logp - old
+        log_ratio = raw.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+        in_range = raw.abs() < LOG_RATIO_CLAMP
+    ratio = torch.exp(log_ratio)
+    tau = torch.where(adv > 0, cfg.sapo_tau_pos, cfg.sapo_tau_neg).to(logp.dtype)
+    s = torch.sigmoid(tau * (ratio - 1.0))
+    pg = -adv * s * (4.0 / tau)
+    grad = torch.where(in_range, -adv * 4.0 * s * (1.0 - s) * ratio, torch.zeros_like(ratio))
+    none = torch.zeros_like(logp, dtype=torch.bool)
+    return pg, grad, ratio, none, none, none
+
+
 @POLICY_TERMS.register("shaped")
 def shaped_ratio_term(logp, old, adv, cfg: LossConfig):
     """LUFFY's off-policy term: -A * f, f = p / (p + gamma), p = exp(l); no clipping, no old.
@@ -290,6 +346,7 @@ def _token_objective(name: str):
 
 OBJECTIVES.register("ppo")(_token_objective("ppo"))
 OBJECTIVES.register("cispo")(_token_objective("cispo"))
+OBJECTIVES.register("sapo")(_token_objective("sapo"))
 
 
 def token_loss_and_grad(

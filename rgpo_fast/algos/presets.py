@@ -201,8 +201,9 @@ class _AlgoOptions:
 
 
 # The loss options are declared once, as LossConfig's fields (default and help); AlgoConfig
-# takes them all but the temperature, which is the rollout's (rollout.temperature).
-_ROLLOUT_OWNED = ("temperature",)
+# takes them all but the sampler's, which are the rollout's (rollout.temperature, .top_p,
+# .top_k): the trainer's log-probs must be those of the distribution the engine sampled.
+_ROLLOUT_OWNED = ("temperature", "top_p", "top_k")
 AlgoConfig = dataclasses.make_dataclass(
     "AlgoConfig",
     [(f.name, f.type, field(default=f.default, metadata=f.metadata))
@@ -237,6 +238,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # epsilon_max), no lower cap, token-mean.
     "cispo": {"guidance": "none", "objective": "cispo", "clip_low": 1.0, "clip_high": 4.0,
               "loss_agg": "token-mean"},
+    # SAPO (Qwen): the sigmoid-gated token ratio, tau_pos 1.0 / tau_neg 1.05, each sequence
+    # weighted 1/B as in the paper's sequence-level average.
+    "sapo": {"guidance": "none", "objective": "sapo", "loss_agg": "seq-mean-token-mean"},
     "rgpo": {"guidance": "rgpo", "trigger": "level_or_fail", "transfer": "sft"},
 }
 

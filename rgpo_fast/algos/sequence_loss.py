@@ -1,5 +1,6 @@
 """Sequence-level pieces of the policy loss (docs/algorithms.md): GSPO's sequence ratio and
-the sequence-level rollout correction. Unlike algos/policy_loss.py, a token's term here
+the rollout corrections that are folded into the aggregation (the sequence-level ones and
+the token mask, which changes which tokens count). Unlike algos/policy_loss.py, a token's term here
 depends on the other tokens of its sequence (through a mean of log-ratios), so GSPO runs in
 the composed path of the fused op (ops/linear_policy_loss.py), still without logits.
 
@@ -67,3 +68,16 @@ def sequence_rollout_weights(mask: torch.Tensor, old: torch.Tensor, rollout: tor
     if cfg.rollout_correction == "seq_mask":
         return ((rho <= cfg.tis_cap) & (rho >= 1.0 / cfg.tis_cap)).to(old.dtype)
     raise ValueError(f"not a sequence-level correction: {cfg.rollout_correction!r}")
+
+
+def token_mask_weights(mask: torch.Tensor, old: torch.Tensor, rollout: torch.Tensor,
+                       cfg: LossConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The token mask of the rollout correction ("token_mask", IcePop): with the per-token
+    ratio rho_t = exp(o_t - q_t) of the trainer's old and the engine's log-probs, a token
+    of `mask` (B, T) is kept when token_mask_low <= rho_t <= token_mask_high and weighted
+    by rho_t (importance sampling inside the band), and masked otherwise: it leaves the
+    loss and the token counts of the aggregation. Returns (keep (B, T) bool, weight (B, T)
+    with rho_t on kept tokens, 0 elsewhere)."""
+    rho = torch.exp((old - rollout).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+    keep = mask & (rho >= cfg.token_mask_low) & (rho <= cfg.token_mask_high)
+    return keep, torch.where(keep, rho, torch.zeros_like(rho))

@@ -24,9 +24,14 @@ Grads = tuple[Tensor | None, Tensor | None, Tensor | None]  # dhidden, dweight, 
 
 @runtime_checkable
 class Backend(Protocol):
-    """The fused ops one implementation provides (shapes: N tokens, H hidden, V vocab)."""
+    """The fused ops one implementation provides (shapes: N tokens, H hidden, V vocab).
+
+    TRUNCATION: whether its log-prob ops take `threshold=` (N,) fp32, the per-row cut of a
+    truncated sampler (ops/truncation.py); a backend without it is refused for top-k /
+    top-p log-probs (explicitly named) or skipped (impl="auto")."""
 
     NAME: str
+    TRUNCATION: bool
 
     def is_available(self, device: torch.device) -> bool:
         """Can it run on `device` in this installation?"""
@@ -34,15 +39,17 @@ class Backend(Protocol):
 
     def logprob_forward(self, hidden: Tensor, weight: Tensor, bias: Tensor | None,
                         targets: Tensor, temperature: float, with_entropy: bool,
-                        chunk_size: int | None = None,
+                        chunk_size: int | None = None, threshold: Tensor | None = None,
                         ) -> tuple[Tensor, Tensor, Tensor | None]:  # fmt: skip
-        """(N, H), (V, H), (V,)|None, (N,) -> logp, lse, entropy|None: fp32 (N,) each."""
+        """(N, H), (V, H), (V,)|None, (N,) -> logp, lse, entropy|None: fp32 (N,) each;
+        `threshold` (N,) only where TRUNCATION."""
         ...
 
     def logprob_backward(self, hidden: Tensor, weight: Tensor, bias: Tensor | None,
                          targets: Tensor, lse: Tensor, entropy: Tensor | None,
                          temperature: float, g_logp: Tensor, g_ent: Tensor | None,
                          needs: tuple[bool, bool, bool], chunk_size: int | None = None,
+                         threshold: Tensor | None = None,
                          ) -> Grads:  # fmt: skip
         """Gradients of sum(g_logp * logp + g_ent * entropy), None where `needs` is False."""
         ...
@@ -86,14 +93,17 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
     return out
 
 
-def resolve_backend(impl: str, device: torch.device) -> Backend:
-    """The backend module for `impl` on `device`; a clear error when it cannot run there."""
+def resolve_backend(impl: str, device: torch.device, truncated: bool = False) -> Backend:
+    """The backend module for `impl` on `device`; a clear error when it cannot run there.
+    `truncated`: the log-probs are those of a top-k / top-p sampler (the backend must take
+    per-row thresholds)."""
     if impl not in IMPLS:
         raise ValueError(f"unknown impl {impl!r}; valid: {', '.join(IMPLS)}")
     if impl == "auto":
         for name in _AUTO_ORDER.get(device.type, ("torch",)):
             mod = _load(name)
-            if mod is not None and mod.is_available(device):
+            if mod is not None and mod.is_available(device) and (mod.TRUNCATION or
+                                                                  not truncated):
                 return mod
         return _load("torch")
     mod = _load(impl)
@@ -107,4 +117,8 @@ def resolve_backend(impl: str, device: torch.device) -> Backend:
             f"impl={impl!r} cannot run on device {device}; "
             f"available here: {', '.join(available_backends(device))}"
         )
+    if truncated and not mod.TRUNCATION:
+        raise ValueError(
+            f"impl={impl!r} has no kernels for the log-probs of a top-k / top-p sampler; "
+            "use impl='triton' (GPU), impl='torch' or impl='auto' (which picks one that has)")
     return mod

@@ -21,6 +21,7 @@ import torch
 from rgpo_fast.algos.policy_loss import KL_CODES, NUM_STATS, LossConfig, TokenTerms
 
 NAME = "cpp"
+TRUNCATION = False  # no threshold input in the csrc kernels (ops/backends.py)
 EXTENSION = "rgpo_fast._C"
 _log = logging.getLogger("rgpo_fast")
 _state: dict = {"loaded": None, "error": None, "noticed": False}
@@ -181,8 +182,16 @@ def _none_if_empty(t: torch.Tensor, wanted: bool) -> torch.Tensor | None:
     return t if wanted else None
 
 
-def logprob_forward(hidden, weight, bias, targets, temperature, with_entropy, chunk_size=None):
-    """(N, H), (V, H), (V,)|None, (N,) -> logp (N,), lse (N,), entropy (N,)|None, all fp32."""
+def _no_threshold(threshold) -> None:
+    if threshold is not None:  # resolve_backend never routes a truncated sampler here
+        raise ValueError(f"impl={NAME!r} has no kernels for a truncated sampler's log-probs")
+
+
+def logprob_forward(hidden, weight, bias, targets, temperature, with_entropy, chunk_size=None,
+                    threshold=None):
+    """(N, H), (V, H), (V,)|None, (N,) -> logp (N,), lse (N,), entropy (N,)|None, all fp32.
+    `threshold` must be None (TRUNCATION is False)."""
+    _no_threshold(threshold)
     logp, lse, ent = _ops().logprob_forward(
         hidden,
         weight,
@@ -207,8 +216,10 @@ def logprob_backward(
     g_ent,
     needs,
     chunk_size=None,
+    threshold=None,
 ):
     """Recompute each logits chunk and chain the token gradients: (dh, dw, db)."""
+    _no_threshold(threshold)
     need_h, need_w, need_b = (bool(x) for x in needs)
     need_b = need_b and bias is not None
     dh, dw, db = _ops().logprob_backward(

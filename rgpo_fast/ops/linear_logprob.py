@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from rgpo_fast.ops.backends import resolve_backend
+from rgpo_fast.ops.truncation import truncation_thresholds
 
 
 @dataclass(frozen=True)
@@ -15,23 +16,35 @@ class LogprobOptions:
     return_entropy: bool = False
     impl: str = "auto"
     chunk_size: int | None = None
+    top_p: float = 1.0  # a truncated sampler's top-p / top-k (ops/truncation.py)
+    top_k: int = 0
+
+    @property
+    def truncated(self) -> bool:
+        return self.top_p < 1.0 or self.top_k > 0
 
 
 class LinearLogprobFunction(torch.autograd.Function):
     """(N, H), (V, H), (V,)|None, (N,) -> logp (N,) fp32, entropy (N,) fp32 (empty if off).
 
     Saves hidden, weight, bias, targets and two fp32 numbers per token (log-sum-exp and
-    entropy); the backward recomputes logits chunk by chunk.
+    entropy; three with a truncated sampler's threshold); the backward recomputes logits
+    chunk by chunk.
     """
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, opts: LogprobOptions):
-        backend = resolve_backend(opts.impl, hidden.device)
+        backend = resolve_backend(opts.impl, hidden.device, opts.truncated)
+        thr = None
+        if opts.truncated:
+            thr = truncation_thresholds(hidden, weight, bias, opts.temperature,
+                                        opts.top_p, opts.top_k, opts.chunk_size)
         logp, lse, ent = backend.logprob_forward(
-            hidden, weight, bias, targets, opts.temperature, opts.return_entropy, opts.chunk_size
+            hidden, weight, bias, targets, opts.temperature, opts.return_entropy, opts.chunk_size,
+            **({"threshold": thr} if thr is not None else {}),
         )
         ctx.backend, ctx.opts = backend, opts
-        ctx.save_for_backward(hidden, weight, bias, targets, lse, ent)
+        ctx.save_for_backward(hidden, weight, bias, targets, lse, ent, thr)
         if ent is None:
             ent = logp.new_empty(0)
             ctx.mark_non_differentiable(ent)
@@ -39,7 +52,7 @@ class LinearLogprobFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_logp, g_ent):
-        hidden, weight, bias, targets, lse, ent = ctx.saved_tensors
+        hidden, weight, bias, targets, lse, ent, thr = ctx.saved_tensors
         opts = ctx.opts
         needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2])
         if not any(needs):
@@ -61,5 +74,6 @@ class LinearLogprobFunction(torch.autograd.Function):
             g_ent.contiguous() if g_ent is not None else None,
             needs,
             opts.chunk_size,
+            **({"threshold": thr} if thr is not None else {}),
         )
         return dh, dw, db, None, None

@@ -18,6 +18,7 @@ from rgpo_fast.algos.policy_loss import (
     token_loss_and_grad,
 )
 from rgpo_fast.ops.backends import resolve_backend
+from rgpo_fast.ops.truncation import truncation_thresholds
 
 
 @dataclass(frozen=True)
@@ -33,13 +34,14 @@ class LinearPolicyLossFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, terms: TokenTerms, opts: PolicyLossOptions):
-        backend = resolve_backend(opts.impl, hidden.device)
+        cfg = opts.loss
+        backend = resolve_backend(opts.impl, hidden.device, cfg.truncated)
         needs = (
             ctx.needs_input_grad[0],
             ctx.needs_input_grad[1],
             bias is not None and ctx.needs_input_grad[2],
         )
-        if opts.loss.entropy_coef > 0.0 or opts.loss.objective != "ppo":
+        if cfg.entropy_coef > 0.0 or cfg.objective != "ppo" or cfg.truncated:
             loss, stats, dh, dw, db = _composed(
                 backend, hidden, weight, bias, targets, terms, opts, needs)
         else:
@@ -67,16 +69,23 @@ class LinearPolicyLossFunction(torch.autograd.Function):
 def _composed(backend, hidden, weight, bias, targets, terms: TokenTerms,
               opts: PolicyLossOptions, needs):
     """The policy loss composed from the backend's fused log-prob kernels, for what the
-    one-sweep path does not cover: the entropy bonus (entropy_coef > 0) and the objectives
+    one-sweep path does not cover: the entropy bonus (entropy_coef > 0), the objectives
     other than "ppo" (GSPO's ratio is a mean over the sequence, so a token's gradient is
-    known only once all its sequence's log-probs are). Forward sweep (logp, lse, and H when
-    needed) -> per-token loss and d/dlogp over all N tokens (algos/policy_loss.py), the
-    bonus and d/dH -> one backward sweep. Logits are still never stored; the price against
-    the one-sweep path is the logits' recompute in the backward."""
+    known only once all its sequence's log-probs are) and a truncated sampler's log-probs
+    (top_k / top_p: per-row thresholds from ops/truncation.py, one more pass over the
+    logits). Forward sweep (logp, lse, and H when needed) -> per-token loss and d/dlogp
+    over all N tokens (algos/policy_loss.py), the bonus and d/dH -> one backward sweep.
+    Logits are still never stored; the price against the one-sweep path is the logits'
+    recompute in the backward. Keeping these options out of the one-sweep kernels keeps
+    the default objective's kernels as they are."""
     cfg = opts.loss
     with_ent = opts.with_entropy or cfg.entropy_coef > 0.0
+    thr = {}
+    if cfg.truncated:
+        thr["threshold"] = truncation_thresholds(hidden, weight, bias, cfg.temperature,
+                                                 cfg.top_p, cfg.top_k, opts.chunk_size)
     logp, lse, ent = backend.logprob_forward(hidden, weight, bias, targets, cfg.temperature,
-                                             with_ent, opts.chunk_size)
+                                             with_ent, opts.chunk_size, **thr)
     loss_t, g_logp, stats = token_loss_and_grad(logp, terms, cfg, ent)
     bonus, g_ent = entropy_bonus(ent, terms, cfg) if cfg.entropy_coef > 0.0 else (0.0, None)
     dh = dw = db = None
@@ -84,5 +93,5 @@ def _composed(backend, hidden, weight, bias, targets, terms: TokenTerms,
         dh, dw, db = backend.logprob_backward(hidden, weight, bias, targets, lse,
                                               ent if g_ent is not None else None,
                                               cfg.temperature, g_logp.float(), g_ent, needs,
-                                              opts.chunk_size)
+                                              opts.chunk_size, **thr)
     return loss_t.sum() + bonus, stats, dh, dw, db

@@ -17,6 +17,10 @@ import torch
 from rgpo_fast.algos.policy_loss import NUM_STATS, LossConfig, TokenTerms, token_loss_and_grad
 
 NAME = "torch"
+TRUNCATION = True  # takes per-row thresholds of a truncated sampler (ops/truncation.py)
+# Where a truncated sampler drops a token, its logit is replaced by (row max - DROPPED):
+# exp(-1e4) is 0 in fp32, and unlike -inf the product 0 * logit stays 0 in the entropy.
+DROPPED = 1.0e4
 # Rows per chunk: one fp32 logits block of at most ~96 MiB (24M elements), rounded down to
 # a multiple of 64 rows (BLAS blocking favours multiples of 64; each chunk re-reads the
 # whole weight); the chunk measurements are in docs/csrc.md with their command.
@@ -53,8 +57,18 @@ def _row_ids(c: int, device) -> torch.Tensor:
     return torch.arange(c, device=device)
 
 
-def logprob_forward(hidden, weight, bias, targets, temperature, with_entropy, chunk_size=None):
-    """(N, H), (V, H), (V,)|None, (N,) -> logp (N,), lse (N,), entropy (N,)|None, all fp32."""
+def _dropped(z, threshold, targets):
+    """(c, V) bool: logits below their row's threshold, the target never (ops/truncation.py)."""
+    drop = z < threshold[:, None]
+    drop[_row_ids(z.shape[0], z.device), targets] = False
+    return drop
+
+
+def logprob_forward(hidden, weight, bias, targets, temperature, with_entropy, chunk_size=None,
+                    threshold=None):
+    """(N, H), (V, H), (V,)|None, (N,) -> logp (N,), lse (N,), entropy (N,)|None, all fp32.
+    `threshold` (N,) fp32: per row, the smallest logit / T a truncated sampler keeps (the
+    target is always kept); the softmax is then over the kept logits only."""
     N, V = hidden.shape[0], weight.shape[0]
     c = chunk_size or auto_chunk_size(N, V)
     logp = hidden.new_empty(N, dtype=torch.float32)
@@ -63,8 +77,10 @@ def logprob_forward(hidden, weight, bias, targets, temperature, with_entropy, ch
     for s in range(0, N, c):
         e = min(s + c, N)
         z = _logits_block(hidden[s:e], weight, bias, temperature)  # (c, V)
-        m = z.amax(dim=-1, keepdim=True)
+        m = z.amax(dim=-1, keepdim=True)  # the row's top logit is always kept
         z.sub_(m)  # z - max: exp cannot overflow
+        if threshold is not None:
+            z.masked_fill_(_dropped(z, threshold[s:e] - m.squeeze(1), targets[s:e]), -DROPPED)
         zt = z.gather(1, targets[s:e, None]).squeeze(1)
         if with_entropy:
             p = torch.exp(z)  # unnormalised probabilities; z (= logit - max) is still needed
@@ -81,12 +97,16 @@ def logprob_forward(hidden, weight, bias, targets, temperature, with_entropy, ch
     return logp, lse, ent
 
 
-def _softmax_grad_block(z, lse, targets, g_logp, g_ent, ent):
+def _softmax_grad_block(z, lse, targets, g_logp, g_ent, ent, threshold=None):
     """In place: turn logits z (c, V) into d(loss)/d(z) given upstream token gradients.
 
-    d logp_t / dz_k = 1[k = t] - p_k;  d H / dz_k = -p_k (log p_k + H).
+    d logp_t / dz_k = 1[k = t] - p_k;  d H / dz_k = -p_k (log p_k + H); a logit a
+    truncated sampler drops has p_k = 0 and no gradient.
     """
+    drop = _dropped(z, threshold, targets) if threshold is not None else None
     z.sub_(lse[:, None])  # log p
+    if drop is not None:
+        z.masked_fill_(drop, -DROPPED)  # p = 0, and 0 (log p + H) = 0 in the entropy term
     if g_ent is not None:
         p = torch.exp(z)
         z.add_(ent[:, None]).mul_(p).mul_(-g_ent[:, None])  # -g_H p (log p + H)
@@ -144,6 +164,7 @@ def logprob_backward(
     g_ent,
     needs,
     chunk_size=None,
+    threshold=None,
 ):
     """Recompute each logits chunk and chain the token gradients: (dh, dw, db)."""
     N, V = hidden.shape[0], weight.shape[0]
@@ -154,7 +175,8 @@ def logprob_backward(
         z = _logits_block(hidden[s:e], weight, bias, temperature)
         ge = g_ent[s:e] if g_ent is not None else None
         en = entropy[s:e] if entropy is not None else None
-        dz = _softmax_grad_block(z, lse[s:e], targets[s:e], g_logp[s:e], ge, en)
+        thr = threshold[s:e] if threshold is not None else None
+        dz = _softmax_grad_block(z, lse[s:e], targets[s:e], g_logp[s:e], ge, en, thr)
         _accumulate(dz, hidden[s:e], weight, temperature, dh, dw, db, s, e)
         del z, dz
     return _finish(dh, dw, db, weight, bias)

@@ -17,6 +17,7 @@ from rgpo_fast.kernels import linear_logprob as _lp
 from rgpo_fast.kernels import policy_loss as _pl
 
 NAME = "triton"
+TRUNCATION = True  # per-row thresholds of a truncated sampler (ops/truncation.py)
 
 if tuple(_pl.KERNEL_STAT_NAMES) != tuple(STAT_NAMES):  # pragma: no cover - a coding error
     raise ImportError("kernels/policy_loss.py stat columns differ from algos STAT_NAMES")
@@ -32,22 +33,25 @@ def is_available(device: torch.device) -> bool:
     return False
 
 
-def logprob_forward(hidden, weight, bias, targets, temperature, with_entropy, chunk_size=None):
-    """(N, H), (V, H), (V,)|None, (N,) -> logp (N,), lse (N,), entropy (N,)|None, fp32."""
+def logprob_forward(hidden, weight, bias, targets, temperature, with_entropy, chunk_size=None,
+                    threshold=None):
+    """(N, H), (V, H), (V,)|None, (N,) -> logp (N,), lse (N,), entropy (N,)|None, fp32;
+    `threshold` (N,): a truncated sampler's per-row cut (ops/truncation.py)."""
     return _lp.linear_logprob_forward(
-        hidden, weight, bias, targets.contiguous(), temperature, with_entropy
-    )
+        hidden, weight, bias, targets.contiguous(), temperature, with_entropy,
+        threshold=threshold,
+    )  # fmt: skip
 
 
 def logprob_backward(
     hidden, weight, bias, targets, lse, entropy, temperature, g_logp, g_ent, needs,
-    chunk_size=None,
+    chunk_size=None, threshold=None,
 ):  # fmt: skip
     """Recompute each logits tile and chain the token gradients: (dh, dw, db)."""
     return _lp.linear_logprob_backward(
         hidden, weight, bias, targets.contiguous(), lse, entropy, temperature,
         g_logp.float().contiguous(), None if g_ent is None else g_ent.float().contiguous(),
-        tuple(bool(x) for x in needs),
+        tuple(bool(x) for x in needs), threshold=threshold,
     )  # fmt: skip
 
 

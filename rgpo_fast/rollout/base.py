@@ -24,12 +24,14 @@ import torch
 
 @dataclass
 class SamplingParams:
-    """How to sample. temperature 0 means greedy; top_p 1 disables nucleus filtering."""
+    """How to sample. temperature 0 means greedy; top_p 1 disables nucleus filtering, top_k
+    0 disables top-k (applied before top_p)."""
 
     n: int = 1
     max_new_tokens: int = 64
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int = 0
     seed: int | None = None
     stop_token_ids: tuple[int, ...] = ()
 
@@ -44,6 +46,8 @@ class SamplingParams:
             raise ValueError(f"SamplingParams.temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"SamplingParams.top_k must be >= 0 (0 = off), got {self.top_k}")
 
 
 def prompt_seed(seed: int, index: int) -> int:

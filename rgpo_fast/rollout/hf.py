@@ -2,9 +2,10 @@
 
 The default engine (CPU, and GPUs without vLLM). It runs its own decode loop instead of
 `model.generate` so that it returns exactly what the trainer needs: the sampled ids and
-each token's log-prob under the temperature-scaled distribution (the quantity the
-trainer recomputes with `fused_linear_logprobs(..., temperature=T)`), with a seeded
-generator so a run is reproducible.
+each token's log-prob under the distribution it was drawn from (temperature-scaled,
+top-k / top-p truncated and renormalised: the quantity the trainer recomputes with
+`fused_linear_logprobs(..., temperature=T, top_p=p, top_k=k)`, and what vLLM reports with
+logprobs_mode="processed_logprobs"), with a seeded generator so a run is reproducible.
 
 The engine may share its module with the trainer (single process: no copy, no sync) or
 own a replica (distributed: the sharded policy cannot run unsynchronised decode loops on
@@ -21,6 +22,14 @@ import torch
 from rgpo_fast.errors import NonFiniteError
 from rgpo_fast.precision import autocast_to
 from rgpo_fast.rollout.base import Completion, RequestOutput, SamplingParams
+
+
+def top_k_filter(logits: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Set logits below the row's k-th largest to -inf (0 = off); ties at the k-th stay."""
+    if top_k <= 0 or top_k >= logits.shape[-1]:
+        return logits
+    kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
 
 
 def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -46,13 +55,15 @@ def _check_finite(t: torch.Tensor) -> None:
 
 
 def sample_next(
-    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
+    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None,
+    top_k: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick the next token of each row; return (ids (B,), log-probs (B,) float32).
 
-    The log-prob is taken under softmax(logits / T) before top-p truncation, matching what
-    the trainer recomputes; greedy (T = 0) reports the T = 1 log-prob. A NaN/inf
-    distribution (weights that diverged) is an error, not a silently arbitrary token.
+    The log-prob is that of the distribution sampled: softmax(logits / T) after top-k then
+    top-p truncation (renormalised), matching what the trainer recomputes; greedy (T = 0)
+    reports the T = 1 log-prob of the full softmax. A NaN/inf distribution (weights that
+    diverged) is an error, not a silently arbitrary token.
     """
     logits = logits.float()
     if temperature == 0:
@@ -60,9 +71,9 @@ def sample_next(
         ids = logits.argmax(-1)
         logp = torch.log_softmax(logits, -1)
     else:
-        scaled = logits / temperature
-        logp = torch.log_softmax(scaled, -1)
-        probs = torch.softmax(top_p_filter(scaled, top_p), -1)
+        truncated = top_p_filter(top_k_filter(logits / temperature, top_k), top_p)
+        logp = torch.log_softmax(truncated, -1)  # -inf on the dropped tokens
+        probs = logp.exp()
         _check_finite(probs)  # NaN logits, or finite ones so large that softmax gives NaN
         ids = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
     return ids, logp.gather(-1, ids[:, None]).squeeze(-1)
@@ -153,7 +164,8 @@ class HFEngine:
                         logits_to_keep=1,
                         **{self._cache_arg: cache},
                     ).logits
-                    nxt, lp = sample_next(logits[:, -1], params.temperature, params.top_p, gen)
+                    nxt, lp = sample_next(logits[:, -1], params.temperature, params.top_p, gen,
+                                          params.top_k)
                     nxt = torch.where(finished, torch.full_like(nxt, self.pad_token_id), nxt)
                     out_ids[:, t], out_lp[:, t] = nxt, torch.where(finished, 0.0, lp)
                     hit = torch.isin(nxt, stops) & ~finished

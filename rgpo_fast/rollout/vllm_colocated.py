@@ -100,8 +100,9 @@ def engine_kwargs(
         "enable_prefix_caching": True,
         # Token ids in, token ids out: the trainer's tokenizer is the only one.
         "skip_tokenizer_init": True,
-        # Log-probs after temperature scaling: the same quantity the trainer recomputes
-        # (fused_linear_logprobs at the rollout temperature) for truncated IS.
+        # Log-probs after temperature scaling and top-k / top-p truncation: the same quantity
+        # the trainer recomputes (fused_linear_logprobs at the rollout's temperature, top_p
+        # and top_k) for the rollout correction.
         "logprobs_mode": "processed_logprobs",
     }
 
@@ -118,6 +119,7 @@ def to_vllm_sampling(params: SamplingParams, vllm_sampling_cls, *, seed: int | N
         max_tokens=params.max_new_tokens,
         temperature=params.temperature,
         top_p=params.top_p,
+        top_k=params.top_k if params.top_k > 0 else -1,  # -1: off in every vLLM release
         seed=seed,
         logprobs=0,
         stop_token_ids=stops or None,

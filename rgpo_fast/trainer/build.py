@@ -145,7 +145,8 @@ def load_policy(cfg: RunConfig, info: DistInfo, model_dir: Path | None = None):
     lm.to(info.device)
     packed = resolve_packing(cfg.model.pack_sequences, attn)
     policy = PolicyModule(
-        lm, impl=cfg.train.impl, temperature=cfg.rollout.temperature, packed=packed,
+        lm, impl=cfg.train.impl, temperature=cfg.rollout.temperature,
+        top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, packed=packed,
         compute_dtype=dtype,
     )
     features = {

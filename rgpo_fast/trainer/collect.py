@@ -64,6 +64,7 @@ def generate(ctx: CollectContext, prompts: list[list[int]], n: int, seed: int):
         max_new_tokens=ctx.sampling.max_new_tokens,
         temperature=ctx.sampling.temperature,
         top_p=ctx.sampling.top_p,
+        top_k=ctx.sampling.top_k,
         seed=seed,
         stop_token_ids=ctx.sampling.stop_token_ids,
     )

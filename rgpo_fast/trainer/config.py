@@ -195,7 +195,11 @@ class RolloutConfig:
     n: int = field(default=8, metadata=_help("G: samples per prompt (group size)."))
     max_new_tokens: int = field(default=48, metadata=_help("Response length limit (tokens)."))
     temperature: float = field(default=1.0, metadata=_help("Sampling temperature."))
-    top_p: float = field(default=1.0, metadata=_help("Nucleus sampling threshold."))
+    top_p: float = field(default=1.0, metadata=_help(
+        "Nucleus sampling threshold; the trainer's log-probs are then those of the truncated "
+        "distribution the samples came from."))
+    top_k: int = field(default=0, metadata=_help(
+        "Top-k sampling (0 = off), applied before top_p; the trainer's log-probs follow it."))
     max_batch_size: int = field(
         default=256, metadata=_help("hf engine: sequences decoded together.")
     )
@@ -255,6 +259,8 @@ class RolloutConfig:
             raise ConfigError(f"rollout.temperature={self.temperature} must be > 0 for RL sampling")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"rollout.top_p={self.top_p} must be in (0, 1]")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ConfigError(f"rollout.top_k={self.top_k!r} must be an int >= 0 (0 = off)")
         if not 0 < self.gpu_memory_utilization < 1:
             raise ConfigError("rollout.gpu_memory_utilization must be in (0, 1)")
 

@@ -26,12 +26,16 @@ class PolicyModule(torch.nn.Module):
     """Wraps `lm` (e.g. Qwen2ForCausalLM). Parameter names are `lm.<HF name>`."""
 
     def __init__(self, lm: torch.nn.Module, *, impl: str = "auto", temperature: float = 1.0,
-                 chunk_size: int | None = None, packed: bool = False,
-                 compute_dtype: torch.dtype | None = None) -> None:
+                 top_p: float = 1.0, top_k: int = 0, chunk_size: int | None = None,
+                 packed: bool = False, compute_dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.lm = lm
         self.impl = impl
+        # The rollout sampler's options: every log-prob the trainer computes (old, reference,
+        # the loss's) is of the distribution the engine drew the tokens from.
         self.temperature = temperature
+        self.top_p = top_p
+        self.top_k = top_k
         self.chunk_size = chunk_size
         self.packed = packed
         self.compute_dtype = compute_dtype  # None: the parameters' dtype
@@ -79,12 +83,13 @@ class PolicyModule(torch.nn.Module):
                 position_ids: torch.Tensor | None, *, mode: str = "loss",
                 loss_inputs: dict[str, Any] | None = None):
         """mode "loss": (loss, metrics) of `fused_linear_policy_loss(**loss_inputs)` (tensors,
-        normalisers and `config`; the rollout temperature is set here);
+        normalisers and `config`; the rollout's temperature, top_p and top_k are set here);
         mode "logprobs": per-target log-probs (B, L-1) float32 (no grad needed)."""
         hidden, weight, bias = self._hidden(input_ids, attention_mask, position_ids)
         if mode == "logprobs":
             logp, _ = fused_linear_logprobs(hidden, weight, input_ids[:, 1:], bias=bias,
-                                            temperature=self.temperature, impl=self.impl,
+                                            temperature=self.temperature, top_p=self.top_p,
+                                            top_k=self.top_k, impl=self.impl,
                                             chunk_size=self.chunk_size)
             return logp
         if mode == "zero":
@@ -95,7 +100,8 @@ class PolicyModule(torch.nn.Module):
             raise ValueError(f"unknown PolicyModule mode {mode!r}; valid: loss, logprobs, zero")
         kw = dict(loss_inputs or {})
         return fused_linear_policy_loss(hidden, weight, bias=bias, temperature=self.temperature,
-                                        impl=self.impl, chunk_size=self.chunk_size, **kw)
+                                        top_p=self.top_p, top_k=self.top_k, impl=self.impl,
+                                        chunk_size=self.chunk_size, **kw)
 
 
 def varlen_kwargs(attention_mask: torch.Tensor) -> dict[str, Any]:

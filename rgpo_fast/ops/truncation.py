@@ -1,0 +1,65 @@
+"""Thresholds of a truncated sampler (top-k, top-p), one per token, for the fused ops.
+
+A rollout engine that samples with top_k > 0 or top_p < 1 draws from the renormalised
+distribution over a set S of the largest logits, not from the full softmax; the trainer's
+log-probs (and so every importance ratio) must be those of the same distribution:
+    log pi_S(t) = z_t - log sum_{k in S} exp(z_k),   z = logits / T.
+S is a top set of the row, so one number per row describes it: the smallest logit it keeps.
+The fused kernels take that threshold and skip every logit below it in the log-sum-exp,
+the entropy and the gradient (d log pi_S(t) / dz_k = 1[k = t] - pi_S(k) on S, 0 off S;
+the threshold is piecewise constant in the weights and carries no gradient).
+
+The engines' rule (vLLM and transformers agree): top-k first (keep the k largest), then
+top-p on the renormalised top-k distribution: sorted by probability, a token is kept while
+the mass before it is below top_p, so the most likely token always stays. Two decisions:
+- The threshold is the midpoint between the last kept and the first dropped logit, not the
+  last kept logit itself: the kernels recompute the logits with other tiles and summation
+  orders, and a boundary logit must not change sides by a rounding.
+- The target is always in S (the kernels keep it whatever its logit): a token the engine
+  sampled is in its S, but transferred solutions, LUFFY's reference tokens and logits that
+  moved since sampling may not be, and their log-prob must stay finite. S is then the
+  sampler's set plus the target, the smallest change that keeps it finite.
+
+Finding S needs each row sorted, so this pass materialises one chunk of rows' logits at a
+time (torch; rows in chunks a quarter of the torch backend's, since the sort keeps values
+and int64 indices), never the [tokens x vocab] logits.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rgpo_fast.ops.torch_chunked import _logits_block, auto_chunk_size
+
+
+def row_thresholds(z: torch.Tensor, top_p: float, top_k: int) -> torch.Tensor:
+    """(c, V) fp32 logits (already / T) -> (c,) fp32 thresholds (-inf: nothing dropped)."""
+    c, V = z.shape
+    k = top_k if 0 < top_k < V else V
+    # The k candidates in decreasing order, and the first logit top-k drops (if any).
+    vals = torch.topk(z, k + 1, dim=-1).values if k < V else z.sort(-1, descending=True).values
+    if top_p < 1.0:
+        p = torch.softmax(vals[:, :k], dim=-1)  # the top-k distribution, renormalised
+        before = p.cumsum(-1) - p  # mass of the tokens ranked above each
+        kept = (before < top_p).sum(-1).clamp(min=1)
+    else:
+        kept = torch.full((c,), k, dtype=torch.long, device=z.device)
+    last = vals.gather(1, (kept - 1)[:, None]).squeeze(1)
+    nxt = vals.gather(1, kept.clamp(max=vals.shape[1] - 1)[:, None]).squeeze(1)
+    return torch.where(kept < V, 0.5 * (last + nxt), torch.full_like(last, float("-inf")))
+
+
+@torch.no_grad()
+def truncation_thresholds(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                          temperature: float, top_p: float, top_k: int,
+                          chunk_size: int | None = None) -> torch.Tensor:
+    """(N, H), (V, H), (V,)|None -> (N,) fp32 per-row thresholds (module docstring)."""
+    N, V = hidden.shape[0], weight.shape[0]
+    c = chunk_size or max(1, auto_chunk_size(N, V) // 4)
+    out = torch.empty(N, dtype=torch.float32, device=hidden.device)
+    for s in range(0, N, c):
+        e = min(s + c, N)
+        z = _logits_block(hidden[s:e], weight, bias, temperature)
+        out[s:e] = row_thresholds(z, top_p, top_k)
+        del z
+    return out
