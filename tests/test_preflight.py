@@ -130,6 +130,13 @@ def test_flash_attention_requested_without_it_is_one_error_line(tmp_path, capsys
     (["--algo.clip_ratio_c", "3"], "algo.clip_ratio_c=3.0 never acts"),
     (["--algo.tis_cap", "5"], "algo.tis_cap=5.0 never acts"),
     (["--algo.rollout_correction", "seq_mask"], "algo.rollout_correction=seq_mask never acts"),
+    (["--algo.objective", "sapo", "--algo.clip_high", "0.28"],
+     "algo.clip_high=0.28 is never read with algo.objective=sapo"),
+    (["--algo.sapo_tau_neg", "2"], "algo.sapo_tau_neg=2.0 is never read with algo.objective=ppo"),
+    (["--algo.token_mask_high", "3"],
+     "algo.token_mask_high=3.0 is never read with algo.rollout_correction=token"),
+    (["--rollout.top_p", "0.8", "--train.impl", "cpp"],
+     "train.impl=cpp has no kernels for the log-probs of a top-k / top-p sampler"),
 ])
 def test_loss_options_that_cannot_act_are_refused(tmp_path, capsys, extra, culprit):
     assert main(tiny_args(tmp_path / "run", tmp_path / "cache", extra=extra)) == 2
@@ -143,6 +150,10 @@ def test_loss_options_that_cannot_act_are_refused(tmp_path, capsys, extra, culpr
     {"algo": {"clip_ratio_c": 3.0, "transfer": "is", "transferred_hint": "masked"}},
     {"algo": {"tis_cap": 5.0, "transfer": "is", "transferred_hint": "masked"}},
     {"algo": {"tis_cap": None}},  # off is off
+    {"algo": {"objective": "sapo", "sapo_tau_pos": 0.5, "sapo_tau_neg": 2.0}},
+    {"algo": {"rollout_correction": "token_mask", "token_mask_low": 0.8, "transfer": "is",
+              "transferred_hint": "masked"}},
+    {"rollout": {"top_p": 0.8, "top_k": 20}},  # impl auto: a backend with the thresholds
 ])
 def test_loss_options_that_can_act_are_accepted(overrides):
     from rgpo_fast.trainer.preflight import check_loss_options

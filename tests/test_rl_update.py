@@ -149,3 +149,34 @@ def test_entropy_is_logged_and_its_bonus_raises_it(tmp_path):
     assert entropy[0.0][0] == pytest.approx(entropy[0.5][0])  # the same start
     assert entropy[0.0][1] == pytest.approx(entropy[0.0][0], rel=1e-5)  # nothing to learn
     assert entropy[0.5][1] > entropy[0.5][0] + 1e-3  # the bonus alone raised it
+
+
+def test_token_mask_leaves_the_global_counts_and_is_logged(tmp_path):
+    """rollout_correction=token_mask: micro-batched with the trainer's global counts, the
+    loss equals one fused call over the whole batch (whose counts exclude the masked
+    tokens), and the masked share is reported."""
+    from rgpo_fast.trainer.update import policy_logprobs
+
+    algo = get_preset("grpo", rollout_correction="token_mask", token_mask_low=0.9,
+                      token_mask_high=1.1)
+    policy = _policy(tmp_path)
+    batch = _batch(policy.lm.config.vocab_size, algo)
+    old = policy_logprobs(policy, batch, 4, DistInfo())
+    g = torch.Generator().manual_seed(5)
+    batch.rollout_logprobs = old + 0.15 * torch.randn(old.shape, generator=g)
+    batch.has_rollout_logprobs = torch.ones(batch.batch_size, dtype=torch.bool)
+    batch.set_old_logprobs(old)
+    cfg = algo.loss_config()
+    m = backward_batch(policy, batch, cfg, 4, DistInfo())
+    with torch.no_grad():
+        whole, metrics = policy(batch.input_ids, batch.attention_mask, batch.position_ids,
+                                mode="loss", loss_inputs={"config": cfg, **batch.loss_inputs()})
+    rho = torch.exp(batch.old_logprobs - batch.rollout_logprobs)[batch.response_mask]
+    n_masked = int(((rho < 0.9) | (rho > 1.1)).sum())
+    assert 0 < n_masked < rho.numel()
+    assert m["tokens/masked"] == n_masked == float(metrics["tokens/masked"])
+    assert m["tokens/policy"] == rho.numel() - n_masked
+    assert m["loss/total"] == pytest.approx(float(whole), rel=1e-5)
+    out = rl_update(policy, make_optimizer(policy, 1e-3, algo_optim()), batch, cfg, micro=4,
+                    info=DistInfo(), grad_clip=1.0)
+    assert out["rollout/masked_frac"] == pytest.approx(n_masked / rho.numel())

@@ -37,7 +37,7 @@ def test_tiny_rgpo_run_writes_all_outputs(tmp_path, cache, capsys):
 
 
 @pytest.mark.parametrize("algo", ["grpo", "dapo", "ghpo", "luffy", "guide", "dr_grpo", "gspo",
-                                  "cispo"])
+                                  "cispo", "sapo"])
 def test_every_preset_runs_one_step(tmp_path, cache, algo):
     out = tmp_path / algo
     assert main(tiny_args(out, cache, steps=1, sft_steps=0,
@@ -45,6 +45,20 @@ def test_every_preset_runs_one_step(tmp_path, cache, algo):
                                  "--eval.pass_k", "0", "--data.n_eval", "2"])) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["algo"] == algo and summary["steps"] == 1
+
+
+def test_a_top_p_top_k_run_logs_ratio_one_on_policy(tmp_path, cache):
+    """A top-k / top-p run trains end to end (old log-probs and loss through the truncated
+    sampler's thresholds, impl=auto picking a backend that has them), the ratio of its two
+    updates stays near 1, and the token mask's share is logged (0: no correction here)."""
+    out = tmp_path / "top_p"
+    assert main(tiny_args(out, cache, steps=1, sft_steps=0,
+                          extra=["--algo", "grpo", "--rollout.top_p", "0.8", "--rollout.top_k",
+                                 "20", "--train.ppo_epochs", "2", "--logging.plots", "false",
+                                 "--eval.pass_k", "0", "--data.n_eval", "2"])) == 0
+    r = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert r["rollout/masked_frac"] == 0.0
+    assert abs(r["ratio/mean"] - 1.0) < 0.05, r["ratio/mean"]
 
 
 def test_ppo_epochs_and_mini_batches_run_and_log_their_updates(tmp_path, cache):

@@ -122,8 +122,9 @@ def step_row(step: int, collected, batch, update: dict, phases: dict[str, float]
         "time/sync_s": phases.get("sync", 0.0),
         "tokens_per_s": (g[5] + g[6]) / max(step_s, 1e-9),
     }
-    for k, v in update.items():  # clip fractions, importance ratio, ppo/* (rl_update)
-        if k.startswith(("clip_frac/", "ratio/", "ppo/", "entropy/")):
+    # clip fractions, importance ratio, ppo/*, the token mask's share (rl_update)
+    for k, v in update.items():
+        if k.startswith(("clip_frac/", "ratio/", "ppo/", "entropy/", "rollout/")):
             row[k] = v
     if batch.ref_logprobs is not None:  # algo.beta > 0: the KL term to the reference
         row["kl/mean"], row["loss/kl"] = update["kl/mean"], update["loss/kl"]

@@ -98,7 +98,10 @@ def check_loss_options(cfg: RunConfig) -> None:
       (RGPO's `is` transfers aside: their ratio is to the hinted context).
     - `algo.tis_cap`, `algo.rollout_correction`: importance weights for the rollout/trainer
       mismatch exist only where rollout log-probs come from elsewhere than the trainer (the
-      vLLM engine, `is` transfers).
+      vLLM engine, `is` transfers); `tis_cap` is not read by the token mask, whose bounds
+      `algo.token_mask_low` / `high` are read by nothing else.
+    - `algo.clip_low` / `clip_high` are not read by SAPO's gate, `algo.sapo_tau_*` by
+      nothing else.
     (`algo.beta` > 0 always applies: the trainer keeps a reference policy, ref_policy.py.)
     """
     a = cfg.algo
@@ -120,6 +123,34 @@ def check_loss_options(cfg: RunConfig) -> None:
             f"algo.tis_cap={a.tis_cap} never acts with rollout.engine={cfg.rollout.engine} "
             "and no `is` transfer: the trainer's own log-probs are the rollout's, so the "
             "importance weight is 1; leave it unset")
+    truncated = cfg.rollout.top_p < 1.0 or cfg.rollout.top_k > 0
+    if truncated and cfg.train.impl in ("cpp", "cuda"):
+        raise ConfigError(
+            f"train.impl={cfg.train.impl} has no kernels for the log-probs of a top-k / top-p "
+            f"sampler (rollout.top_p={cfg.rollout.top_p}, rollout.top_k={cfg.rollout.top_k}); "
+            "use train.impl=auto, triton (GPU) or torch")
+    _refuse_unread(a, ("tis_cap",), a.rollout_correction == "token_mask",
+                   "with algo.rollout_correction=token_mask (its band is algo.token_mask_low "
+                   "/ algo.token_mask_high)")
+    _refuse_unread(a, ("token_mask_low", "token_mask_high"), a.rollout_correction != "token_mask",
+                   f"with algo.rollout_correction={a.rollout_correction} (only token_mask "
+                   "reads them)")
+    _refuse_unread(a, ("clip_low", "clip_high"), a.objective == "sapo",
+                   "with algo.objective=sapo (its gate has no clip; see algo.sapo_tau_pos / "
+                   "algo.sapo_tau_neg)")
+    _refuse_unread(a, ("sapo_tau_pos", "sapo_tau_neg"), a.objective != "sapo",
+                   f"with algo.objective={a.objective} (only sapo reads them)")
+
+
+def _refuse_unread(algo, names: tuple[str, ...], unread: bool, why: str) -> None:
+    """A ConfigError when one of `names` differs from its default while `unread` holds."""
+    if not unread:
+        return
+    fields = type(algo).__dataclass_fields__
+    for name in names:
+        value = getattr(algo, name)
+        if value != fields[name].default:
+            raise ConfigError(f"algo.{name}={value} is never read {why}; leave it unset")
 
 
 # Guidance modes that read the rationale column (LUFFY trains on it directly).

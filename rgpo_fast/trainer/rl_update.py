@@ -122,6 +122,9 @@ def summarise(runs: list[dict[str, float]], epochs: int) -> dict[str, float]:
         out[k] = math.fsum(r[k] for r in runs) / n
     for k in (k for k in SUM_METRICS if k.startswith("tokens/")):
         out[k] = math.fsum(r[k] for r in runs) / epochs
+    # the share of policy tokens the rollout correction's token mask dropped (0 without it)
+    out["rollout/masked_frac"] = out["tokens/masked"] / max(
+        out["tokens/masked"] + out["tokens/policy"], 1.0)
     tokens = max(math.fsum(r["tokens/policy"] for r in runs), 1.0)
     for k in RATIO_METRICS:
         out[k] = math.fsum(r[k] * r["tokens/policy"] for r in runs) / tokens

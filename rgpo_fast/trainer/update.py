@@ -18,6 +18,7 @@ import torch
 
 from rgpo_fast.algos.aggregation import local_counts, token_roles
 from rgpo_fast.algos.policy_loss import LossConfig
+from rgpo_fast.algos.sequence_loss import token_mask_weights
 from rgpo_fast.batch import TrainBatch
 from rgpo_fast.data.types import Sample
 from rgpo_fast.trainer.distributed import DistInfo, all_reduce_max_int, all_reduce_sum
@@ -27,17 +28,21 @@ GroupRows = Callable[[Sequence[int], int], "list[list[int]]"]
 
 # Metrics of the fused loss (rgpo_fast.algos.policy_loss.metrics_from_stats) that add up
 # across micro-batches and ranks...
-SUM_METRICS = ("loss/pg", "loss/kl", "loss/sft", "tokens/policy", "tokens/sft")
+SUM_METRICS = ("loss/pg", "loss/kl", "loss/sft", "tokens/policy", "tokens/sft", "tokens/masked")
 # ... and per-token means over policy tokens (clip fractions, importance ratio, KL to the
 # reference), averaged weighted by each micro-batch's policy tokens; `entropy/mean` is over
 # all trained tokens (policy and SFT), weighted by those.
 RATIO_METRICS = ("clip_frac/low", "clip_frac/high", "clip_frac/dual", "ratio/mean", "kl/mean")
 
 
-def loss_counts(batch: TrainBatch) -> torch.Tensor:
+def loss_counts(batch: TrainBatch, config: LossConfig) -> torch.Tensor:
     """Local (policy tokens, policy sequences, SFT tokens), fp32 (3,), with the fused loss's
-    own split of tokens (`token_roles`), so the global normalisers count what it weights."""
+    own split of tokens (`token_roles`, less the tokens the rollout correction's token mask
+    drops), so the global normalisers count what it weights."""
     _, sft_tok, policy = token_roles(batch.response_mask, batch.hint_mask, batch.sft_mask)
+    if config.rollout_correction == "token_mask" and batch.rollout_logprobs is not None:
+        policy, _ = token_mask_weights(policy, batch.old_logprobs, batch.rollout_logprobs,
+                                       config)
     tokens, seqs = local_counts(policy)
     return torch.stack([tokens, seqs, sft_tok.sum().float()])
 
@@ -139,7 +144,7 @@ def backward_batch(policy: torch.nn.Module, batch: TrainBatch, config: LossConfi
     `entropy`, also `entropy/mean` over the trained tokens (the fused log-prob sweep computes
     it for little extra work; the RL update logs it, the SFT warm start has no use for it).
     """
-    counts = all_reduce_sum(loss_counts(batch), info)  # (3,) global
+    counts = all_reduce_sum(loss_counts(batch, config), info)  # (3,) global
     dummy = torch.zeros((1, 2), dtype=torch.long, device=info.device)  # batch may have no rows
     kw = dict(config=config, num_global_tokens=counts[0], num_global_seqs=counts[1],
               num_global_sft_tokens=counts[2], max_response_len=max_response_len,
