@@ -20,6 +20,7 @@ from tolerance import assert_three_way
 
 from rgpo_fast.algos.policy_loss import LossConfig, TokenTerms
 from rgpo_fast.ops.backends import available_backends
+from rgpo_fast.ops.truncation import truncation_thresholds
 
 pytestmark = pytest.mark.skipif(
     "triton" not in available_backends(DEV), reason="triton backend unavailable here"
@@ -106,15 +107,17 @@ def test_logprob_launches_never_alias_outputs(path, launches):
     """Every flag combination of the forward (bias, entropy) and the backward (bias,
     entropy, which gradients), through fixed blocks and through the autotuner."""
     kw = PATHS[path]
-    for bias, ent in itertools.product((False, True), repeat=2):
+    for bias, ent, cut in itertools.product((False, True), repeat=3):
         h, w, b, t = logprob_inputs(9, 16, 40, torch.float32, bias)
-        logp, lse, entropy = klp.linear_logprob_forward(h, w, b, t, 1.0, ent, **kw)
+        thr = truncation_thresholds(h, w, b, 1.0, 0.8, 0) if cut else None
+        logp, lse, entropy = klp.linear_logprob_forward(h, w, b, t, 1.0, ent, threshold=thr,
+                                                        **kw)  # fmt: skip
         g = torch.randn(9, device=DEV)
         g_ent = torch.randn(9, device=DEV) if ent else None
         for needs in itertools.product((False, True), repeat=3):
             if any(needs):
                 klp.linear_logprob_backward(h, w, b, t, lse, entropy if ent else None, 1.0, g,
-                                            g_ent, needs, **kw)  # fmt: skip
+                                            g_ent, needs, threshold=thr, **kw)  # fmt: skip
     names = {n for n, _ in launches}
     assert names == {"_logprob_fwd_kernel", "_logprob_combine_kernel", "_logprob_bwd_kernel"}
     _assert_no_alias(launches)
@@ -204,6 +207,38 @@ def test_autotuned_path_matchesoracle_grads(dtype, bias):
     tuned = klp._autotuned("bwd", klp.INTERPRET_CONFIGS)
     assert tuned.best_config in klp.INTERPRET_CONFIGS  # the autotuner chose, not a fixed block
     _check_three_way((h, w, b, t), temperature, g_logp, g_ent, [logp, ent, dh, dw, db], dtype)
+
+
+@pytest.mark.parametrize("dtype, top_p, top_k", [(torch.float32, 0.8, 0),
+                                                  (torch.float32, 0.9, 12),
+                                                  (torch.bfloat16, 0.7, 0)])
+def test_autotuned_path_with_a_sampler_threshold_matches_oracle(dtype, top_p, top_k):
+    """The truncated sampler's log-probs (THRESHOLD on: the sums and the gradient skip the
+    dropped logits) through the autotuner, against the oracle's support written token by
+    token; tuned apart from the launches without a threshold."""
+    N, H, V, temperature = 37, 29, 101, 0.8
+    h, w, b, t = logprob_inputs(N, H, V, dtype, True, scale=1.0)
+    g_logp = torch.linspace(-1, 1, N, device=DEV)
+    g_ent = torch.linspace(0.5, -0.25, N, device=DEV)
+    thr = truncation_thresholds(h, w, b, temperature, top_p, top_k, rounded_logits=False)
+    kw = {"configs": klp.INTERPRET_CONFIGS, "threshold": thr}
+    tuned = klp._autotuned("fwd", klp.INTERPRET_CONFIGS)
+    tuned.cache.clear()
+    klp.linear_logprob_forward(h, w, b, t, temperature, True, configs=klp.INTERPRET_CONFIGS)
+    logp, lse, ent = klp.linear_logprob_forward(h, w, b, t, temperature, True, **kw)
+    assert len(tuned.cache) == 2  # the threshold's launch is tuned apart (TUNE_KEYS)
+    dh, dw, db = klp.linear_logprob_backward(h, w, b, t, lse, ent, temperature, g_logp, g_ent,
+                                             (True, True, True), **kw)  # fmt: skip
+    assert klp._autotuned("bwd", klp.INTERPRET_CONFIGS).best_config in klp.INTERPRET_CONFIGS
+    naive = oracle_grads(h, w, b, t, temperature, g_logp, g_ent, torch.float32, False, top_p,
+                         top_k)
+    truth = oracle_grads(h, w, b, t, temperature, g_logp, g_ent, torch.float64, True, top_p,
+                         top_k)
+    full = oracle_grads(h, w, b, t, temperature, g_logp, g_ent, torch.float64, True)
+    assert (truth[0] - full[0]).abs().max() > 0.05  # the truncation changes the log-probs
+    for name, x, xn, xt in zip(["logp", "entropy", "dhidden", "dweight", "dbias"],
+                               [logp, ent, dh, dw, db], naive, truth):
+        assert_three_way(f"top_p={top_p} top_k={top_k}: {name}", x, xn, xt, dtype)
 
 
 def test_default_launch_plan(monkeypatch):

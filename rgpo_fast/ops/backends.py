@@ -28,10 +28,12 @@ class Backend(Protocol):
 
     TRUNCATION: whether its log-prob ops take `threshold=` (N,) fp32, the per-row cut of a
     truncated sampler (ops/truncation.py); a backend without it is refused for top-k /
-    top-p log-probs (explicitly named) or skipped (impl="auto")."""
+    top-p log-probs (explicitly named) or skipped (impl="auto"). ROUNDED_LOGITS: whether it
+    rounds 16-bit logits to the input dtype (the thresholds are found on the same logits)."""
 
     NAME: str
     TRUNCATION: bool
+    ROUNDED_LOGITS: bool
 
     def is_available(self, device: torch.device) -> bool:
         """Can it run on `device` in this installation?"""

@@ -22,6 +22,7 @@ from rgpo_fast.algos.policy_loss import KL_CODES, NUM_STATS, LossConfig, TokenTe
 
 NAME = "cpp"
 TRUNCATION = False  # no threshold input in the csrc kernels (ops/backends.py)
+ROUNDED_LOGITS = True  # the GEMM writes the input dtype (csrc/cpu/fused_ops.cpp)
 EXTENSION = "rgpo_fast._C"
 _log = logging.getLogger("rgpo_fast")
 _state: dict = {"loaded": None, "error": None, "noticed": False}

@@ -26,6 +26,7 @@ from rgpo_fast.ops.cpp_backend import (  # noqa: F401  (the backend protocol)
 
 NAME = "cuda"
 TRUNCATION = False  # no threshold input in the csrc kernels (ops/backends.py)
+ROUNDED_LOGITS = True  # cuBLAS with a 16-bit output (csrc/cuda)
 EXTENSION = "rgpo_fast._C_cuda"
 # Offsets of packed tensors are multiples of this many bf16 elements (16 bytes), so a view
 # of any packed tensor is aligned for vectorised loads by whoever consumes the buffer.

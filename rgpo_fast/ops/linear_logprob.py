@@ -37,8 +37,8 @@ class LinearLogprobFunction(torch.autograd.Function):
         backend = resolve_backend(opts.impl, hidden.device, opts.truncated)
         thr = None
         if opts.truncated:
-            thr = truncation_thresholds(hidden, weight, bias, opts.temperature,
-                                        opts.top_p, opts.top_k, opts.chunk_size)
+            thr = truncation_thresholds(hidden, weight, bias, opts.temperature, opts.top_p,
+                                        opts.top_k, opts.chunk_size, backend.ROUNDED_LOGITS)
         logp, lse, ent = backend.logprob_forward(
             hidden, weight, bias, targets, opts.temperature, opts.return_entropy, opts.chunk_size,
             **({"threshold": thr} if thr is not None else {}),

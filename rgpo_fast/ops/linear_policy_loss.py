@@ -83,7 +83,8 @@ def _composed(backend, hidden, weight, bias, targets, terms: TokenTerms,
     thr = {}
     if cfg.truncated:
         thr["threshold"] = truncation_thresholds(hidden, weight, bias, cfg.temperature,
-                                                 cfg.top_p, cfg.top_k, opts.chunk_size)
+                                                 cfg.top_p, cfg.top_k, opts.chunk_size,
+                                                 backend.ROUNDED_LOGITS)
     logp, lse, ent = backend.logprob_forward(hidden, weight, bias, targets, cfg.temperature,
                                              with_ent, opts.chunk_size, **thr)
     loss_t, g_logp, stats = token_loss_and_grad(logp, terms, cfg, ent)

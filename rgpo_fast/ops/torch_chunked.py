@@ -18,6 +18,7 @@ from rgpo_fast.algos.policy_loss import NUM_STATS, LossConfig, TokenTerms, token
 
 NAME = "torch"
 TRUNCATION = True  # takes per-row thresholds of a truncated sampler (ops/truncation.py)
+ROUNDED_LOGITS = True  # 16-bit matmul output rounded to the input dtype (_logits_block)
 # Where a truncated sampler drops a token, its logit is replaced by (row max - DROPPED):
 # exp(-1e4) is 0 in fp32, and unlike -inf the product 0 * logit stays 0 in the entropy.
 DROPPED = 1.0e4

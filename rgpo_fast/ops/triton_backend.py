@@ -18,6 +18,7 @@ from rgpo_fast.kernels import policy_loss as _pl
 
 NAME = "triton"
 TRUNCATION = True  # per-row thresholds of a truncated sampler (ops/truncation.py)
+ROUNDED_LOGITS = False  # fp32 accumulators of the tl.dot tiles
 
 if tuple(_pl.KERNEL_STAT_NAMES) != tuple(STAT_NAMES):  # pragma: no cover - a coding error
     raise ImportError("kernels/policy_loss.py stat columns differ from algos STAT_NAMES")

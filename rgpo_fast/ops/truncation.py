@@ -20,6 +20,11 @@ the mass before it is below top_p, so the most likely token always stays. Two de
   moved since sampling may not be, and their log-prob must stay finite. S is then the
   sampler's set plus the target, the smallest change that keeps it finite.
 
+- The threshold is found on the logits the kernels will compare with it: with 16-bit
+  inputs the torch backend rounds the matmul output to the input dtype (as cuBLAS with a
+  half output does) and the Triton kernels keep it in fp32 (`rounded_logits`). On rounded
+  logits a tie at the boundary keeps every tied token; an engine keeps some of them.
+
 Finding S needs each row sorted, so this pass materialises one chunk of rows' logits at a
 time (torch; rows in chunks a quarter of the torch backend's, since the sort keeps values
 and int64 indices), never the [tokens x vocab] logits.
@@ -52,11 +57,17 @@ def row_thresholds(z: torch.Tensor, top_p: float, top_k: int) -> torch.Tensor:
 @torch.no_grad()
 def truncation_thresholds(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                           temperature: float, top_p: float, top_k: int,
-                          chunk_size: int | None = None) -> torch.Tensor:
-    """(N, H), (V, H), (V,)|None -> (N,) fp32 per-row thresholds (module docstring)."""
+                          chunk_size: int | None = None,
+                          rounded_logits: bool = True) -> torch.Tensor:
+    """(N, H), (V, H), (V,)|None -> (N,) fp32 per-row thresholds (module docstring).
+    `rounded_logits`: 16-bit logits rounded to the input dtype (the torch backend's), else
+    fp32 products of the same inputs (the Triton kernels')."""
     N, V = hidden.shape[0], weight.shape[0]
     c = chunk_size or max(1, auto_chunk_size(N, V) // 4)
     out = torch.empty(N, dtype=torch.float32, device=hidden.device)
+    if not rounded_logits and hidden.dtype != torch.float32:
+        hidden, weight = hidden.float(), weight.float()  # bf16 x bf16 products are exact
+        bias = bias.float() if bias is not None else None
     for s in range(0, N, c):
         e = min(s + c, N)
         z = _logits_block(hidden[s:e], weight, bias, temperature)
