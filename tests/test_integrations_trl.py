@@ -122,6 +122,11 @@ CASES = [
     # GSPO: the sequence-level ratio (the paper's clip range is tiny: 3e-4 / 4e-4)
     ("grpo", {"importance_sampling_level": "sequence", "epsilon": 3e-4, "epsilon_high": 4e-4}),
     ("dapo", {"importance_sampling_level": "sequence", "epsilon": 0.02, "epsilon_high": 0.03}),
+    # SAPO: TRL's sigmoid gate at its default temperatures, and at steep ones (the gate far
+    # from linear over the batch's ratios), with the KL term
+    ("sapo", {}),
+    ("sapo", {"sapo_temperature_pos": 3.0, "sapo_temperature_neg": 6.0, "beta": 0.05,
+              "use_bias_correction_kl": False}),
 ]
 
 
@@ -154,7 +159,9 @@ def test_fused_loss_and_grads_equal_trl(model_dir, tmp_path, loss_type, opts):
     assert worst < 1e-4, f"max relative gradient difference {worst:.3g}"
     # TRL's metric names are logged by the fused path
     assert "clip_ratio/region_mean" in trainer._metrics["train"]
-    if use_old:
+    if use_old and loss_type == "sapo":  # a gate: nothing is clipped
+        assert all(v == 0 for v in trainer._metrics["train"]["clip_ratio/region_mean"])
+    elif use_old:
         assert any(v > 0 for v in trainer._metrics["train"]["clip_ratio/region_mean"])
 
 
@@ -197,18 +204,24 @@ def test_option_mapping():
                                            importance_sampling_level="sequence",
                                            report_to="none", use_cpu=True))  # fmt: skip
     assert gspo["objective"] == "gspo" and gspo["loss_agg"] == "seq-mean-token-mean"
+    sapo = trl_loss_options(trl.GRPOConfig(output_dir="/tmp/unused", loss_type="sapo",
+                                           sapo_temperature_pos=0.5, sapo_temperature_neg=2.0,
+                                           delta=3.0, report_to="none", use_cpu=True))
+    assert (sapo["objective"], sapo["sapo_tau_pos"], sapo["sapo_tau_neg"], sapo["clip_ratio_c"],
+            sapo["loss_agg"]) == ("sapo", 0.5, 2.0, None, "seq-mean-token-mean")
     with pytest.raises(ValueError, match="cispo"):
         trl_loss_options(args, "cispo")
 
 
 def test_unsupported_setting_falls_back_or_raises(model_dir, tmp_path):
-    trainer = _make_trainer(model_dir, tmp_path, config={"loss_type": "sapo"})
+    # LUSPO (a length-scaled sequence loss) has no fused equivalent
+    trainer = _make_trainer(model_dir, tmp_path, config={"loss_type": "luspo"})
     inputs = _batch(trainer)
-    with pytest.warns(UserWarning, match="loss_type='sapo'"):
+    with pytest.warns(UserWarning, match="loss_type='luspo'"):
         loss = trainer._compute_loss(trainer.model, inputs)
     assert torch.isfinite(loss) and trainer.rgpo_fused_calls == 0
-    with pytest.raises(ValueError, match="sapo"):
-        _make_trainer(model_dir, tmp_path, config={"loss_type": "sapo"}, on_unsupported="error")
+    with pytest.raises(ValueError, match="luspo"):
+        _make_trainer(model_dir, tmp_path, config={"loss_type": "luspo"}, on_unsupported="error")
 
 
 def test_train_steps_run_through_fused_loss(model_dir, tmp_path):

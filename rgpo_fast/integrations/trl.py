@@ -15,7 +15,8 @@ What changes compared with `GRPOTrainer` (TRL 1.16):
   fused op and the backward never rebuilds logits. The loss is computed *inside* forward,
   like TRL's fused head, so DDP / FSDP wrappers see an ordinary forward call.
 - Options are read from the `GRPOConfig` (see `trl_loss_options` and docs/integrations.md):
-  loss_type grpo / bnpo / dr_grpo / dapo, epsilon / epsilon_high, delta, beta (k3 KL),
+  loss_type grpo / bnpo / dr_grpo / dapo / cispo / sapo (sapo_temperature_pos / _neg),
+  importance_sampling_level sequence (GSPO), epsilon / epsilon_high, delta, beta (k3 KL),
   temperature, num_iterations (old log-probs), mask_truncated_completions, tool masks.
   Settings the fused loss does not implement (other loss types, sequence-level importance
   sampling, entropy masks or bonuses, vLLM importance-sampling correction, off-policy
@@ -70,6 +71,7 @@ TRL_LOSS_AGG = {
     "dr_grpo": "seq-mean-token-sum-norm",  # / (B * max_completion_length)
     "dapo": "token-mean",  # tokens of the whole generation batch (global count)
     "cispo": "token-mean",  # as dapo; objective cispo (trl_loss_options)
+    "sapo": "seq-mean-token-mean",  # as grpo; objective sapo (trl_loss_options)
 }
 
 # Batch keys whose presence means a multimodal model; the fused path has no image inputs.
@@ -114,6 +116,12 @@ def trl_loss_options(args: Any, loss_type: str | None = None) -> dict[str, Any]:
                              "fused equivalent")
         opts.update(objective="cispo", clip_low=1.0, clip_high=float(eps_high) - 1.0,
                     clip_ratio_c=None)
+    elif lt == "sapo":
+        # TRL's gate (4 / tau) sigmoid(tau (rho - 1)), tau by the advantage's sign; no clip
+        # and no delta are read, so the clip fields keep LossConfig's (unread) defaults.
+        opts.update(objective="sapo", sapo_tau_pos=float(args.sapo_temperature_pos),
+                    sapo_tau_neg=float(args.sapo_temperature_neg), clip_low=0.2,
+                    clip_high=0.2, clip_ratio_c=None)
     elif getattr(args, "importance_sampling_level", "token") == "sequence":
         opts["objective"] = "gspo"  # TRL's sequence-level ratio: GSPO, clipped like PPO
     return opts
@@ -126,7 +134,8 @@ def unsupported_settings(trainer: GRPOTrainer, inputs: dict | None = None) -> li
     if trainer.loss_type not in TRL_LOSS_AGG:
         why.append(f"loss_type={trainer.loss_type!r}")
     level = trainer.importance_sampling_level
-    if level not in ("token", "sequence") or (level == "sequence" and trainer.loss_type == "cispo"):
+    token_only = trainer.loss_type in ("cispo", "sapo")  # their fused terms are token-level
+    if level not in ("token", "sequence") or (level == "sequence" and token_only):
         why.append(f"importance_sampling_level={level!r} with loss_type={trainer.loss_type!r}")
     if trainer.loss_type == "cispo" and (a.epsilon_high or a.epsilon) < 1.0:
         why.append(f"loss_type='cispo' with epsilon_high={a.epsilon_high or a.epsilon} < 1")
@@ -142,9 +151,9 @@ def unsupported_settings(trainer: GRPOTrainer, inputs: dict | None = None) -> li
         why.append("use_bias_correction_kl")
     if trainer.aux_loss_enabled:
         why.append("MoE router aux loss")
-    if a.delta is not None and a.delta <= 1.0:
+    if a.delta is not None and trainer.loss_type != "sapo" and a.delta <= 1.0:  # sapo: unread
         why.append(f"delta={a.delta} <= 1")
-    elif a.delta is not None and trainer.loss_type != "cispo" and \
+    elif a.delta is not None and not token_only and \
             a.delta < 1.0 + (a.epsilon_high if a.epsilon_high is not None else a.epsilon):
         # below 1 + epsilon_high TRL's cap binds for A > 0 too; the dual clip is A < 0 only
         why.append(f"delta={a.delta} < 1 + epsilon_high")
@@ -295,7 +304,7 @@ class RGPOFusedGRPOTrainer(GRPOTrainer):
         policy_tok = mask if sft is None else mask & ~sft[:, None]
         out: dict[str, Any] = {}
         lt = self.loss_type
-        if lt in ("grpo", "dr_grpo"):
+        if lt in ("grpo", "sapo", "dr_grpo"):
             out["num_global_seqs"] = float(max(B - n_sft_rows, 1) * ga)
         if lt == "dr_grpo":
             out["max_response_len"] = int(self.max_completion_length)
