@@ -46,7 +46,10 @@ GPU_SHAPES = {  # (N, H, V)
     "llama3-8b": (8192, 4096, 128256),
     "small-vocab": (16384, 2048, 32768),
 }
-PROVIDERS = ("triton", "cuda", "torch", "naive", "liger", "floor")
+# "-topp": the log-probs of a top_p = TOP_P sampler (a thresholds pass, then the kernels
+# skipping the dropped logits): what the truncated-sampler path costs against the plain one.
+PROVIDERS = ("triton", "cuda", "torch", "triton-topp", "torch-topp", "naive", "liger", "floor")
+TOP_P = 0.9
 MODES = ("forward", "backward", "full")
 CHECK_SHAPE = (256, 256, 32768)
 CHECK_BLOCKS = "128,256,64"  # BLOCK_N, BLOCK_V, BLOCK_H of the interpreter check
@@ -75,10 +78,12 @@ def _make(n, h, v, dtype, device, grad):
 def _forward_fn(provider, hidden, weight, targets):
     """A closure returning per-token log-probs (or the floor's logits) for one provider."""
 
-    if provider in ("triton", "cuda", "torch"):
+    if provider in ("triton", "cuda", "torch", "triton-topp", "torch-topp"):
         from rgpo_fast import fused_linear_logprobs
 
-        return lambda: fused_linear_logprobs(hidden, weight, targets, impl=provider)[0]
+        impl, _, topp = provider.partition("-")
+        top_p = TOP_P if topp else 1.0
+        return lambda: fused_linear_logprobs(hidden, weight, targets, impl=impl, top_p=top_p)[0]
     if provider == "naive":
         from rgpo_fast.oracle import naive_logprobs
 
@@ -140,7 +145,7 @@ def bench_one(provider, mode, n, h, v, dtype):
     peak = torch.cuda.max_memory_allocated() - base
     grad_to_none = params if grad else None
     ms, lo, hi = triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8], grad_to_none=grad_to_none)
-    recompute = provider in ("triton", "cuda", "torch", "liger")
+    recompute = provider in ("triton", "cuda", "torch", "triton-topp", "torch-topp", "liger")
     useful, executed = flops(mode, n, h, v, recompute)
     return {
         "provider": provider, "mode": mode, "ms": round(ms, 4), "ms_p20": round(lo, 4),

@@ -63,7 +63,7 @@ STAGES = ("build", "env", "extensions", "tests", "bench", "rl")
 CAPS = {"build": 120, "env": 30, "extensions": 30, "tests": 150, "bench": 60, "rl": 90}
 BUDGET_S = 480
 BENCH_SHAPES = ("1024,896,151936", "4096,256,32768")  # the README's CPU table shapes
-BENCH_PROVIDERS = ("triton", "cuda", "torch", "naive", "liger", "floor")
+BENCH_PROVIDERS = ("triton", "cuda", "torch", "triton-topp", "naive", "liger", "floor")
 OPTIONAL = {"vllm": "vllm", "flash_attn": "flash-attn", "liger_kernel": "liger-kernel"}
 RL_STEPS = 5
 

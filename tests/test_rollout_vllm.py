@@ -142,6 +142,16 @@ def test_each_prompt_has_its_own_seed_and_eos_stops():
     assert not set(sp.seed for sp in llm.sampling) & set(seeds)
     eng.generate(prompts, SamplingParams(n=3, max_new_tokens=4))
     assert all(sp.seed is None for sp in llm.sampling)  # unseeded stays unseeded
+    # the sampler's truncation reaches vLLM (top_k 0 = off is vLLM's -1)
+    assert all(sp.top_k == -1 and sp.top_p == 1.0 for sp in llm.sampling)
+    eng.generate(prompts, SamplingParams(n=3, max_new_tokens=4, top_p=0.8, top_k=20))
+    assert all(sp.top_k == 20 and sp.top_p == 0.8 for sp in llm.sampling)
+
+
+def test_engine_reports_the_processed_logprobs():
+    """Log-probs after temperature and top-k / top-p: what the trainer recomputes."""
+    kw = engine_kwargs("/m", rank=0, tp=1, gpu_memory_utilization=0.4, max_model_len=64)
+    assert kw["logprobs_mode"] == "processed_logprobs"
 
 
 def test_seeds_shared_inside_tp_groups_and_engine_kwargs():

@@ -257,6 +257,26 @@ def test_default_launch_plan(monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_sampler_threshold_path_matches_oracle(dtype):
+    """On a GPU: a top_p = 0.9 sampler's log-probs through the default autotuned launch
+    (THRESHOLD on) against the oracle's support, on peaked logits (a small nucleus)."""
+    N, H, V, top_p = 300, 256, 5000, 0.9
+    h, w, b, t = logprob_inputs(N, H, V, dtype, True, scale=4.0)
+    g_logp = torch.randn(N, device=DEV)
+    g_ent = torch.randn(N, device=DEV)
+    thr = truncation_thresholds(h, w, b, 1.0, top_p, 0, rounded_logits=False)
+    logp, lse, ent = klp.linear_logprob_forward(h, w, b, t, 1.0, True, threshold=thr)
+    dh, dw, db = klp.linear_logprob_backward(h, w, b, t, lse, ent, 1.0, g_logp, g_ent,
+                                             (True, True, True), threshold=thr)  # fmt: skip
+    naive = oracle_grads(h, w, b, t, 1.0, g_logp, g_ent, torch.float32, False, top_p, 0)
+    truth = oracle_grads(h, w, b, t, 1.0, g_logp, g_ent, torch.float64, True, top_p, 0)
+    for name, x, xn, xt in zip(["logp", "entropy", "dhidden", "dweight", "dbias"],
+                               [logp, ent, dh, dw, db], naive, truth):
+        assert_three_way(f"gpu top_p: {name}", x, xn, xt, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("bias", [False, True])
 def test_gpu_default_autotuned_path_matchesoracle_grads(dtype, bias):
     """On a GPU: the default launch (autotuned over gpu_configs(dtype)) against the oracle."""

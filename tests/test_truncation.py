@@ -93,3 +93,23 @@ def test_logprobs_refuse_a_bad_sampler_option():
         fused_linear_logprobs(h, w, t, top_p=0.0)
     with pytest.raises(ValueError, match="top_k must be an int"):
         fused_linear_logprobs(h, w, t, top_k=-1)
+
+
+def test_every_candidate_tier_finds_the_same_threshold_as_a_full_sort():
+    """Rows whose nucleus fits in 64 candidates, in 1024, and neither (the full sort): the
+    threshold is the one a full sort gives, and the kept set the oracle's."""
+    from rgpo_fast.ops import truncation
+
+    g = torch.Generator().manual_seed(7)
+    scales = torch.tensor([8.0] * 4 + [3.0] * 4 + [0.3] * 4)[:, None]  # peaked .. flat
+    z = scales * torch.randn(12, 3000, generator=g)
+    thr = row_thresholds(z, 0.9, 0)
+    kept = (z >= thr[:, None]).sum(-1)
+    assert kept[:4].max() < 64 and 64 <= kept[4:8].min() and kept[4:8].max() < 1024
+    assert kept[8:].min() >= 1024  # each tier is exercised
+    full = truncation._boundary(z.sort(-1, descending=True).values,
+                                truncation._nucleus_count(z.sort(-1, descending=True).values,
+                                                          torch.logsumexp(z, -1), 0.9), 3000)
+    assert torch.equal(thr, full)
+    support = sampler_support(z, z.argmax(-1), 0.9, 0)
+    assert torch.equal(z >= thr[:, None], support)

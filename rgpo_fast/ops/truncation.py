@@ -25,9 +25,11 @@ the mass before it is below top_p, so the most likely token always stays. Two de
   half output does) and the Triton kernels keep it in fp32 (`rounded_logits`). On rounded
   logits a tie at the boundary keeps every tied token; an engine keeps some of them.
 
-Finding S needs each row sorted, so this pass materialises one chunk of rows' logits at a
-time (torch; rows in chunks a quarter of the torch backend's, since the sort keeps values
-and int64 indices), never the [tokens x vocab] logits.
+Finding S needs the top of each row in order, so this pass materialises one chunk of rows'
+logits at a time (torch, the torch backend's chunk), never the [tokens x vocab] logits: a
+top-k of 64, then 1024 candidates finds the boundary of a peaked row (a trained LM's
+nucleus is small), and only a row whose nucleus is wider is sorted whole (values and int64
+indices: three times the chunk's logits, for those rows only).
 """
 
 from __future__ import annotations
@@ -36,22 +38,56 @@ import torch
 
 from rgpo_fast.ops.torch_chunked import _logits_block, auto_chunk_size
 
+# Candidate counts tried for top-p alone: a row's nucleus is almost always far smaller than
+# the vocabulary, and a top-k of a few dozen is much cheaper than sorting the row (the full
+# sort is the last resort, for rows whose nucleus is wider).
+TOP_P_CANDIDATES = (64, 1024)
+
+
+def _boundary(vals: torch.Tensor, kept: torch.Tensor, V: int) -> torch.Tensor:
+    """Midpoint between the last kept and the first dropped of the sorted `vals` (c, m),
+    kept (c,) >= 1 the number kept; -inf where nothing is dropped (kept == V)."""
+    last = vals.gather(1, (kept - 1)[:, None]).squeeze(1)
+    nxt = vals.gather(1, kept.clamp(max=vals.shape[1] - 1)[:, None]).squeeze(1)
+    return torch.where(kept < V, 0.5 * (last + nxt), torch.full_like(last, float("-inf")))
+
+
+def _nucleus_count(vals: torch.Tensor, log_norm: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Number of the sorted `vals` (c, m) a top-p sampler keeps, given the log of the
+    distribution's normaliser (c,): a token is kept while the mass ranked above it is below
+    top_p, so the most likely token always is."""
+    p = torch.exp(vals - log_norm[:, None])
+    before = p.cumsum(-1) - p
+    return (before < top_p).sum(-1).clamp(min=1)
+
 
 def row_thresholds(z: torch.Tensor, top_p: float, top_k: int) -> torch.Tensor:
     """(c, V) fp32 logits (already / T) -> (c,) fp32 thresholds (-inf: nothing dropped)."""
     c, V = z.shape
-    k = top_k if 0 < top_k < V else V
-    # The k candidates in decreasing order, and the first logit top-k drops (if any).
-    vals = torch.topk(z, k + 1, dim=-1).values if k < V else z.sort(-1, descending=True).values
-    if top_p < 1.0:
-        p = torch.softmax(vals[:, :k], dim=-1)  # the top-k distribution, renormalised
-        before = p.cumsum(-1) - p  # mass of the tokens ranked above each
-        kept = (before < top_p).sum(-1).clamp(min=1)
-    else:
-        kept = torch.full((c,), k, dtype=torch.long, device=z.device)
-    last = vals.gather(1, (kept - 1)[:, None]).squeeze(1)
-    nxt = vals.gather(1, kept.clamp(max=vals.shape[1] - 1)[:, None]).squeeze(1)
-    return torch.where(kept < V, 0.5 * (last + nxt), torch.full_like(last, float("-inf")))
+    if 0 < top_k < V:  # the k candidates and the first logit top-k drops
+        vals = torch.topk(z, top_k + 1, dim=-1).values
+        kept = torch.full((c,), top_k, dtype=torch.long, device=z.device)
+        if top_p < 1.0:  # top-p on the renormalised top-k distribution
+            kept = _nucleus_count(vals[:, :top_k], torch.logsumexp(vals[:, :top_k], -1), top_p)
+        return _boundary(vals, kept, V)
+    if top_p >= 1.0:
+        return torch.full((c,), float("-inf"), device=z.device)
+    log_norm = torch.logsumexp(z, -1)
+    out = torch.empty(c, dtype=torch.float32, device=z.device)
+    todo = torch.arange(c, device=z.device)
+    for m in TOP_P_CANDIDATES:
+        if m >= V or todo.numel() == 0:
+            break
+        rows = z if todo.numel() == c else z[todo]  # no copy while every row is left
+        vals = torch.topk(rows, m + 1, dim=-1).values  # sorted, with one to spare
+        kept = _nucleus_count(vals[:, :m], log_norm[todo], top_p)
+        done = kept < m  # the boundary lies among the candidates
+        out[todo[done]] = _boundary(vals[done], kept[done], V)
+        todo = todo[~done]
+    if todo.numel():
+        vals = z[todo].sort(-1, descending=True).values
+        out[todo] = _boundary(vals, _nucleus_count(vals, log_norm[todo], top_p), V)
+    return out
 
 
 @torch.no_grad()
@@ -63,7 +99,7 @@ def truncation_thresholds(hidden: torch.Tensor, weight: torch.Tensor, bias: torc
     `rounded_logits`: 16-bit logits rounded to the input dtype (the torch backend's), else
     fp32 products of the same inputs (the Triton kernels')."""
     N, V = hidden.shape[0], weight.shape[0]
-    c = chunk_size or max(1, auto_chunk_size(N, V) // 4)
+    c = chunk_size or auto_chunk_size(N, V)
     out = torch.empty(N, dtype=torch.float32, device=hidden.device)
     if not rounded_logits and hidden.dtype != torch.float32:
         hidden, weight = hidden.float(), weight.float()  # bf16 x bf16 products are exact
