@@ -73,7 +73,7 @@ def sample_next(
     else:
         truncated = top_p_filter(top_k_filter(logits / temperature, top_k), top_p)
         logp = torch.log_softmax(truncated, -1)  # -inf on the dropped tokens
-        probs = logp.exp()
+        probs = torch.softmax(truncated, -1)
         _check_finite(probs)  # NaN logits, or finite ones so large that softmax gives NaN
         ids = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
     return ids, logp.gather(-1, ids[:, None]).squeeze(-1)
