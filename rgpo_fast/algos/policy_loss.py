@@ -234,6 +234,15 @@ def kl_k3(logp: torch.Tensor, ref: torch.Tensor):
 POLICY_TERMS: Registry = Registry("policy-gradient term")
 
 
+def _token_ratio(logp, old):
+    """rho = exp(clamp(l - old, +-20)) and whether l - old is inside the clamp (outside,
+    the clamp kills the gradient). Without old log-probs rho = exp(l - stopgrad(l)) = 1."""
+    if old is None:
+        return torch.ones_like(logp), torch.ones_like(logp, dtype=torch.bool)
+    raw = logp - old
+    return torch.exp(raw.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)), raw.abs() < LOG_RATIO_CLAMP
+
+
 @POLICY_TERMS.register("ppo")
 def ppo_term(logp, old, adv, cfg: LossConfig):
     """PPO clipped surrogate (with clip-higher and optional dual clip) per token.
@@ -241,14 +250,7 @@ def ppo_term(logp, old, adv, cfg: LossConfig):
     Returns (pg, dpg/dl, ratio, clipped_low, clipped_high, dual_clipped).
     Without old log-probs rho = exp(l - stopgrad(l)) = 1 and d(rho)/dl = 1.
     """
-    if old is None:
-        log_ratio = torch.zeros_like(logp)
-        in_range = torch.ones_like(logp, dtype=torch.bool)
-    else:
-        raw = logp - old
-        log_ratio = raw.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-        in_range = raw.abs() < LOG_RATIO_CLAMP  # outside, the clamp kills the gradient
-    ratio = torch.exp(log_ratio)
+    ratio, in_range = _token_ratio(logp, old)
     pg = torch.maximum(-adv * ratio, -adv * ratio.clamp(1.0 - cfg.clip_low, 1.0 + cfg.clip_high))
     clip_low = (adv < 0) & (ratio < 1.0 - cfg.clip_low)
     clip_high = (adv > 0) & (ratio > 1.0 + cfg.clip_high)
@@ -290,14 +292,7 @@ def sapo_term(logp, old, adv, cfg: LossConfig):
     Returns (pg, dpg/dl, ratio, clipped_low, clipped_high, dual) like the ppo term; nothing
     is clipped, so the three masks are all False.
     """
-    if old is None:
-        log_ratio = torch.zeros_like(logp)
-        in_range = torch.ones_like(logp, dtype=torch.bool)
-    else:
-        raw = logp - old
-        log_ratio = raw.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-        in_range = raw.abs() < LOG_RATIO_CLAMP
-    ratio = torch.exp(log_ratio)
+    ratio, in_range = _token_ratio(logp, old)
     tau = torch.where(adv > 0, cfg.sapo_tau_pos, cfg.sapo_tau_neg).to(logp.dtype)
     s = torch.sigmoid(tau * (ratio - 1.0))
     pg = -adv * s * (4.0 / tau)

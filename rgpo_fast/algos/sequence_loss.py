@@ -1,6 +1,6 @@
 """Sequence-level pieces of the policy loss (docs/algorithms.md): GSPO's sequence ratio and
-the rollout corrections that are folded into the aggregation (the sequence-level ones and
-the token mask, which changes which tokens count). Unlike algos/policy_loss.py, a token's term here
+the rollout corrections folded into the aggregation (the sequence-level ones, and the token
+mask, which changes which tokens count). Unlike algos/policy_loss.py, a token's term here
 depends on the other tokens of its sequence (through a mean of log-ratios), so GSPO runs in
 the composed path of the fused op (ops/linear_policy_loss.py), still without logits.
 

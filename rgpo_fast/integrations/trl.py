@@ -119,9 +119,10 @@ def trl_loss_options(args: Any, loss_type: str | None = None) -> dict[str, Any]:
     elif lt == "sapo":
         # TRL's gate (4 / tau) sigmoid(tau (rho - 1)), tau by the advantage's sign; no clip
         # and no delta are read, so the clip fields keep LossConfig's (unread) defaults.
+        for unread in ("clip_low", "clip_high", "clip_ratio_c"):
+            del opts[unread]
         opts.update(objective="sapo", sapo_tau_pos=float(args.sapo_temperature_pos),
-                    sapo_tau_neg=float(args.sapo_temperature_neg), clip_low=0.2,
-                    clip_high=0.2, clip_ratio_c=None)
+                    sapo_tau_neg=float(args.sapo_temperature_neg))
     elif getattr(args, "importance_sampling_level", "token") == "sequence":
         opts["objective"] = "gspo"  # TRL's sequence-level ratio: GSPO, clipped like PPO
     return opts
