@@ -233,3 +233,29 @@ def test_sft_coef_sweep_reuses_the_main_rgpo_runs_and_adds_the_others():
     assert ("algo.sft_coef", "0.3") in vs[3].overrides
     assert ("algo.hint_placement", "response") in vs[3].overrides  # only the weight differs
     assert len({L.slug(v.name) for v in vs}) == len(vs)  # no run directory shared
+
+
+def test_compare_runs_pairs_problems_by_seed(tmp_path):
+    """benchmarks/compare_runs.py: per-seed paired differences and the per-problem average
+    over seeds, by hand on two seeds of three problems."""
+    spec = importlib.util.spec_from_file_location("compare_runs",
+                                                  ROOT / "benchmarks" / "compare_runs.py")
+    C = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(C)
+
+    def run(name, before, after):
+        d = tmp_path / name
+        d.mkdir()
+        items = {"before": {"easy_mean@8": before}, "after": {"easy_mean@8": after}}
+        (d / "summary.json").write_text(json.dumps({"eval_items": items}))
+        return d
+
+    base = [run("g0", [0.0, 0.5, 1.0], [0.0, 0.5, 1.0]), run("g1", [0, 0, 0], [0.5, 0.5, 0.5])]
+    var = [run("s0", [0.0, 0.5, 1.0], [0.5, 0.5, 1.0]), run("s1", [0, 0, 0], [0.5, 1.0, 1.0])]
+    r = C.compare([C.load_items(d) for d in base], [C.load_items(d) for d in var], "easy_mean@8")
+    d0, se0 = r["seeds"][0]["difference"]
+    assert d0 == pytest.approx(0.5 / 3) and se0 == pytest.approx(math.sqrt(1 / 12) / math.sqrt(3))
+    assert r["seeds"][1]["variant"] == pytest.approx(2.5 / 3)
+    # per problem, averaged over the seeds: (0.25, 0.25, 0.25) -> 0.25 with s.e. 0
+    assert r["over_seeds"] == (pytest.approx(0.25), pytest.approx(0.0))
+    assert C.main(["--baseline", f"{base[0]}", "--variant", f"{var[0]},{var[1]}"]) == 2

@@ -32,7 +32,7 @@ class PolicyModule(torch.nn.Module):
         self.lm = lm
         self.impl = impl
         # The rollout sampler's options: every log-prob the trainer computes (old, reference,
-        # the loss's) is of the distribution the engine drew the tokens from.
+        # the loss's, the SFT warm start's) is of the distribution the engine draws from.
         self.temperature = temperature
         self.top_p = top_p
         self.top_k = top_k
