@@ -37,28 +37,31 @@ std::tuple<Tensor, Tensor, Tensor> logprob_forward_cpu(const Tensor& hidden,
                                                        const OptTensor& bias,
                                                        const Tensor& targets,
                                                        double temperature, bool with_entropy,
-                                                       int64_t chunk_size) {
+                                                       int64_t chunk_size,
+                                                       const OptTensor& threshold) {
   check_linear_op(hidden, weight, bias, targets, temperature, kCPU);
+  check_token("threshold", threshold, hidden.size(0), at::kFloat, kCPU);
   const Tensor tg = targets.contiguous();
   check_targets_range(tg, weight.size(0));
   return cpu::logprob_forward(hidden.contiguous(), weight.contiguous(), contiguous(bias), tg,
-                              temperature, with_entropy, chunk_size);
+                              temperature, with_entropy, chunk_size, contiguous(threshold));
 }
 
 std::tuple<Tensor, Tensor, Tensor> logprob_backward_cpu(
     const Tensor& hidden, const Tensor& weight, const OptTensor& bias, const Tensor& targets,
     const Tensor& lse, const OptTensor& entropy, double temperature, const Tensor& g_logp,
     const OptTensor& g_ent, bool need_hidden, bool need_weight, bool need_bias,
-    int64_t chunk_size) {
+    int64_t chunk_size, const OptTensor& threshold) {
   check_linear_op(hidden, weight, bias, targets, temperature, kCPU);
   const int64_t n = hidden.size(0);
   check_backward_tokens(n, lse, entropy, g_logp, g_ent, kCPU);
+  check_token("threshold", threshold, n, at::kFloat, kCPU);
   const Tensor tg = targets.contiguous();
   check_targets_range(tg, weight.size(0));
   return cpu::logprob_backward(hidden.contiguous(), weight.contiguous(), contiguous(bias), tg,
                                lse.contiguous(), contiguous(entropy), temperature,
                                g_logp.contiguous(), contiguous(g_ent), need_hidden,
-                               need_weight, need_bias, chunk_size);
+                               need_weight, need_bias, chunk_size, contiguous(threshold));
 }
 
 std::tuple<Tensor, Tensor, Tensor> token_loss_cpu(
@@ -124,12 +127,13 @@ TORCH_LIBRARY(rgpo_fast, m) {
   m.set_python_module("rgpo_fast.ops.cpp_backend");
   m.def(
       "logprob_forward(Tensor hidden, Tensor weight, Tensor? bias, Tensor targets, "
-      "float temperature, bool with_entropy, int chunk_size) -> (Tensor, Tensor, Tensor)");
+      "float temperature, bool with_entropy, int chunk_size, Tensor? threshold=None) "
+      "-> (Tensor, Tensor, Tensor)");
   m.def(
       "logprob_backward(Tensor hidden, Tensor weight, Tensor? bias, Tensor targets, "
       "Tensor lse, Tensor? entropy, float temperature, Tensor g_logp, Tensor? g_ent, "
-      "bool need_hidden, bool need_weight, bool need_bias, int chunk_size) "
-      "-> (Tensor, Tensor, Tensor)");
+      "bool need_hidden, bool need_weight, bool need_bias, int chunk_size, "
+      "Tensor? threshold=None) -> (Tensor, Tensor, Tensor)");
   m.def(
       "token_loss(Tensor logp, Tensor advantages, Tensor pg_weight, Tensor sft_weight, "
       "Tensor policy, Tensor? offpolicy, Tensor? old_logprobs, Tensor? ref_logprobs, "

@@ -26,3 +26,21 @@ def test_backend_module_implements_the_protocol(name):
     assert mod.NAME == name
     for fn in PROTOCOL_FUNCS:
         assert _params(getattr(mod, fn)) == _params(getattr(Backend, fn)), (name, fn)
+
+
+def test_truncated_sampler_needs_a_backend_with_thresholds(monkeypatch):
+    """A backend without threshold kernels (TRUNCATION False; the CUDA backend's case) is
+    refused by name for top-k / top-p log-probs, with what to use, and skipped by auto."""
+    import torch
+
+    from rgpo_fast.ops import torch_chunked
+    from rgpo_fast.ops.backends import resolve_backend
+
+    monkeypatch.setattr(torch_chunked, "TRUNCATION", False)
+    cpu = torch.device("cpu")
+    assert resolve_backend("torch", cpu) is torch_chunked  # untruncated: as before
+    with pytest.raises(ValueError, match="impl='torch' has no kernels for the log-probs of a "
+                                         "top-k / top-p sampler; use impl='triton'"):
+        resolve_backend("torch", cpu, truncated=True)
+    picked = resolve_backend("auto", cpu, truncated=True)
+    assert picked is not torch_chunked and picked.TRUNCATION

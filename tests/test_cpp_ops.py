@@ -17,6 +17,7 @@ import torch
 
 from rgpo_fast.algos.policy_loss import LossConfig, TokenTerms, token_loss_and_grad
 from rgpo_fast.ops import cpp_backend, cuda_backend, torch_chunked
+from rgpo_fast.ops.truncation import truncation_thresholds
 
 HAS_CPP = cpp_backend.is_available(torch.device("cpu"))
 needs_cpp = pytest.mark.skipif(not HAS_CPP, reason="rgpo_fast._C not built (see docs/csrc.md)")
@@ -61,6 +62,8 @@ def test_opcheck_fake_kernels_and_schemas():
     n = h.shape[0]
     ops = torch.ops.rgpo_fast
     logp, lse, ent = ops.logprob_forward(h, w, b, t, 0.8, True, 16)
+    thr = truncation_thresholds(h, w, b, 0.8, 0.7, 0)
+    _, lse_thr, ent_thr = ops.logprob_forward(h, w, b, t, 0.8, True, 16, thr)
     g = torch.randn(n)
     terms = _terms(n, logp)
     tensors, scalars = cpp_backend.loss_args(terms, LossConfig(beta=0.1, clip_ratio_c=3.0))
@@ -70,6 +73,10 @@ def test_opcheck_fake_kernels_and_schemas():
         (ops.logprob_backward.default, (h, w, b, t, lse, ent, 0.8, g, g, True, True, True, 16)),
         (ops.logprob_backward.default, (h, w, None, t, lse, None, 1.0, g, None, True, False,
                                         False, 0)),  # fmt: skip
+        # a truncated sampler's per-row thresholds (the optional last argument)
+        (ops.logprob_forward.default, (h, w, b, t, 0.8, True, 16, thr)),
+        (ops.logprob_backward.default, (h, w, b, t, lse_thr, ent_thr, 0.8, g, g, True, True,
+                                        True, 16, thr)),  # fmt: skip
         (ops.token_loss.default, (logp, *tensors, ent, *scalars)),
         (ops.policy_loss_forward_backward.default,
          (h, w, b, t, *tensors, *scalars, 0.8, True, True, True, True, 16)),
@@ -174,6 +181,10 @@ def test_input_checks_raise_clear_errors():
     with pytest.raises(RuntimeError, match="bias must have shape"):
         ops.logprob_forward(h, w, torch.zeros(3), t, 1.0, False, 0)
     n = h.shape[0]
+    with pytest.raises(RuntimeError, match="threshold must have shape"):
+        ops.logprob_forward(h, w, None, t, 1.0, False, 0, torch.zeros(n + 1))
+    with pytest.raises(RuntimeError, match="threshold must be Float"):
+        ops.logprob_forward(h, w, None, t, 1.0, False, 0, torch.zeros(n, dtype=torch.float64))
     lse = torch.zeros(n)
     with pytest.raises(RuntimeError, match="g_logp must have shape"):
         ops.logprob_backward(h, w, None, t, lse, None, 1.0, torch.zeros(n + 1), None, True,

@@ -100,12 +100,11 @@ CASES = {
     "token mask, luffy slot, sft": dict(old=True, rollout=True, rollout_correction="token_mask",
                                         token_mask_low=0.85, token_mask_high=1.2, off=True,
                                         sft=True),
-    # a truncated sampler's log-probs (per-row thresholds; not in the csrc kernels)
+    # a truncated sampler's log-probs (per-row thresholds; every CPU backend, not csrc/cuda)
     "top-p, clip, sft, hint": dict(old=True, top_p=0.8, sft=True, hint=True),
     "top-k top-p, entropy, temperature": dict(old=True, top_k=20, top_p=0.9, temperature=0.7,
                                               entropy_coef=0.1),
 }
-TRUNCATED = ("top_p", "top_k")
 
 
 def _kwargs(data, case):
@@ -166,12 +165,6 @@ def test_matches_oracle_three_way(backend, case, dtype):
     adv, kw = _kwargs(data, CASES[case])
     params = [data["hidden"], data["weight"], data["bias"]]
     args = (data["hidden"], data["weight"], data["targets"], data["mask"], adv)
-    if backend == "cpp" and any(k in kw for k in TRUNCATED):
-        # refused with what to use instead, never computed against the full softmax
-        with pytest.raises(ValueError, match="impl='cpp' has no kernels for the log-probs of "
-                                             "a top-k / top-p sampler; use impl='triton'"):
-            fused_linear_policy_loss(*args, bias=data["bias"], impl=backend, **kw)
-        return
     got, metrics = _run(
         lambda: fused_linear_policy_loss(
             *args, bias=data["bias"], impl=backend, chunk_size=13, **kw

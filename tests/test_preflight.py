@@ -135,8 +135,8 @@ def test_flash_attention_requested_without_it_is_one_error_line(tmp_path, capsys
     (["--algo.sapo_tau_neg", "2"], "algo.sapo_tau_neg=2.0 is never read with algo.objective=ppo"),
     (["--algo.token_mask_high", "3"],
      "algo.token_mask_high=3.0 is never read with algo.rollout_correction=token"),
-    (["--rollout.top_p", "0.8", "--train.impl", "cpp"],
-     "train.impl=cpp has no kernels for the log-probs of a top-k / top-p sampler"),
+    (["--rollout.top_p", "0.8", "--train.impl", "cuda"],
+     "train.impl=cuda has no kernels for the log-probs of a top-k / top-p sampler"),
 ])
 def test_loss_options_that_cannot_act_are_refused(tmp_path, capsys, extra, culprit):
     assert main(tiny_args(tmp_path / "run", tmp_path / "cache", extra=extra)) == 2

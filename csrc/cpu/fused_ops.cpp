@@ -259,10 +259,15 @@ int64_t auto_chunk_size(int64_t n_tokens, int64_t vocab) {
   return std::max<int64_t>(1, std::min(n_tokens, rows));
 }
 
+// A truncated sampler's dropped logits sit this far below the row's kept ones, in units of
+// logit / T (see row_drop_below).
+constexpr float kDropped = 1.0e4f;
+
 std::tuple<Tensor, Tensor, Tensor> logprob_forward(const Tensor& hidden, const Tensor& weight,
                                                    const OptTensor& bias, const Tensor& targets,
                                                    double temperature, bool with_entropy,
-                                                   int64_t chunk_size) {
+                                                   int64_t chunk_size,
+                                                   const OptTensor& threshold) {
   const int64_t n = hidden.size(0), v = weight.size(0);
   auto f32 = hidden.options().dtype(at::kFloat);
   Tensor logp = at::empty({n}, f32), lse = at::empty({n}, f32);
@@ -275,10 +280,14 @@ std::tuple<Tensor, Tensor, Tensor> logprob_forward(const Tensor& hidden, const T
   float* lp = logp.data_ptr<float>();
   float* ls = lse.data_ptr<float>();
   float* en = with_entropy ? ent.data_ptr<float>() : nullptr;
+  const float* thr = threshold.has_value() ? threshold->data_ptr<float>() : nullptr;
   for_each_logits_row(
       hidden, weight, bias, c, tb, /*write_back=*/false,
-      [&](int64_t i, int64_t, const float* x, float*) {
-        const float m = row_max(x, v);
+      [&](int64_t i, int64_t, float* x, float*) {
+        const float m = row_max(x, v);  // the top logit is never dropped
+        if (thr != nullptr) {
+          row_drop_below(x, v, inv_t, thr[i], tgt[i], m - kDropped / inv_t);
+        }
         double se = 0.0, sey = 0.0;
         row_exp_sums(x, nullptr, v, m, inv_t, &se, en != nullptr ? &sey : nullptr);
         const double log_se = std::log(se);
@@ -295,7 +304,7 @@ std::tuple<Tensor, Tensor, Tensor> logprob_backward(
     const Tensor& hidden, const Tensor& weight, const OptTensor& bias, const Tensor& targets,
     const Tensor& lse, const OptTensor& entropy, double temperature, const Tensor& g_logp,
     const OptTensor& g_ent, bool need_hidden, bool need_weight, bool need_bias,
-    int64_t chunk_size) {
+    int64_t chunk_size, const OptTensor& threshold) {
   const int64_t n = hidden.size(0), v = weight.size(0);
   need_bias = need_bias && bias.has_value();
   Tensor dh, dw, unused;
@@ -309,9 +318,14 @@ std::tuple<Tensor, Tensor, Tensor> logprob_backward(
     const float* gl = g_logp.data_ptr<float>();
     const float* gh = g_ent.has_value() ? g_ent->data_ptr<float>() : nullptr;
     const float* en = gh != nullptr ? entropy->data_ptr<float>() : nullptr;
+    const float* thr = threshold.has_value() ? threshold->data_ptr<float>() : nullptr;
     for_each_logits_row(
         hidden, weight, bias, c, tb, /*write_back=*/true,
         [&](int64_t i, int64_t, float* x, float* db) {
+          // Dropped logits at log p = -1e4: p underflows and they get no gradient.
+          if (thr != nullptr) {
+            row_drop_below(x, v, inv_t, thr[i], tgt[i], (ls[i] - kDropped) / inv_t);
+          }
           // One pass: logits -> -p_k (g_l + g_h (log p_k + H)) / T, then + g_l / T at
           // the target (d logp_t / dz_k = 1[k = t] - p_k; dH/dz_k = -p_k (log p_k + H)).
           row_logprob_grad(x, v, inv_t, ls[i], gl[i], gh != nullptr ? gh[i] : 0.0f,

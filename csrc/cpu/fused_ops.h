@@ -31,18 +31,21 @@ struct TokenTensors {
 // the same working set as the chunked PyTorch backend (ops/torch_chunked.py).
 int64_t auto_chunk_size(int64_t n_tokens, int64_t vocab);
 
-// -> logp (N,), lse (N,), entropy (N,) or (0,) when !with_entropy; all fp32.
+// -> logp (N,), lse (N,), entropy (N,) or (0,) when !with_entropy; all fp32. `threshold`
+// (N,) fp32: a truncated sampler's per-row cut of logit / T; the sums skip what is below it
+// (the target aside).
 std::tuple<Tensor, Tensor, Tensor> logprob_forward(const Tensor& hidden, const Tensor& weight,
                                                    const OptTensor& bias, const Tensor& targets,
                                                    double temperature, bool with_entropy,
-                                                   int64_t chunk_size);
+                                                   int64_t chunk_size,
+                                                   const OptTensor& threshold);
 
 // -> dhidden (N, H), dweight (V, H), dbias (V,); a gradient not asked for is a (0,) tensor.
 std::tuple<Tensor, Tensor, Tensor> logprob_backward(
     const Tensor& hidden, const Tensor& weight, const OptTensor& bias, const Tensor& targets,
     const Tensor& lse, const OptTensor& entropy, double temperature, const Tensor& g_logp,
     const OptTensor& g_ent, bool need_hidden, bool need_weight, bool need_bias,
-    int64_t chunk_size);
+    int64_t chunk_size, const OptTensor& threshold);
 
 // Per-token loss on given log-probs: -> loss (N,), dloss/dlogp (N,), stats (kNumStats,).
 std::tuple<Tensor, Tensor, Tensor> token_loss(const Tensor& logp, const TokenTensors& terms,

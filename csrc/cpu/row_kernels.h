@@ -134,6 +134,19 @@ RGPO_CPU_CLONES inline void row_logprob_grad(float* x, int64_t n, float inv_t, f
   }
 }
 
+// In place: the logits a truncated sampler drops (x_k * inv_t < thr, rgpo_fast/ops/
+// truncation.py) become `fill`, all but x_keep (the target, always kept). The caller picks
+// fill so that (fill - m) * inv_t is about -1e4: fast_expf floors it at exp(-87) = 1.6e-38,
+// which adds at most V * 1.6e-38 to a row sum whose largest term is 1, and at most
+// V * 1.6e-34 to the entropy's sum of e_k y_k (below fp32 resolution either way).
+RGPO_CPU_CLONES inline void row_drop_below(float* x, int64_t n, float inv_t, float thr,
+                                           int64_t keep, float fill) {
+  const float kept = x[keep];
+#pragma omp simd
+  for (int64_t k = 0; k < n; ++k) x[k] = x[k] * inv_t < thr ? fill : x[k];
+  x[keep] = kept;
+}
+
 // acc_k += x_k (column sums for the bias gradient).
 RGPO_CPU_CLONES inline void row_accumulate(float* acc, const float* x, int64_t n) {
 #pragma omp simd

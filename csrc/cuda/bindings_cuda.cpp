@@ -119,13 +119,21 @@ cuda::TokenPtrs token_ptrs(const cpu::TokenTensors& t, int64_t s) {
   return p;
 }
 
+// The CUDA epilogue has no truncated-sampler path (rgpo_fast/ops/truncation.py): the Python
+// backend never passes a threshold here; a direct caller is told what has one.
+constexpr const char* kNoThreshold =
+    "rgpo_fast: the CUDA log-prob ops take no threshold (a top-k / top-p sampler's "
+    "log-probs); use impl='triton' on the GPU";
+
 std::tuple<Tensor, Tensor, Tensor> logprob_forward_cuda(const Tensor& hidden_in,
                                                         const Tensor& weight_in,
                                                         const OptTensor& bias,
                                                         const Tensor& targets_in,
                                                         double temperature, bool with_entropy,
-                                                        int64_t chunk_size) {
+                                                        int64_t chunk_size,
+                                                        const OptTensor& threshold) {
   check_linear_op(hidden_in, weight_in, bias, targets_in, temperature, kCUDA);
+  TORCH_CHECK(!threshold.has_value(), kNoThreshold);
   const c10::cuda::CUDAGuard guard(hidden_in.device());
   const Tensor hidden = hidden_in.contiguous(), weight = weight_in.contiguous();
   const Tensor targets = targets_in.contiguous(), b = bias_f32(bias);
@@ -153,8 +161,9 @@ std::tuple<Tensor, Tensor, Tensor> logprob_backward_cuda(
     const Tensor& hidden_in, const Tensor& weight_in, const OptTensor& bias,
     const Tensor& targets_in, const Tensor& lse_in, const OptTensor& entropy,
     double temperature, const Tensor& g_logp_in, const OptTensor& g_ent, bool need_hidden,
-    bool need_weight, bool need_bias, int64_t chunk_size) {
+    bool need_weight, bool need_bias, int64_t chunk_size, const OptTensor& threshold) {
   check_linear_op(hidden_in, weight_in, bias, targets_in, temperature, kCUDA);
+  TORCH_CHECK(!threshold.has_value(), kNoThreshold);
   const int64_t n = hidden_in.size(0);
   check_backward_tokens(n, lse_in, entropy, g_logp_in, g_ent, kCUDA);
   const c10::cuda::CUDAGuard guard(hidden_in.device());

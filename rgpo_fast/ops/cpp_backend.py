@@ -21,7 +21,7 @@ import torch
 from rgpo_fast.algos.policy_loss import KL_CODES, NUM_STATS, LossConfig, TokenTerms
 
 NAME = "cpp"
-TRUNCATION = False  # no threshold input in the csrc kernels (ops/backends.py)
+TRUNCATION = True  # per-row thresholds of a truncated sampler (csrc/cpu/row_kernels.h)
 ROUNDED_LOGITS = True  # the GEMM writes the input dtype (csrc/cpu/fused_ops.cpp)
 EXTENSION = "rgpo_fast._C"
 _log = logging.getLogger("rgpo_fast")
@@ -75,7 +75,7 @@ def _register_fakes() -> None:
     lib = "rgpo_fast::"
 
     @torch.library.register_fake(lib + "logprob_forward")
-    def _(hidden, weight, bias, targets, temperature, with_entropy, chunk_size):
+    def _(hidden, weight, bias, targets, temperature, with_entropy, chunk_size, threshold=None):
         n = hidden.shape[0]
         return (
             hidden.new_empty(n, dtype=_F32),
@@ -98,6 +98,7 @@ def _register_fakes() -> None:
         need_weight,
         need_bias,
         chunk_size,
+        threshold=None,
     ):
         return _fake_grads(hidden, weight, bias, need_hidden, need_weight, need_bias)
 
@@ -183,16 +184,11 @@ def _none_if_empty(t: torch.Tensor, wanted: bool) -> torch.Tensor | None:
     return t if wanted else None
 
 
-def _no_threshold(threshold) -> None:
-    if threshold is not None:  # resolve_backend never routes a truncated sampler here
-        raise ValueError(f"impl={NAME!r} has no kernels for a truncated sampler's log-probs")
-
-
 def logprob_forward(hidden, weight, bias, targets, temperature, with_entropy, chunk_size=None,
                     threshold=None):
     """(N, H), (V, H), (V,)|None, (N,) -> logp (N,), lse (N,), entropy (N,)|None, all fp32.
-    `threshold` must be None (TRUNCATION is False)."""
-    _no_threshold(threshold)
+    `threshold` (N,) fp32: a truncated sampler's per-row cut (ops/truncation.py; the CUDA
+    ops refuse it)."""
     logp, lse, ent = _ops().logprob_forward(
         hidden,
         weight,
@@ -201,6 +197,7 @@ def logprob_forward(hidden, weight, bias, targets, temperature, with_entropy, ch
         float(temperature),
         bool(with_entropy),
         _chunk(chunk_size, hidden, weight),
+        threshold,
     )
     return logp, lse, (ent if with_entropy else None)
 
@@ -220,7 +217,6 @@ def logprob_backward(
     threshold=None,
 ):
     """Recompute each logits chunk and chain the token gradients: (dh, dw, db)."""
-    _no_threshold(threshold)
     need_h, need_w, need_b = (bool(x) for x in needs)
     need_b = need_b and bias is not None
     dh, dw, db = _ops().logprob_backward(
@@ -237,6 +233,7 @@ def logprob_backward(
         need_w,
         need_b,
         _chunk(chunk_size, hidden, weight),
+        threshold,
     )
     return _none_if_empty(dh, need_h), _none_if_empty(dw, need_w), _none_if_empty(db, need_b)
 

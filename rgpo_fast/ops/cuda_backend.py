@@ -25,7 +25,7 @@ from rgpo_fast.ops.cpp_backend import (  # noqa: F401  (the backend protocol)
 )
 
 NAME = "cuda"
-TRUNCATION = False  # no threshold input in the csrc kernels (ops/backends.py)
+TRUNCATION = False  # the CUDA epilogue takes no threshold (csrc/cuda/bindings_cuda.cpp)
 ROUNDED_LOGITS = True  # cuBLAS with a 16-bit output (csrc/cuda)
 EXTENSION = "rgpo_fast._C_cuda"
 # Offsets of packed tensors are multiples of this many bf16 elements (16 bytes), so a view

@@ -101,7 +101,7 @@ def check_loss_options(cfg: RunConfig) -> None:
       vLLM engine, `is` transfers); `tis_cap` is not read by the token mask, whose bounds
       `algo.token_mask_low` / `high` are read by nothing else.
     - `algo.clip_low` / `clip_high` are not read by SAPO's gate, `algo.sapo_tau_*` by
-      nothing else.
+      nothing else; top-k / top-p log-probs have no kernels in the cuda backend.
     (`algo.beta` > 0 always applies: the trainer keeps a reference policy, ref_policy.py.)
     """
     a = cfg.algo
@@ -124,11 +124,11 @@ def check_loss_options(cfg: RunConfig) -> None:
             "and no `is` transfer: the trainer's own log-probs are the rollout's, so the "
             "importance weight is 1; leave it unset")
     truncated = cfg.rollout.top_p < 1.0 or cfg.rollout.top_k > 0
-    if truncated and cfg.train.impl in ("cpp", "cuda"):
+    if truncated and cfg.train.impl == "cuda":
         raise ConfigError(
-            f"train.impl={cfg.train.impl} has no kernels for the log-probs of a top-k / top-p "
-            f"sampler (rollout.top_p={cfg.rollout.top_p}, rollout.top_k={cfg.rollout.top_k}); "
-            "use train.impl=auto, triton (GPU) or torch")
+            f"train.impl=cuda has no kernels for the log-probs of a top-k / top-p sampler "
+            f"(rollout.top_p={cfg.rollout.top_p}, rollout.top_k={cfg.rollout.top_k}); use "
+            "train.impl=auto or triton on the GPU")
     _refuse_unread(a, ("tis_cap",), a.rollout_correction == "token_mask",
                    "with algo.rollout_correction=token_mask (its band is algo.token_mask_low "
                    "/ algo.token_mask_high)")
