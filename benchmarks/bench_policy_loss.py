@@ -3,7 +3,7 @@
 Providers (each in its own subprocess, so peak memory is its own):
   fused:<impl>  FusedLinearRGPOLoss with impl = torch / cpp / ... (every CPU backend built)
   fused-topp:<impl>  the same with top_p = 0.9 (the log-probs of a nucleus sampler: a
-                thresholds pass over the logits, then the composed path; torch / triton)
+                thresholds pass over the logits, then the composed path; not impl=cuda)
   naive         the oracle: full fp32 logits, log_softmax, autograd (rgpo_fast.oracle)
   naive-topp    the oracle with top_p = 0.9 (the check of fused-topp's loss)
   liger         Liger-Kernel's LigerFusedLinearGRPOLoss(compiled=False), chunked torch
@@ -186,8 +186,8 @@ def main() -> None:
         providers = args.providers.split(",")
     else:
         impls = [b for b in available_backends("cpu") if b != "triton"]  # interpreter: no
-        providers = ([f"fused:{b}" for b in impls] + ["fused-topp:torch", "naive", "naive-topp",
-                                                      "liger", "floor"])
+        providers = ([f"fused:{b}" for b in impls] + [f"fused-topp:{b}" for b in impls]
+                     + ["naive", "naive-topp", "liger", "floor"])
     shapes = QUICK_SHAPES if args.quick else SHAPES
     if args.shape:
         shapes = {"custom": tuple(map(int, args.shape.split(",")))}

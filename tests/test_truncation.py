@@ -113,3 +113,20 @@ def test_every_candidate_tier_finds_the_same_threshold_as_a_full_sort():
     assert torch.equal(thr, full)
     support = sampler_support(z, z.argmax(-1), 0.9, 0)
     assert torch.equal(z >= thr[:, None], support)
+
+
+def test_dropped_logits_get_exactly_zero_gradient(backend):
+    """A vocabulary entry that no row's sampler keeps (and no row targets) gets a weight
+    gradient of exactly 0 on every backend, not a tiny floor: a denormal there would slow
+    the gradient matmuls down by orders of magnitude on CPUs."""
+    g = torch.Generator().manual_seed(2)
+    h = torch.randn(24, 16, generator=g)
+    w = (2.0 * torch.randn(300, 16, generator=g)).requires_grad_()
+    with torch.no_grad():
+        z = h @ w.T
+    t = z.argmax(-1)  # targets inside every row's top-5
+    logp, ent = fused_linear_logprobs(h, w, t, top_k=5, impl=backend, return_entropy=True)
+    (logp.sum() + 0.1 * ent.sum()).backward()
+    kept = (z >= torch.topk(z, 5, dim=-1).values[:, -1:]).any(0)
+    assert 5 <= int(kept.sum()) < 300
+    assert bool((w.grad[~kept] == 0).all()) and bool((w.grad[kept].abs().sum(-1) > 0).all())

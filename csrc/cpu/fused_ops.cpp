@@ -322,14 +322,16 @@ std::tuple<Tensor, Tensor, Tensor> logprob_backward(
     for_each_logits_row(
         hidden, weight, bias, c, tb, /*write_back=*/true,
         [&](int64_t i, int64_t, float* x, float* db) {
-          // Dropped logits at log p = -1e4: p underflows and they get no gradient.
-          if (thr != nullptr) {
-            row_drop_below(x, v, inv_t, thr[i], tgt[i], (ls[i] - kDropped) / inv_t);
-          }
           // One pass: logits -> -p_k (g_l + g_h (log p_k + H)) / T, then + g_l / T at
           // the target (d logp_t / dz_k = 1[k = t] - p_k; dH/dz_k = -p_k (log p_k + H)).
-          row_logprob_grad(x, v, inv_t, ls[i], gl[i], gh != nullptr ? gh[i] : 0.0f,
-                           en != nullptr ? en[i] : 0.0f);
+          const float g_h = gh != nullptr ? gh[i] : 0.0f, h = en != nullptr ? en[i] : 0.0f;
+          if (thr == nullptr) {
+            row_logprob_grad(x, v, inv_t, ls[i], gl[i], g_h, h);
+          } else {  // a truncated sampler's dropped logits: p_k = 0, no gradient
+            const float lp_t = x[tgt[i]] * inv_t - ls[i];  // the target is always kept
+            row_logprob_grad_cut(x, v, inv_t, ls[i], gl[i], g_h, h, thr[i]);
+            x[tgt[i]] = -fast_expf(lp_t) * (gl[i] + g_h * (lp_t + h)) * inv_t;
+          }
           x[tgt[i]] += gl[i] * inv_t;
           if (db != nullptr) row_accumulate(db, x, v);
         },
