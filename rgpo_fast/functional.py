@@ -10,7 +10,12 @@ from __future__ import annotations
 import torch
 
 from rgpo_fast.algos.aggregation import aggregation_weights, token_roles
-from rgpo_fast.algos.policy_loss import LossConfig, TokenTerms, metrics_from_stats
+from rgpo_fast.algos.policy_loss import (
+    LossConfig,
+    TokenTerms,
+    check_sampler,
+    metrics_from_stats,
+)
 from rgpo_fast.algos.sequence_loss import sequence_rollout_weights, token_mask_weights
 from rgpo_fast.input_checks import (
     check_finite,
@@ -60,8 +65,7 @@ def fused_linear_logprobs(
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     _check_chunk(chunk_size)
-    # LossConfig holds the one check of the sampler's options
-    LossConfig.build(temperature=float(temperature), top_p=top_p, top_k=top_k)
+    check_sampler(top_p, top_k)
     h = hidden.reshape(-1, hidden.shape[-1])
     opts = LogprobOptions(temperature=float(temperature), return_entropy=bool(return_entropy),
                           impl=impl, chunk_size=chunk_size, top_p=float(top_p), top_k=top_k)

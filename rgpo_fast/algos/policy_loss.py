@@ -66,6 +66,19 @@ STAT_NAMES = (
 NUM_STATS = len(STAT_NAMES)
 
 
+def check_sampler(top_p: float, top_k: int) -> None:
+    """The one check of a sampler's truncation options (LossConfig, fused_linear_logprobs)."""
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise ValueError(f"top_k must be an int >= 0 (0 = off), got {top_k!r}")
+
+
+def truncates(top_p: float, top_k: int) -> bool:
+    """Does a sampler with these options draw from a truncated distribution?"""
+    return top_p < 1.0 or top_k > 0
+
+
 def _opt(default: Any, help: str):
     return dataclasses.field(default=default, metadata={"help": help})
 
@@ -150,10 +163,7 @@ class LossConfig:
         if not 0.0 <= self.token_mask_low < 1.0 < self.token_mask_high:
             raise ValueError(f"token_mask bounds must satisfy 0 <= low < 1 < high, got "
                              f"[{self.token_mask_low}, {self.token_mask_high}]")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"top_k must be an int >= 0 (0 = off), got {self.top_k!r}")
+        check_sampler(self.top_p, self.top_k)
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -172,7 +182,7 @@ class LossConfig:
     @property
     def truncated(self) -> bool:
         """Does the sampler truncate its distribution (top_p < 1 or top_k > 0)?"""
-        return self.top_p < 1.0 or self.top_k > 0
+        return truncates(self.top_p, self.top_k)
 
     @property
     def kl_code(self) -> int:

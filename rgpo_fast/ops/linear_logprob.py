@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
+from rgpo_fast.algos.policy_loss import truncates
 from rgpo_fast.ops.backends import resolve_backend
-from rgpo_fast.ops.truncation import truncation_thresholds
+from rgpo_fast.ops.truncation import sampler_thresholds
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,7 @@ class LogprobOptions:
 
     @property
     def truncated(self) -> bool:
-        return self.top_p < 1.0 or self.top_k > 0
+        return truncates(self.top_p, self.top_k)
 
 
 class LinearLogprobFunction(torch.autograd.Function):
@@ -35,13 +36,11 @@ class LinearLogprobFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, opts: LogprobOptions):
         backend = resolve_backend(opts.impl, hidden.device, opts.truncated)
-        thr = None
-        if opts.truncated:
-            thr = truncation_thresholds(hidden, weight, bias, opts.temperature, opts.top_p,
-                                        opts.top_k, opts.chunk_size, backend.ROUNDED_LOGITS)
+        thr = sampler_thresholds(backend, hidden, weight, bias, opts.temperature, opts.top_p,
+                                 opts.top_k, opts.chunk_size)
         logp, lse, ent = backend.logprob_forward(
             hidden, weight, bias, targets, opts.temperature, opts.return_entropy, opts.chunk_size,
-            **({"threshold": thr} if thr is not None else {}),
+            threshold=thr,
         )
         ctx.backend, ctx.opts = backend, opts
         ctx.save_for_backward(hidden, weight, bias, targets, lse, ent, thr)
@@ -74,6 +73,6 @@ class LinearLogprobFunction(torch.autograd.Function):
             g_ent.contiguous() if g_ent is not None else None,
             needs,
             opts.chunk_size,
-            **({"threshold": thr} if thr is not None else {}),
+            threshold=thr,
         )
         return dh, dw, db, None, None

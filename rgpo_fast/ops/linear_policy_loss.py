@@ -18,7 +18,7 @@ from rgpo_fast.algos.policy_loss import (
     token_loss_and_grad,
 )
 from rgpo_fast.ops.backends import resolve_backend
-from rgpo_fast.ops.truncation import truncation_thresholds
+from rgpo_fast.ops.truncation import sampler_thresholds
 
 
 @dataclass(frozen=True)
@@ -80,13 +80,10 @@ def _composed(backend, hidden, weight, bias, targets, terms: TokenTerms,
     the default objective's kernels as they are."""
     cfg = opts.loss
     with_ent = opts.with_entropy or cfg.entropy_coef > 0.0
-    thr = {}
-    if cfg.truncated:
-        thr["threshold"] = truncation_thresholds(hidden, weight, bias, cfg.temperature,
-                                                 cfg.top_p, cfg.top_k, opts.chunk_size,
-                                                 backend.ROUNDED_LOGITS)
+    thr = sampler_thresholds(backend, hidden, weight, bias, cfg.temperature, cfg.top_p,
+                             cfg.top_k, opts.chunk_size)
     logp, lse, ent = backend.logprob_forward(hidden, weight, bias, targets, cfg.temperature,
-                                             with_ent, opts.chunk_size, **thr)
+                                             with_ent, opts.chunk_size, threshold=thr)
     loss_t, g_logp, stats = token_loss_and_grad(logp, terms, cfg, ent)
     bonus, g_ent = entropy_bonus(ent, terms, cfg) if cfg.entropy_coef > 0.0 else (0.0, None)
     dh = dw = db = None
@@ -94,5 +91,5 @@ def _composed(backend, hidden, weight, bias, targets, terms: TokenTerms,
         dh, dw, db = backend.logprob_backward(hidden, weight, bias, targets, lse,
                                               ent if g_ent is not None else None,
                                               cfg.temperature, g_logp.float(), g_ent, needs,
-                                              opts.chunk_size, **thr)
+                                              opts.chunk_size, threshold=thr)
     return loss_t.sum() + bonus, stats, dh, dw, db

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import torch
 
+from rgpo_fast.algos.policy_loss import truncates
 from rgpo_fast.ops.torch_chunked import _logits_block, auto_chunk_size
 
 # Candidate counts tried for top-p alone: a row's nucleus is almost always far smaller than
@@ -110,3 +111,14 @@ def truncation_thresholds(hidden: torch.Tensor, weight: torch.Tensor, bias: torc
         out[s:e] = row_thresholds(z, top_p, top_k)
         del z
     return out
+
+
+def sampler_thresholds(backend, hidden: torch.Tensor, weight: torch.Tensor,
+                       bias: torch.Tensor | None, temperature: float, top_p: float, top_k: int,
+                       chunk_size: int | None = None) -> torch.Tensor | None:
+    """The `threshold` argument of `backend`'s log-prob ops: the per-row thresholds, found
+    on the logits that backend compares with them, or None for an untruncated sampler."""
+    if not truncates(top_p, top_k):
+        return None
+    return truncation_thresholds(hidden, weight, bias, temperature, top_p, top_k, chunk_size,
+                                 backend.ROUNDED_LOGITS)

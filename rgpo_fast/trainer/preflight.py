@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rgpo_fast.algos.policy_loss import truncates
 from rgpo_fast.trainer.config import ConfigError, RunConfig
 from rgpo_fast.trainer.distributed import DistInfo
 
@@ -123,8 +124,7 @@ def check_loss_options(cfg: RunConfig) -> None:
             f"algo.tis_cap={a.tis_cap} never acts with rollout.engine={cfg.rollout.engine} "
             "and no `is` transfer: the trainer's own log-probs are the rollout's, so the "
             "importance weight is 1; leave it unset")
-    truncated = cfg.rollout.top_p < 1.0 or cfg.rollout.top_k > 0
-    if truncated and cfg.train.impl == "cuda":
+    if truncates(cfg.rollout.top_p, cfg.rollout.top_k) and cfg.train.impl == "cuda":
         raise ConfigError(
             f"train.impl=cuda has no kernels for the log-probs of a top-k / top-p sampler "
             f"(rollout.top_p={cfg.rollout.top_p}, rollout.top_k={cfg.rollout.top_k}); use "
