@@ -61,6 +61,7 @@ install_requires = [
     "tqdm>=4.66.3",  # datasets 4.7's floor
     "math-verify>=0.8",  # 0.7 fails to parse plain decimals (tests/test_rewards.py)
     "matplotlib>=3.8",
+    "pillow>=10",  # images: the data readers and the built-in visual task (data/shapes.py)
     "pandas>=2.1.1",
     "pyarrow>=21",
     "datasets>=4.7",

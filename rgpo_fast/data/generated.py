@@ -34,23 +34,25 @@ def check_count(n: Any) -> None:
 
 
 def sample_examples(task: str, seed: int, n: int, levels: Sequence[Any], heldout: bool,
-                    draw: Callable[[random.Random, Any], Example | None]) -> list[Example]:
+                    draw: Callable[[random.Random, Any], Example | None],
+                    key: Callable[[Example], str] = lambda ex: ex.problem) -> list[Example]:
     """`n` examples of `task`, the `levels` used in turn (so a split is balanced), each
     from `draw(rng, level)` (None: the draw is rejected and the level drawn again), kept
     when it is in the partition `heldout` asks for; a held-out set skips repeats (up to
-    MAX_REPEAT_MISSES in a row). Same arguments, same list."""
+    MAX_REPEAT_MISSES in a row). `key` is what identifies a problem (its text; for a visual
+    task the question and the image). Same arguments, same list."""
     rng = random.Random(f"{task}:{seed}:{int(heldout)}")
     out: list[Example] = []
     seen: set[str] = set()
     misses = 0  # consecutive draws rejected for being a repeat
     while len(out) < n:
         ex = draw(rng, levels[len(out) % len(levels)])
-        if ex is None or is_heldout(ex.problem) != heldout:
+        if ex is None or is_heldout(key(ex)) != heldout:
             continue
-        if heldout and ex.problem in seen and misses < MAX_REPEAT_MISSES:
+        if heldout and key(ex) in seen and misses < MAX_REPEAT_MISSES:
             misses += 1
             continue
         misses = 0
-        seen.add(ex.problem)
+        seen.add(key(ex))
         out.append(ex)
     return out

@@ -6,10 +6,13 @@ Every row goes through one validation path:
   rationale is text or absent. A list, a dict or a bool is never guessed into a prompt;
 - missing/empty problem or answer: an error naming file, row and field
   (`on_error="raise"`), or the row is dropped and counted (`on_error="skip"`);
+- images (an `images` column: paths, relative to the data file's folder, bytes, PIL images
+  or a list of them; data/multimodal.py) are decoded once here: a missing file or bytes
+  that do not decode are an error naming file, row and field, whatever `on_error`;
 - empty rationale: allowed and counted (that prompt is never guided), or with
   `require_rationale` (SFT data) dropped and counted;
 - prompt longer than `max_prompt_tokens` (after the prompt template, measured with the
-  tokenizer): dropped and counted.
+  tokenizer, the images' tokens included when a processor is given): dropped and counted.
 `load_examples` returns the examples and a `ReadSummary` (counts by reason), and prints it.
 """
 
@@ -22,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rgpo_fast.data.multimodal import PromptEncoder, load_images
 from rgpo_fast.data.types import Example
 
 FORMATS = ("jsonl", "json", "parquet", "csv", "arrow_dir")
@@ -29,11 +33,12 @@ FORMATS = ("jsonl", "json", "parquet", "csv", "arrow_dir")
 
 @dataclass(frozen=True)
 class FieldMap:
-    """Column names of the problem, rationale and answer in the source file."""
+    """Column names of the problem, rationale, answer and images in the source file."""
 
     problem: str = "problem"
     rationale: str | None = "rationale"
     answer: str = "answer"
+    images: str | None = "images"
 
 
 # Why a row is dropped (ReadSummary.dropped's keys).
@@ -168,11 +173,14 @@ def load_examples(
     limit: int | None = None,
     verbose: bool = True,
     require_rationale: bool = False,
+    processor: Any = None,
 ) -> tuple[list[Example], ReadSummary]:
     """Read and validate a dataset file; see the module docstring for the rules.
 
-    The prompt length is measured on the built prompt (`data.prompts.build_prompt` with
-    `prompt_kwargs`), in tokens of `tokenizer` (required with `max_prompt_tokens`).
+    The prompt length is measured on the built prompt (data.multimodal.PromptEncoder with
+    `prompt_kwargs`: the system message), in tokens of `tokenizer` (required with
+    `max_prompt_tokens`); a row's images count with the tokens `processor` (a
+    vision-language model's) expands them into.
     """
     fields = fields or FieldMap()
     if on_error not in ("raise", "skip"):
@@ -214,19 +222,18 @@ def load_examples(
         if require_rationale and not rationale:
             summary.drop(NO_RATIONALE)
             continue
+        images = (load_images(row.get(fields.images), f"{at} {fields.images!r}",
+                              p.parent if p.is_file() else p) if fields.images else ())
         if max_prompt_tokens is not None:
-            from rgpo_fast.data.prompts import build_prompt  # noqa: PLC0415
-
-            text = build_prompt(tokenizer, problem, **(prompt_kwargs or {}))
-            n_tok = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-            if n_tok > max_prompt_tokens:
+            encoder = PromptEncoder(tokenizer, processor, **(prompt_kwargs or {}))
+            vision = encoder.vision(images, f"{at} {fields.images!r}") if processor else None
+            if len(encoder.encode(problem, vision=vision)) > max_prompt_tokens:
                 summary.drop(TOO_LONG)
                 continue
         if not rationale:
             summary.empty_rationale += 1  # among kept rows
-        examples.append(
-            Example(problem=problem, rationale=rationale, answer=answer, uid=f"{p.name}:{i}")
-        )
+        examples.append(Example(problem=problem, rationale=rationale, answer=answer,
+                                uid=f"{p.name}:{i}", images=images))
         summary.kept += 1
     if verbose:
         print(summary)

@@ -15,7 +15,8 @@ class Example:
     solution used only as a hint source (may be empty: the prompt is then never guided),
     `answer` the reference final answer the verifier compares against. `uid` is stable
     across runs (readers: "<file>:<row>", arith: a hash of the problem) so that per-prompt
-    state such as hint levels can be keyed by it.
+    state such as hint levels can be keyed by it. `images` (PIL images, decoded once when
+    the data is read) are shown before the problem (data/multimodal.py).
     """
 
     problem: str
@@ -23,6 +24,7 @@ class Example:
     rationale: str = ""
     uid: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    images: tuple = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -54,6 +56,8 @@ class Sample:
     response token, or None; `rollout_prompt_ids` is the prompt they were computed under
     when it differs from `prompt_ids` (an `is` transfer), so the trainer can recompute them.
     `hint_mask` marks response tokens copied from a rationale (response placement).
+    `vision` holds the prompt's processed images (data.multimodal.VisionInputs, shared by
+    every sample of the prompt), None for a text prompt.
     """
 
     prompt_ids: list[int]
@@ -67,6 +71,7 @@ class Sample:
     hint_level: int = 0
     uid: str = ""
     rollout_prompt_ids: list[int] | None = None
+    vision: Any = None
 
     def __post_init__(self) -> None:
         if self.kind not in SAMPLE_KINDS:

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -74,8 +75,10 @@ def default_cache_dir() -> Path:
     return Path(root)
 
 
-def build_tokenizer():
-    """A character-level Qwen2Tokenizer with ChatML specials, EOS = <|im_end|>.
+def build_tokenizer(extra_special: Sequence[str] = (), chat_template: str = CHAT_TEMPLATE):
+    """A character-level Qwen2Tokenizer with ChatML specials, EOS = <|im_end|>; the
+    `extra_special` tokens (a vision-language model's image markers) come after the
+    characters, so every text token keeps its id.
 
     One token per character, and a tokenizer that any tool loads back unchanged through
     `AutoTokenizer.from_pretrained` (TRL, vLLM, a user's script). transformers 5 loads a
@@ -90,7 +93,8 @@ def build_tokenizer():
 
     byte_char = bytes_to_unicode()  # byte -> the printable character byte-level BPE uses
     chars = ["".join(byte_char[b] for b in c.encode()) for c in CHARS]
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + [UNK_TOKEN] + chars)}
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + [UNK_TOKEN] + chars
+                                             + list(extra_special))}
     tok = Qwen2Tokenizer(
         vocab=vocab,
         merges=[],
@@ -98,11 +102,11 @@ def build_tokenizer():
         pad_token=PAD_TOKEN,
         eos_token=IM_END,
         bos_token=None,
-        additional_special_tokens=[IM_START],
+        additional_special_tokens=[IM_START, *extra_special],
         clean_up_tokenization_spaces=False,
         model_max_length=4096,
     )
-    tok.chat_template = CHAT_TEMPLATE
+    tok.chat_template = chat_template
     tok.padding_side = "left"  # generation batches are left-padded
     return tok
 
@@ -146,13 +150,20 @@ def ensure_tiny_model(
     target = root / f"tiny-qwen2-{spec.key()}"
     if (target / "config.json").exists() and (target / "tokenizer.json").exists():
         return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-tiny-", dir=root))
     tokenizer = build_tokenizer()
     model = build_model(spec, tokenizer)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "rgpo_fast_spec.json").write_text(json.dumps(asdict(spec), indent=2))
+    return save_once(target, [model, tokenizer], asdict(spec))
+
+
+def save_once(target: Path, parts, spec: dict) -> Path:
+    """`save_pretrained` each of `parts` (model, tokenizer, processor parts) and the spec
+    into a temporary sibling of `target`, then rename it into place, so concurrent runs
+    (tests, torchrun ranks) never see a half-written model."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-tiny-", dir=target.parent))
+    for part in parts:
+        part.save_pretrained(tmp)
+    (tmp / "rgpo_fast_spec.json").write_text(json.dumps(spec, indent=2))
     try:
         os.rename(tmp, target)
     except OSError:
@@ -194,11 +205,24 @@ def load_tokenizer(path: str | Path):
     return tokenizer
 
 
+def is_vision_language(path: str | Path) -> bool:
+    """Does the model directory hold a vision-language model (a `vision_config`)?"""
+    cfg_file = Path(path) / "config.json"
+    return cfg_file.is_file() and "vision_config" in json.loads(cfg_file.read_text())
+
+
+def auto_model_class(path: str | Path):
+    """`AutoModelForImageTextToText` for a vision-language model, else `AutoModelForCausalLM`."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    return AutoModelForImageTextToText if is_vision_language(path) else AutoModelForCausalLM
+
+
 def load_model_and_tokenizer(path: str | Path, dtype=None):
-    """Load any causal LM + tokenizer through the standard `from_pretrained` path."""
+    """Load any causal LM, or vision-language model, and its tokenizer through the standard
+    `from_pretrained` path."""
     import torch
-    from transformers import AutoModelForCausalLM
 
     tokenizer = load_tokenizer(path)
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32)
+    model = auto_model_class(path).from_pretrained(str(path), dtype=dtype or torch.float32)
     return model, tokenizer
