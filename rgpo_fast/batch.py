@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from rgpo_fast.algos.advantages import compute_advantages
+from rgpo_fast.data.multimodal import collate_vision
 from rgpo_fast.data.types import SAMPLE_KINDS, Sample
 
 KIND_CODES = {name: i for i, name in enumerate(SAMPLE_KINDS)}
@@ -45,6 +46,7 @@ class TrainBatch:
     old_logprobs: torch.Tensor | None = None  # (B, T) float32, set by the trainer
     ref_logprobs: torch.Tensor | None = None  # (B, T) float32, set by the trainer
     hint_levels: torch.Tensor | None = None  # (B,) long, level used (0 = unguided)
+    vision: list | None = None  # per row: the prompt's VisionInputs or None (text rows)
 
     @property
     def batch_size(self) -> int:
@@ -89,6 +91,12 @@ class TrainBatch:
             kw["rollout_logprobs"] = self.rollout_logprobs
         return kw
 
+    def model_inputs(self) -> dict:
+        """The policy forward's keyword arguments for the rows' images (none for text):
+        their tensors in row order and where each row's prompt ends."""
+        vision = collate_vision(self.vision or [], self.input_ids.device)
+        return {"vision": vision, "prompt_lens": self.prompt_lens} if vision else {}
+
     def to(self, device: torch.device | str) -> TrainBatch:
         moved = {}
         for f in fields(self):
@@ -103,6 +111,8 @@ class TrainBatch:
         for f in fields(self):
             v = getattr(self, f.name)
             out[f.name] = v[idx] if isinstance(v, torch.Tensor) else v
+        if self.vision is not None:
+            out["vision"] = [self.vision[i] for i in idx.tolist()]
         return TrainBatch(**out)
 
 
@@ -219,4 +229,6 @@ def assemble_batch(
         rollout_logprobs=roll_lp,
         has_rollout_logprobs=has_lp if any_lp else None,
         hint_levels=torch.tensor([r.hint_level for r in samples], dtype=torch.long),
+        vision=[r.vision for r in samples] if any(r.vision is not None for r in samples)
+        else None,
     )

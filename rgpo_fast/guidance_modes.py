@@ -110,7 +110,8 @@ def ghpo_guidance(groups: list[PromptGroup], levels: guidance.HintLevels, cfg: A
                 has[i] = False
         if not todo:
             break
-        completions = io.generate(prompts, io.group_size, GHPO_SEED_OFFSET * (rnd + 1))
+        completions = io.generate(prompts, io.group_size, GHPO_SEED_OFFSET * (rnd + 1),
+                                  [groups[i].vision for i in todo])
         regrouped = []
         for i, prompt, comps in zip(todo, prompts, completions):
             stages[i] = nxt[i]

@@ -58,6 +58,8 @@ class PromptGroup:
     samples: list[Sample] = field(default_factory=list)  # what the step trains of this prompt
     problem: str = ""  # the question, for the caller's prompt template
     answer: str = ""  # the reference answer, for the caller's scorer
+    vision: Any = None  # the prompt's images (data.multimodal.VisionInputs): every hinted
+    # prompt of the group shows them too
 
 
 @dataclass
@@ -82,8 +84,9 @@ class GuidedRound:
 
 
 HintedPrompt = Callable[[PromptGroup, str], list[int]]  # (group, hint) -> hinted prompt ids
-# (prompts, K, seed offset) -> K completions each; the offset tells the calls of a step apart
-Generate = Callable[[list[list[int]], int, int], list[list[Completion]]]
+# (prompts, K, seed offset, each prompt's images or None) -> K completions each; the offset
+# tells the calls of a step apart
+Generate = Callable[[list[list[int]], int, int, list[Any]], list[list[Completion]]]
 # (groups, their samples) -> each sample's reward against its group's hint-free problem
 Score = Callable[[list[PromptGroup], list[list[Sample]]], list[list[float]]]
 
@@ -141,8 +144,8 @@ def guided_round(groups: Sequence[PromptGroup], levels: guidance.HintLevels, cfg
             jobs.append(job)
         if not jobs:
             break
-        completions = io.generate([j.prompt_ids for j in jobs], k,
-                                  GUIDED_SEED_OFFSET * (rnd + 1))  # fmt: skip
+        completions = io.generate([j.prompt_ids for j in jobs], k, GUIDED_SEED_OFFSET * (rnd + 1),
+                                  [groups[j.index].vision for j in jobs])  # fmt: skip
         generated += sum(len(c.token_ids) for comps in completions for c in comps)
         guided = [[_guided_sample(j, groups[j.index], c, cfg, tokenizer) for c in comps]
                   for j, comps in zip(jobs, completions)]  # fmt: skip

@@ -56,15 +56,18 @@ def level_result(level: int, accepted: list[list[bool]], copies: list[list[bool]
 
 def run_probe(engine, tokenizer, examples, reward_fn, algo, *, k: int, max_new_tokens: int,
               temperature: float = 1.0, seed: int = 0, system: str | None = None,
-              ) -> list[LevelResult]:  # fmt: skip
+              processor=None) -> list[LevelResult]:  # fmt: skip
     """Levels 0 .. the highest partial level on `examples` (each must have a rationale),
     level L on the problems that have it (`guidance.max_hint_level`), with the hint placed
-    as `algo.hint_placement` says."""
+    as `algo.hint_placement` says. Problems with images show them at every level
+    (`processor`: the vision-language model's)."""
     from rgpo_fast.algos import guidance
-    from rgpo_fast.data.prompts import encode_prompt
+    from rgpo_fast.data.multimodal import PromptEncoder
     from rgpo_fast.guided_round import place_hint, rationale_segments
-    from rgpo_fast.rollout.base import SamplingParams
+    from rgpo_fast.rollout.base import SamplingParams, with_images
 
+    encoder = PromptEncoder(tokenizer, processor, system=system, hint_template=algo.hint_template)
+    vision = {id(ex): encoder.vision(ex.images, f"problem {ex.uid}") for ex in examples}
     segments = [rationale_segments(ex.rationale, algo, tokenizer) for ex in examples]
     ceilings = [guidance.max_hint_level(len(segs), algo.adaptive_levels) for segs in segments]
     results = []
@@ -74,15 +77,15 @@ def run_probe(engine, tokenizer, examples, reward_fn, algo, *, k: int, max_new_t
                  for i in chosen]  # fmt: skip
         prompts, prefixes = [], []
         for ex, hint in cases:
-            ids, prefix = place_hint(
-                encode_prompt(tokenizer, ex.problem, system=system), hint, algo, tokenizer,
-                lambda h, ex=ex: encode_prompt(tokenizer, ex.problem, h,
-                                               hint_template=algo.hint_template, system=system))
+            v = vision[id(ex)]
+            ids, prefix = place_hint(encoder.encode(ex.problem, vision=v), hint, algo, tokenizer,
+                                     lambda h, ex=ex, v=v: encoder.encode(ex.problem, h, v))
             prompts.append(ids)
             prefixes.append(prefix)
         params = SamplingParams(n=k, max_new_tokens=max_new_tokens, temperature=temperature,
                                 seed=seed + level)  # fmt: skip
-        outs = engine.generate(prompts, params)
+        outs = engine.generate(prompts, params,
+                               **with_images([vision[id(ex)] for ex, _ in cases]))
         accepted, copies = [], []
         for (ex, _), prefix, out in zip(cases, prefixes, outs):
             texts = [tokenizer.decode(prefix + list(c.token_ids), skip_special_tokens=True)
@@ -140,10 +143,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _probe(a) -> list[LevelResult]:
     from rgpo_fast.algos.presets import get_preset
+    from rgpo_fast.data.multimodal import load_processor, refuse_images
     from rgpo_fast.rewards import REWARDS, get_reward_fn
     from rgpo_fast.trainer.config import ConfigError
     from rgpo_fast.trainer.data_sources import load_source, resolve_reward
-    from rgpo_fast.trainer.tiny_model import load_model_and_tokenizer
+    from rgpo_fast.trainer.tiny_model import is_vision_language, load_model_and_tokenizer
 
     for name in ("n", "k", "max_new_tokens"):
         if getattr(a, name) < 1:
@@ -173,12 +177,15 @@ def _probe(a) -> list[LevelResult]:
     if not with_rationale:
         raise ConfigError(f"{a.data} has no problem with a rationale: nothing to probe")
     examples = with_rationale[: a.n]
+    processor = load_processor(model_dir) if is_vision_language(model_dir) else None
+    if processor is None:
+        refuse_images({a.data: examples}, model_dir)
     from rgpo_fast.rollout.hf import HFEngine
 
     engine = HFEngine(lm, eos_token_ids=[tok.eos_token_id], pad_token_id=tok.pad_token_id)
     return run_probe(engine, tok, examples, get_reward_fn(reward), algo, k=a.k,
                      max_new_tokens=a.max_new_tokens, temperature=a.temperature,
-                     seed=a.seed, system=a.system)  # fmt: skip
+                     seed=a.seed, system=a.system, processor=processor)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -20,11 +20,13 @@ class ScriptedSampler:
         self.tok, self.answers = tok, answers
         self.prompts: list[list[list[int]]] = []  # per call, the prompts asked
         self.offsets: list[int] = []  # per call, the seed offset
+        self.vision: list[list] = []  # per call, each prompt's images (None: text)
         self._calls: dict[str, int] = {}
 
-    def __call__(self, prompts, k, seed_offset=0):
+    def __call__(self, prompts, k, seed_offset=0, vision=None):
         self.prompts.append([list(p) for p in prompts])
         self.offsets.append(seed_offset)
+        self.vision.append(list(vision) if vision is not None else [None] * len(prompts))
         out = []
         for p in prompts:
             text = self.tok.decode(p)
@@ -72,9 +74,9 @@ class ScriptedEngine:
         self.tok, self.calls = tok, []
         self.sampler = ScriptedSampler(tok, script)
 
-    def generate(self, prompts, params: SamplingParams):
+    def generate(self, prompts, params: SamplingParams, vision=None):
         self.calls.append((len(prompts), params.n, params.seed))
-        out = self.sampler(prompts, params.n)
+        out = self.sampler(prompts, params.n, vision=vision)
         return [RequestOutput(prompt_ids=list(p), completions=c) for p, c in zip(prompts, out)]
 
     def sleep(self, level=2):

@@ -53,6 +53,7 @@ class FakeLLM:
         assert len(sps) == len(reqs), "one SamplingParams per request"
         self.calls.append(("generate", sps[0].n))
         self.sampling = list(sps)
+        self.requests = list(reqs)
         outs = []
         for sp in sps:
             comps = [
@@ -146,6 +147,31 @@ def test_each_prompt_has_its_own_seed_and_eos_stops():
     assert all(sp.top_k == -1 and sp.top_p == 1.0 for sp in llm.sampling)
     eng.generate(prompts, SamplingParams(n=3, max_new_tokens=4, top_p=0.8, top_k=20))
     assert all(sp.top_k == 20 and sp.top_p == 0.8 for sp in llm.sampling)
+
+
+def test_image_prompts_reach_vllm_with_one_placeholder_per_image():
+    """vLLM runs the model's processor on the images and expands each image's placeholder
+    itself: a token prompt carries one placeholder per image, the PIL images beside it; the
+    outputs belong to the expanded prompt the trainer keeps."""
+    from PIL import Image
+
+    from rgpo_fast.data.multimodal import VisionInputs
+
+    llm = FakeLLM()
+    eng = VLLMColocatedEngine(llm, sampling_cls=_vsp, eos_token_ids=[2], image_token_id=7)
+    imgs = (Image.new("RGB", (28, 28)), Image.new("RGB", (56, 28)))
+    vision = VisionInputs(images=imgs, tensors={}, token_counts=(3, 2))
+    prompt = [1, 8, 7, 7, 7, 9, 8, 7, 7, 9, 4, 5]  # two expanded images between markers
+    outs = eng.generate([prompt, [1, 4]], SamplingParams(n=2, max_new_tokens=4),
+                        vision=[vision, None])
+    with_images, text = llm.requests
+    assert with_images["prompt_token_ids"] == [1, 8, 7, 9, 8, 7, 9, 4, 5]
+    assert with_images["multi_modal_data"]["image"] == list(imgs)
+    assert text == {"prompt_token_ids": [1, 4]}
+    assert outs[0].prompt_ids == prompt and len(outs[0].completions) == 2
+    with pytest.raises(ValueError, match="no image_token_id"):
+        VLLMColocatedEngine(FakeLLM(), sampling_cls=_vsp).generate(
+            [prompt], SamplingParams(n=1), vision=[vision])
 
 
 def test_engine_reports_the_processed_logprobs():

@@ -17,7 +17,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -77,14 +77,29 @@ class RequestOutput:
     completions: list[Completion] = field(default_factory=list)
 
 
+def with_images(vision: Sequence[Any] | None) -> dict[str, list]:
+    """`generate`'s keyword for the prompts' images: none when no prompt has any, so an
+    engine written for text prompts (a user's, a test's) is called as it always was."""
+    if vision is None or all(v is None for v in vision):
+        return {}
+    return {"vision": list(vision)}
+
+
+def check_vision(prompts: Sequence[list[int]], vision: Sequence[Any] | None) -> None:
+    if vision is not None and len(vision) != len(prompts):
+        raise ValueError(f"vision has {len(vision)} entries for {len(prompts)} prompts")
+
+
 @runtime_checkable
 class RolloutEngine(Protocol):
     """Any generator the trainer can drive (hf.HFEngine, vllm_colocated.VLLMColocatedEngine)."""
 
     name: str
 
-    def generate(self, prompts: Sequence[list[int]], params: SamplingParams) -> list[RequestOutput]:
-        """n samples per prompt; output i belongs to prompts[i]."""
+    def generate(self, prompts: Sequence[list[int]], params: SamplingParams,
+                 vision: Sequence[Any] | None = None) -> list[RequestOutput]:
+        """n samples per prompt; output i belongs to prompts[i]. `vision[i]` holds prompt
+        i's images (data.multimodal.VisionInputs, or None for a text prompt)."""
         ...
 
     def sleep(self, level: int = 2) -> None:

@@ -19,9 +19,11 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
+from rgpo_fast import vlm
+from rgpo_fast.data.multimodal import VisionInputs, collate_vision
 from rgpo_fast.errors import NonFiniteError
 from rgpo_fast.precision import autocast_to
-from rgpo_fast.rollout.base import Completion, RequestOutput, SamplingParams
+from rgpo_fast.rollout.base import Completion, RequestOutput, SamplingParams, check_vision
 
 
 def top_k_filter(logits: torch.Tensor, top_k: int) -> torch.Tensor:
@@ -113,24 +115,30 @@ class HFEngine:
 
     # -- generation ------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, prompts: Sequence[list[int]], params: SamplingParams) -> list[RequestOutput]:
+    def generate(self, prompts: Sequence[list[int]], params: SamplingParams,
+                 vision: Sequence[VisionInputs | None] | None = None) -> list[RequestOutput]:
+        """n samples per prompt; `vision[i]` (or None) holds prompt i's images."""
         if self.asleep:
             raise RuntimeError("HFEngine.generate called while asleep; call wake_up() first")
+        check_vision(prompts, vision)
+        images = list(vision) if vision is not None else [None] * len(prompts)
         rows = [(i, list(p)) for i, p in enumerate(prompts) for _ in range(params.n)]
         gen = None
         if params.seed is not None:
             gen = torch.Generator(device=self.device).manual_seed(int(params.seed))
         done: list[Completion] = []
         for start in range(0, len(rows), self.max_batch_size):
-            chunk = [ids for _, ids in rows[start : start + self.max_batch_size]]
-            done.extend(self._generate_batch(chunk, params, gen))
+            chunk = rows[start : start + self.max_batch_size]
+            done.extend(self._generate_batch([ids for _, ids in chunk], params, gen,
+                                             [images[i] for i, _ in chunk]))
         outs = [RequestOutput(prompt_ids=list(p)) for p in prompts]
         for (i, _), comp in zip(rows, done):
             outs[i].completions.append(comp)
         return outs
 
     def _generate_batch(
-        self, prompts: list[list[int]], params: SamplingParams, gen: torch.Generator | None
+        self, prompts: list[list[int]], params: SamplingParams, gen: torch.Generator | None,
+        vision: list[VisionInputs | None],
     ) -> list[Completion]:
         from transformers import DynamicCache
 
@@ -143,7 +151,13 @@ class HFEngine:
             ids[b, L - len(p) :] = torch.tensor(p, dtype=torch.long)
             attn[b, L - len(p) :] = 1
         ids, attn = ids.to(self.device), attn.to(self.device)
-        pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        # Images enter at the first step, as embeddings in the prompts' placeholders; after
+        # it the KV cache holds them.
+        images = collate_vision(vision, self.device)
+        slots = vlm.image_slots(self.model, ids) if images else None
+        pos = vlm.position_ids(self.model, ids, attn, images, slots)  # (B, L) / (3, B, L)
+        first = ({"inputs_embeds": vlm.embed(self.model, ids, images, slots)} if images
+                 else {"input_ids": ids})  # fmt: skip
         stops = torch.tensor(self.eos_token_ids + tuple(params.stop_token_ids), device=self.device)
         cache = DynamicCache()
         out_ids = torch.full(
@@ -157,7 +171,7 @@ class HFEngine:
             with autocast_to(self.device, self.compute_dtype):
                 for t in range(params.max_new_tokens):
                     logits = self.model(
-                        input_ids=step_ids,
+                        **(first if t == 0 else {"input_ids": step_ids}),
                         attention_mask=attn,
                         position_ids=step_pos,
                         use_cache=True,
@@ -174,7 +188,8 @@ class HFEngine:
                     if bool(finished.all()):
                         break
                     step_ids = nxt[:, None]
-                    step_pos = step_pos[:, -1:] + 1
+                    # Text after the prompt advances every M-RoPE axis together.
+                    step_pos = step_pos[..., -1:] + 1
                     attn = torch.cat(
                         [attn, torch.ones((B, 1), dtype=attn.dtype, device=self.device)], 1
                     )

@@ -32,13 +32,22 @@ building, output conversion) is importable and tested on CPU.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from rgpo_fast.errors import UserError
-from rgpo_fast.rollout.base import Completion, RequestOutput, SamplingParams, prompt_seed
+from rgpo_fast.rollout.base import (
+    Completion,
+    RequestOutput,
+    SamplingParams,
+    check_vision,
+    prompt_seed,
+)
 
 # Allowed transitions: state -> {call: next state}
 _TRANSITIONS = {
@@ -151,6 +160,21 @@ def convert_outputs(prompts: Sequence[list[int]], vllm_outputs) -> list[RequestO
     return outs
 
 
+def multimodal_request(prompt: Sequence[int], vision: Any, image_token_id: int | None) -> dict:
+    """vLLM's token prompt for `prompt`. With images, vLLM runs the model's processor on
+    them and expands each image's placeholder itself: it takes one placeholder token per
+    image, so each run of placeholders (the processor's expansion, data/multimodal.py) is
+    collapsed to one; its outputs then continue the same expanded prompt the trainer
+    recomputes."""
+    if vision is None:
+        return {"prompt_token_ids": list(prompt)}
+    if image_token_id is None:
+        raise ValueError("images given to a vLLM engine whose model has no image_token_id")
+    ids = [t for i, t in enumerate(prompt)
+           if t != image_token_id or i == 0 or prompt[i - 1] != image_token_id]  # fmt: skip
+    return {"prompt_token_ids": ids, "multi_modal_data": {"image": list(vision.images)}}
+
+
 def check_in_process(environ) -> None:
     """The weight sync reaches into the engine's model: vLLM must run in this process.
     `VLLM_ENABLE_V1_MULTIPROCESSING=1` (set by the user) would move it to a child process."""
@@ -201,11 +225,12 @@ class VLLMColocatedEngine:
     name = "vllm"
 
     def __init__(self, llm, *, sampling_cls, state: ColocationState | None = None,
-                 eos_token_ids: Sequence[int] = ()) -> None:
+                 eos_token_ids: Sequence[int] = (), image_token_id: int | None = None) -> None:
         self.llm = llm
         self._sampling_cls = sampling_cls
         self.state = state or ColocationState()
         self.eos_token_ids = tuple(int(t) for t in eos_token_ids)
+        self.image_token_id = image_token_id  # a vision-language model's placeholder id
         self.memory: dict[str, float] = {}  # GiB in use on the device after the last of each
 
     def _record_memory(self, event: str) -> None:
@@ -250,16 +275,23 @@ class VLLMColocatedEngine:
                 seed=cfg.train.seed,
             )
         )
-        return cls(llm, sampling_cls=VSP, eos_token_ids=eos_token_ids)
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+        return cls(llm, sampling_cls=VSP, eos_token_ids=eos_token_ids,
+                   image_token_id=config.get("image_token_id"))
 
-    def generate(self, prompts: Sequence[list[int]], params: SamplingParams) -> list[RequestOutput]:
+    def generate(self, prompts: Sequence[list[int]], params: SamplingParams,
+                 vision: Sequence[Any] | None = None) -> list[RequestOutput]:
+        """n samples per prompt; `vision[i]` (data.multimodal.VisionInputs or None) holds
+        prompt i's images, which vLLM processes itself (see `multimodal_request`)."""
         self.state.advance("generate")
+        check_vision(prompts, vision)
         sps = [
             to_vllm_sampling(params, self._sampling_cls, eos_token_ids=self.eos_token_ids,
                              seed=None if params.seed is None else prompt_seed(params.seed, i))
             for i in range(len(prompts))
         ]  # fmt: skip
-        reqs = [{"prompt_token_ids": list(p)} for p in prompts]
+        images = list(vision) if vision is not None else [None] * len(prompts)
+        reqs = [multimodal_request(p, v, self.image_token_id) for p, v in zip(prompts, images)]
         return convert_outputs(prompts, self.llm.generate(reqs, sps, use_tqdm=False))
 
     def sleep(self, level: int = 2) -> None:

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from rgpo_fast.algos import guidance
 from rgpo_fast.algos.dynamic_sampling import dynamic_sampling
 from rgpo_fast.algos.presets import AlgoConfig
-from rgpo_fast.data.prompts import encode_prompt
+from rgpo_fast.data.multimodal import PromptEncoder, VisionInputs
 from rgpo_fast.data.types import Example, Sample
 from rgpo_fast.guidance_modes import GUIDANCE
 from rgpo_fast.guided_round import Callbacks, PromptGroup
 from rgpo_fast.rewards.contract import score
-from rgpo_fast.rollout.base import RolloutEngine, SamplingParams
+from rgpo_fast.rollout.base import RolloutEngine, SamplingParams, with_images
 
 # Seed offset of dynamic sampling's refill round r (times r); guidance_modes.py and
 # guided_round.py hold the offsets of the guided calls.
@@ -51,14 +51,21 @@ class CollectContext:
     system_prompt: str | None = None
     keep_rollout_logprobs: bool = False  # True for vLLM (TIS); hf shares the trainer's weights
     max_prompt_len: int | None = None  # longest hinted prompt sent to the engine (tokens)
+    processor: object = None  # a vision-language model's processor (None: text only)
+
+    def prompts(self) -> PromptEncoder:
+        return PromptEncoder(self.tokenizer, self.processor, system=self.system_prompt,
+                             hint_template=self.algo.hint_template)
 
 
 def _decode(tok, ids: Sequence[int]) -> str:
     return tok.decode(list(ids), skip_special_tokens=True)
 
 
-def generate(ctx: CollectContext, prompts: list[list[int]], n: int, seed: int):
-    """n completions per prompt from the engine: list (per prompt) of lists of Completion."""
+def generate(ctx: CollectContext, prompts: list[list[int]], n: int, seed: int,
+             vision: Sequence[VisionInputs | None] | None = None):
+    """n completions per prompt from the engine: list (per prompt) of lists of Completion.
+    `vision[i]`: prompt i's images (text prompts: None, or no list at all)."""
     params = SamplingParams(
         n=n,
         max_new_tokens=ctx.sampling.max_new_tokens,
@@ -68,7 +75,7 @@ def generate(ctx: CollectContext, prompts: list[list[int]], n: int, seed: int):
         seed=seed,
         stop_token_ids=ctx.sampling.stop_token_ids,
     )
-    return [out.completions for out in ctx.engine.generate(prompts, params)]
+    return [out.completions for out in ctx.engine.generate(prompts, params, **with_images(vision))]
 
 
 def score_groups(ctx: CollectContext, groups: Sequence[PromptGroup],
@@ -81,32 +88,37 @@ def score_groups(ctx: CollectContext, groups: Sequence[PromptGroup],
 
 def callbacks(ctx: CollectContext, seed: int) -> Callbacks:
     """The engine, the verifier and the prompt template as a guidance mode's callbacks."""
-    tok, algo = ctx.tokenizer, ctx.algo
+    encoder = ctx.prompts()
 
     def hinted_prompt(group: PromptGroup, hint: str) -> list[int]:
-        return encode_prompt(tok, group.problem, hint, hint_template=algo.hint_template,
-                             system=ctx.system_prompt)  # fmt: skip
+        return encoder.encode(group.problem, hint, group.vision)
 
-    return Callbacks(tokenizer=tok, group_size=ctx.sampling.n, hinted_prompt=hinted_prompt,
-                     generate=lambda prompts, k, offset: generate(ctx, prompts, k, seed + offset),
+    def sample(prompts, k, offset, vision=None):
+        return generate(ctx, prompts, k, seed + offset, vision)
+
+    return Callbacks(tokenizer=ctx.tokenizer, group_size=ctx.sampling.n,
+                     hinted_prompt=hinted_prompt, generate=sample,
                      score=lambda groups, samples: score_groups(ctx, groups, samples),
                      max_prompt_len=ctx.max_prompt_len)  # fmt: skip
 
 
 def unguided_groups(ctx: CollectContext, examples: Sequence[Example], seed: int,
                     n: int) -> list[PromptGroup]:  # fmt: skip
-    """n samples per example from the plain prompt, scored: one PromptGroup each."""
-    tok = ctx.tokenizer
-    prompts = [encode_prompt(tok, ex.problem, system=ctx.system_prompt) for ex in examples]
+    """n samples per example from the plain prompt, scored: one PromptGroup each. An
+    example's images are processed here, once for all its prompts and samples."""
+    tok, encoder = ctx.tokenizer, ctx.prompts()
+    vision = [encoder.vision(ex.images, f"problem {ex.uid}") for ex in examples]
+    prompts = [encoder.encode(ex.problem, vision=v) for ex, v in zip(examples, vision)]
     out = []
-    for ex, prompt, comps in zip(examples, prompts, generate(ctx, prompts, n, seed)):
+    for ex, prompt, v, comps in zip(examples, prompts, vision,
+                                    generate(ctx, prompts, n, seed, vision)):
         samples = [Sample(prompt_ids=list(prompt), response_ids=list(c.token_ids),
                           rollout_logprobs=list(c.logprobs) if ctx.keep_rollout_logprobs
                           else None, text=_decode(tok, c.token_ids), kind="unguided",
-                          uid=ex.uid) for c in comps]  # fmt: skip
+                          uid=ex.uid, vision=v) for c in comps]  # fmt: skip
         group = PromptGroup(uid=ex.uid, rationale=ex.rationale, prompt_ids=list(prompt),
                             rewards=[], group=0, samples=samples, problem=ex.problem,
-                            answer=ex.answer)  # fmt: skip
+                            answer=ex.answer, vision=v)  # fmt: skip
         group.rewards = score_groups(ctx, [group], [samples])[0]
         for s, r in zip(samples, group.rewards):
             s.reward = r
@@ -160,6 +172,8 @@ def collect(
             s.group = i
     unguided = [list(g.rewards) for g in groups]
     result = mode.guide(groups, levels, cfg, io)
+    for s in result.samples:  # guided, transferred and reference rows show their prompt's images
+        s.vision = groups[s.group].vision
     stats.update(result.stats)
     return StepSamples(samples=result.samples, unguided_rewards=unguided,
                        level_updates=result.level_updates, stats=stats,

@@ -12,10 +12,10 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from rgpo_fast.data.prompts import encode_prompt
+from rgpo_fast.data.multimodal import PromptEncoder
 from rgpo_fast.data.types import Example
 from rgpo_fast.rewards.contract import score
-from rgpo_fast.rollout.base import SamplingParams
+from rgpo_fast.rollout.base import SamplingParams, with_images
 from rgpo_fast.trainer.distributed import DistInfo, all_reduce_sum
 
 
@@ -23,16 +23,21 @@ def evaluate_set(engine, tokenizer, examples: Sequence[Example],
                  reward_fn: Callable[[str, str], float], *, max_new_tokens: int, pass_k: int,
                  temperature: float, seed: int, info: DistInfo, system: str | None = None,
                  threshold: float = 0.5, mean_k: int = 0,
-                 per_problem: dict[str, list[float]] | None = None) -> dict[str, float]:
+                 per_problem: dict[str, list[float]] | None = None,
+                 processor=None) -> dict[str, float]:
     """{'accuracy': greedy accuracy, 'mean@k': the average success of k samples per problem
     (less noisy than one greedy answer), 'pass@k': share with >= 1 success in k samples}. A
     sample is correct when its reward reaches `threshold` (the trainer passes
     algo.success_threshold, the value that triggers guidance). `per_problem`, when given,
     receives each metric's per-problem values ('accuracy': 1.0 / 0.0, 'mean@k': the
-    problem's success share) in the order of `examples`."""
+    problem's success share) in the order of `examples`. `processor`: a vision-language
+    model's, for problems with images."""
     everything = list(examples)
     shard = everything[info.rank::info.world_size]
-    prompts = [encode_prompt(tokenizer, ex.problem, system=system) for ex in shard]
+    encoder = PromptEncoder(tokenizer, processor, system=system)
+    vision = [encoder.vision(ex.images, f"held-out problem {ex.uid}") for ex in shard]
+    prompts = [encoder.encode(ex.problem, vision=v) for ex, v in zip(shard, vision)]
+    images = with_images(vision)
     correct = passed = 0
     outcomes = torch.zeros(len(everything), dtype=torch.float64)
     shares = torch.zeros(len(everything), dtype=torch.float64)
@@ -43,7 +48,7 @@ def evaluate_set(engine, tokenizer, examples: Sequence[Example],
             return score(reward_fn, text, ex.answer, where) >= threshold
 
         greedy = engine.generate(prompts, SamplingParams(n=1, max_new_tokens=max_new_tokens,
-                                                         temperature=0.0, seed=seed))
+                                                         temperature=0.0, seed=seed), **images)
         for i, (ex, out) in enumerate(zip(shard, greedy)):
             ok = correct_answer(out.completions[0].token_ids, ex, "the greedy answer to")
             correct += ok
@@ -52,7 +57,7 @@ def evaluate_set(engine, tokenizer, examples: Sequence[Example],
         if need:  # pass@k and mean@k read one set of samples: the first k of them each
             sampled = engine.generate(prompts, SamplingParams(
                 n=need, max_new_tokens=max_new_tokens, temperature=temperature,
-                seed=seed + 1))
+                seed=seed + 1), **images)
             for i, (ex, out) in enumerate(zip(shard, sampled)):
                 wins = hit = 0
                 for k, c in enumerate(out.completions[:need]):
@@ -84,8 +89,8 @@ def evaluate_set(engine, tokenizer, examples: Sequence[Example],
 def evaluate_all(engine, tokenizer, sets: dict[str, list[Example]], reward_fn, *,
                  max_new_tokens: int, pass_k: int, temperature: float, seed: int,
                  info: DistInfo, system: str | None = None, threshold: float = 0.5,
-                 mean_k: int = 0,
-                 per_problem: dict[str, list[float]] | None = None) -> dict[str, float]:
+                 mean_k: int = 0, per_problem: dict[str, list[float]] | None = None,
+                 processor=None) -> dict[str, float]:
     """Flat metrics: {'<set>_accuracy': ..., '<set>_mean@k': ..., '<set>_pass@k': ...} for
     every eval set. `reward_fn`: one reward for every set, or a mapping set name -> that
     set's reward. `per_problem`, when given, receives the per-problem values of the
@@ -97,7 +102,7 @@ def evaluate_all(engine, tokenizer, sets: dict[str, list[Example]], reward_fn, *
         res = evaluate_set(engine, tokenizer, examples, fn, max_new_tokens=max_new_tokens,
                            pass_k=pass_k, temperature=temperature, seed=seed, info=info,
                            system=system, threshold=threshold, mean_k=mean_k,
-                           per_problem=items)
+                           per_problem=items, processor=processor)
         if per_problem is not None:
             per_problem.update({f"{name}_{k}": v for k, v in items.items()})
         for k, v in res.items():

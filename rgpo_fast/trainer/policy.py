@@ -18,8 +18,10 @@ from typing import Any
 
 import torch
 
+from rgpo_fast import vlm
 from rgpo_fast.functional import fused_linear_logprobs, fused_linear_policy_loss
 from rgpo_fast.precision import autocast_to
+from rgpo_fast.trainer.distributed import is_sharded
 
 
 class PolicyModule(torch.nn.Module):
@@ -40,15 +42,27 @@ class PolicyModule(torch.nn.Module):
         self.packed = packed
         self.compute_dtype = compute_dtype  # None: the parameters' dtype
 
-    def _hidden(self, input_ids, attention_mask, position_ids):
-        base = self.lm.get_decoder() if hasattr(self.lm, "get_decoder") else self.lm.model
+    def _hidden(self, input_ids, attention_mask, position_ids, vision, prompt_lens):
+        base = vlm.decoder(self.lm)
         head = self.lm.get_output_embeddings()
         with autocast_to(input_ids.device, self.compute_dtype):
-            if self.packed and attention_mask is not None:
+            if vision:
+                # The images through the vision tower into the prompts' placeholders, and
+                # the engine's positions (M-RoPE for Qwen-VL); packing is for text rows.
+                mask = (attention_mask if attention_mask is not None
+                        else torch.ones_like(input_ids))  # fmt: skip
+                slots = vlm.image_slots(self.lm, input_ids, prompt_lens)
+                hidden = base(inputs_embeds=vlm.embed(self.lm, input_ids, vision, slots),
+                              attention_mask=attention_mask, use_cache=False,
+                              position_ids=vlm.position_ids(self.lm, input_ids, mask, vision,
+                                                            slots)).last_hidden_state
+            elif self.packed and attention_mask is not None:
                 hidden = self._packed_hidden(base, input_ids, attention_mask, position_ids)
             else:
                 hidden = base(input_ids=input_ids, attention_mask=attention_mask,
                               position_ids=position_ids, use_cache=False).last_hidden_state
+            if not vision and vlm.is_vision_language(self.lm) and is_sharded(self):
+                hidden = hidden + vlm.idle_vision(self.lm, hidden)  # ranks stay in step
         weight, bias = head.weight, getattr(head, "bias", None)
         # The fused op takes one dtype for hidden and weight: the compute dtype. Under
         # autocast the final RMSNorm returns fp32 (fp32 weight times bf16 input); the casts
@@ -81,11 +95,16 @@ class PolicyModule(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                 position_ids: torch.Tensor | None, *, mode: str = "loss",
-                loss_inputs: dict[str, Any] | None = None):
+                loss_inputs: dict[str, Any] | None = None,
+                vision: dict[str, torch.Tensor] | None = None,
+                prompt_lens: torch.Tensor | None = None):
         """mode "loss": (loss, metrics) of `fused_linear_policy_loss(**loss_inputs)` (tensors,
         normalisers and `config`; the rollout's temperature, top_p and top_k are set here);
-        mode "logprobs": per-target log-probs (B, L-1) float32 (no grad needed)."""
-        hidden, weight, bias = self._hidden(input_ids, attention_mask, position_ids)
+        mode "logprobs": per-target log-probs (B, L-1) float32 (no grad needed). `vision`:
+        the rows' image tensors (data.multimodal.collate_vision) for a vision-language model,
+        whose placeholders are those of the first `prompt_lens[b]` tokens of row b."""
+        hidden, weight, bias = self._hidden(input_ids, attention_mask, position_ids, vision,
+                                            prompt_lens)
         if mode == "logprobs":
             logp, _ = fused_linear_logprobs(hidden, weight, input_ids[:, 1:], bias=bias,
                                             temperature=self.temperature, top_p=self.top_p,

@@ -20,6 +20,7 @@ from rgpo_fast.algos.aggregation import local_counts, token_roles
 from rgpo_fast.algos.policy_loss import LossConfig
 from rgpo_fast.algos.sequence_loss import token_mask_weights
 from rgpo_fast.batch import TrainBatch
+from rgpo_fast.data.multimodal import collate_vision
 from rgpo_fast.data.types import Sample
 from rgpo_fast.trainer.distributed import DistInfo, all_reduce_max_int, all_reduce_sum
 from rgpo_fast.trainer.nonfinite import NonFiniteGuard
@@ -87,7 +88,8 @@ def policy_logprobs(policy: torch.nn.Module, batch: TrainBatch, micro: int,
             policy(batch.input_ids[:1, :2].to(info.device), None, None, mode="logprobs")
             continue
         mb = trim(batch.select(chunks[i])).to(info.device)
-        lp = policy(mb.input_ids, mb.attention_mask, mb.position_ids, mode="logprobs")
+        lp = policy(mb.input_ids, mb.attention_mask, mb.position_ids, mode="logprobs",
+                    **mb.model_inputs())
         out[chunks[i], : lp.shape[1]] = lp.float().cpu()
     return out
 
@@ -124,7 +126,11 @@ def fill_rollout_logprobs(
             attn[b, : len(q)] = 1
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
         dev = info.device
-        lp = policy(ids.to(dev), attn.to(dev), pos.to(dev), mode="logprobs").float().cpu()
+        vision = collate_vision([r.vision for r in rows], dev)
+        images = ({"vision": vision, "prompt_lens": torch.tensor(
+            [len(r.rollout_prompt_ids) for r in rows], device=dev)} if vision else {})
+        lp = policy(ids.to(dev), attn.to(dev), pos.to(dev), mode="logprobs",
+                    **images).float().cpu()
         for b, r in enumerate(rows):
             # Target index t scores token t + 1: the response starts at index len(prompt) - 1.
             start = len(r.rollout_prompt_ids) - 1
@@ -161,7 +167,7 @@ def backward_batch(policy: torch.nn.Module, batch: TrainBatch, config: LossConfi
             continue
         mb = trim(batch.select(chunks[i])).to(info.device)
         loss, metrics = policy(mb.input_ids, mb.attention_mask, mb.position_ids, mode="loss",
-                               loss_inputs={**kw, **mb.loss_inputs()})
+                               loss_inputs={**kw, **mb.loss_inputs()}, **mb.model_inputs())
         loss.backward()
         n_pol = float(metrics["tokens/policy"])
         n_active = n_pol + float(metrics["tokens/sft"])  # entropy/mean's own denominator
@@ -204,8 +210,9 @@ def optimizer_step(policy: torch.nn.Module, optimizer: torch.optim.Optimizer,
 
 
 def make_optimizer(policy: torch.nn.Module, lr: float, cfg) -> torch.optim.Optimizer:
-    """AdamW; foreach on CPU is fastest for many small tensors."""
-    return torch.optim.AdamW(policy.parameters(), lr=lr, betas=(cfg.beta1, cfg.beta2),
+    """AdamW over the trained parameters (a frozen vision tower has none)."""
+    params = [p for p in policy.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=lr, betas=(cfg.beta1, cfg.beta2),
                              eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 

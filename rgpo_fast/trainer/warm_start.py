@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 from rgpo_fast.algos import guidance
 from rgpo_fast.algos.presets import get_preset
 from rgpo_fast.batch import assemble_batch
-from rgpo_fast.data.prompts import encode_prompt, encode_text
+from rgpo_fast.data.multimodal import PromptEncoder
+from rgpo_fast.data.prompts import encode_text
 from rgpo_fast.data.types import Example, Sample
 from rgpo_fast.guided_round import rationale_segments
 from rgpo_fast.trainer.config import RunConfig
@@ -31,21 +32,24 @@ SampleRows = Callable[[random.Random], "list[Sample]"]
 
 
 def sft_samples(examples: Sequence[Example], tok, cfg: RunConfig,
-                rng: random.Random) -> list[Sample]:  # fmt: skip
+                rng: random.Random, processor=None) -> list[Sample]:  # fmt: skip
     """Rationale + EOS after the prompt; with probability `train.sft_hint_prob` the prompt
-    carries a random rationale prefix (1 .. N-1 segments) as the hint."""
+    carries a random rationale prefix (1 .. N-1 segments) as the hint. Problems with images
+    show them (`processor`: the vision-language model's)."""
     algo, out = cfg.algo, []
+    encoder = PromptEncoder(tok, processor, system=cfg.data.system_prompt,
+                            hint_template=algo.hint_template)
     for ex in examples:
         hint = None
         if rng.random() < cfg.train.sft_hint_prob and ex.rationale:
             segs = rationale_segments(ex.rationale, algo, tok)
             if len(segs) > 1:
                 hint = guidance.build_hint(segs, rng.randint(1, len(segs) - 1))
-        prompt = encode_prompt(
-            tok, ex.problem, hint, hint_template=algo.hint_template, system=cfg.data.system_prompt
-        )
+        vision = encoder.vision(ex.images, f"SFT problem {ex.uid}")
+        prompt = encoder.encode(ex.problem, hint, vision)
         resp = encode_text(tok, ex.rationale) + [tok.eos_token_id]
-        out.append(Sample(prompt_ids=prompt, response_ids=resp, kind="sft", reward=1.0))
+        out.append(Sample(prompt_ids=prompt, response_ids=resp, kind="sft", reward=1.0,
+                          vision=vision))
     return out
 
 
@@ -55,8 +59,8 @@ def sft_guard(cfg: RunConfig) -> NonFiniteGuard:
 
 
 def sft_warm_start(policy, examples: Sequence[Example], tok, cfg: RunConfig, info: DistInfo,
-                   rows_fn: SampleRows | None = None,
-                   guard: NonFiniteGuard | None = None) -> float:  # fmt: skip
+                   rows_fn: SampleRows | None = None, guard: NonFiniteGuard | None = None,
+                   processor=None) -> float:  # fmt: skip
     """`train.sft_steps` supervised steps; returns the last step's loss. A non-finite loss
     or gradient norm stops it, or within `train.max_nonfinite_skips` drops that step (`guard`
     counts; default: a guard of its own, trainer/nonfinite.py).
@@ -67,7 +71,7 @@ def sft_warm_start(policy, examples: Sequence[Example], tok, cfg: RunConfig, inf
     if rows_fn is None:
         def rows_fn(rng: random.Random) -> list[Sample]:
             batch_ex = [rng.choice(examples) for _ in range(cfg.train.sft_batch_size)]
-            return sft_samples(batch_ex, tok, cfg, rng)
+            return sft_samples(batch_ex, tok, cfg, rng, processor)
 
     steps = cfg.train.sft_steps
     guard = guard or sft_guard(cfg)
