@@ -33,7 +33,7 @@ NATIVE_ENV := $(if $(HAS_GPU),,RGPO_FAST_SKIP_CUDA_BUILD=1)
 NATIVE_SRC := $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu csrc/*/*.h csrc/*/*.cuh _build_native.py)
 PYTEST_ARGS ?=
 
-.PHONY: install install-gpu install-flash-attn gpu-check gpu-check-offline test train bench \
+.PHONY: install install-gpu install-flash-attn gpu-check gpu-check-offline test train train-vl bench \
 	bench-gpu lint clean \
 	lock test-latest test-floor
 
@@ -114,6 +114,10 @@ test: install
 
 train: install
 	$(BIN)/python -m rgpo_fast.train
+
+# The built-in vision-language run (tiny Qwen2-VL on the `shapes` task, about 4.5 minutes).
+train-vl: install
+	$(BIN)/python -m rgpo_fast.train --config configs/tiny_vl_cpu.yaml
 
 bench: install
 	$(BIN)/python benchmarks/bench_policy_loss.py

@@ -70,7 +70,7 @@ def run(cfg: RunConfig) -> int:
                                                and step % cfg.train.save_every == 0):  # fmt: skip
                 save(s, step)
             if cfg.train.save_hf_every and step % cfg.train.save_hf_every == 0:
-                save_hf(s.policy, s.tokenizer, s.out_dir / "hf" / f"step_{step:06d}", s.info)
+                save_hf(s.policy, s.export_files, s.out_dir / "hf" / f"step_{step:06d}", s.info)
             if bar is not None:
                 bar.update(1, reward=f"{row['reward/mean']:.2f}",
                            acc=f"{row['accuracy/mean']:.2f}", guided=int(row["guided/prompts"]),

@@ -113,6 +113,37 @@ def build(model_dir, compute_dtype=None):
     return tiny_policy(model_dir, compute_dtype=compute_dtype)
 
 
+def vl_samples(model_dir) -> list[Sample]:
+    """A global batch of the tiny Qwen2-VL: rows with one of two images (a 3 x 3 and a
+    4 x 4 grid), hinted rows, and text rows, so that ranks see different mixes."""
+    from PIL import Image
+
+    from rgpo_fast.data.multimodal import PromptEncoder, load_processor
+    from rgpo_fast.trainer.tiny_model import load_tokenizer
+
+    tok = load_tokenizer(model_dir)
+    enc = PromptEncoder(tok, load_processor(model_dir))
+    red = enc.vision([Image.new("RGB", (84, 84), (220, 40, 40))])
+    blue = enc.vision([Image.new("RGB", (112, 112), (40, 70, 220))])
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for i, vision in enumerate([red, red, blue, None, blue, None, red]):
+        hint = "blue=3" if i == 2 else None
+        prompt = enc.encode(f"red={i} green=2 blue=3\nx+1=?", hint, vision)
+        n = int(torch.randint(2, 9, (1,), generator=g))
+        response = torch.randint(10, 90, (n,), generator=g).tolist()
+        rows.append(Sample(prompt_ids=prompt, response_ids=response, group=i // 3,
+                           kind="transferred" if i == 5 else "unguided", vision=vision,
+                           reward=float(torch.rand((), generator=g) > 0.5)))
+    return rows
+
+
+def build_vl(model_dir):
+    """The tiny Qwen2-VL as a policy with its vision tower trained (so its gradients are
+    reduced across ranks too)."""
+    return tiny_policy(model_dir)
+
+
 def worker(model_dir: str, out_file: str, mode: str = "fp32") -> None:
     from rgpo_fast.trainer.distributed import (
         full_state_dict,
@@ -147,6 +178,11 @@ def worker(model_dir: str, out_file: str, mode: str = "fp32") -> None:
         samples = global_samples(policy.lm.config.vocab_size)[info.rank :: info.world_size]
         loss = one_step(policy, samples, agg, 1, info)
         results[agg] = {"loss": loss, "params": full_state_dict(policy)}
+    if mode == "vl":
+        policy = shard_model(build_vl(model_dir), info)
+        samples = vl_samples(model_dir)[info.rank :: info.world_size]
+        results = {"loss": one_step(policy, samples, AGGS[0], 1, info),
+                   "params": full_state_dict(policy)}
     if mode == "fp32":
         policy = shard_model(build(model_dir), info)
         samples = global_samples(policy.lm.config.vocab_size)[info.rank :: info.world_size]
@@ -210,6 +246,34 @@ def test_two_processes_equal_one(tmp_path):
             torch.testing.assert_close(q, p, atol=1e-5, rtol=1e-5, msg=f"{agg}: {name}")
             moved += not torch.equal(p, ref0[name])
         assert moved > 0.9 * len(ref0)  # the step really updated the weights
+
+
+def test_vision_language_two_processes_equal_one(tmp_path):
+    """The tiny Qwen2-VL sharded over 2 ranks (its decoder layers, vision blocks and tower
+    as FSDP2 units): one update on a batch of image and text rows equals one process. With
+    micro-batches of one row the ranks run different numbers of forwards, and a rank with
+    no image in a forward runs the tower on a blank one, so the collectives stay paired."""
+    from rgpo_fast.trainer.distributed import DistInfo
+    from rgpo_fast.trainer.tiny_vl_model import TinyVLSpec, ensure_tiny_vl_model
+
+    spec = TinyVLSpec(num_hidden_layers=2, hidden_size=32, num_attention_heads=2,
+                      num_key_value_heads=1, intermediate_size=64, vision_depth=2,
+                      vision_embed_dim=32, vision_heads=2)
+    model_dir = ensure_tiny_vl_model(spec, tmp_path / "cache")
+    out = tmp_path / "vl.pt"
+    proc = _launch(model_dir, out, "vl")
+    torch.set_num_threads(1)
+    policy = build_vl(model_dir)
+    loss = one_step(policy, vl_samples(model_dir), AGGS[0], 3, DistInfo())
+    single = policy.state_dict()
+    log = proc.communicate(timeout=240)[0].decode()
+    assert proc.returncode == 0, log[-3000:]
+    dist = torch.load(out, weights_only=False)
+    assert abs(dist["loss"] - loss) < 1e-5
+    ref0 = build_vl(model_dir).state_dict()
+    assert any(not torch.equal(single[n], ref0[n]) for n in single if ".visual." in n)
+    for name, p in single.items():
+        torch.testing.assert_close(dist["params"][name], p, atol=1e-5, rtol=1e-5, msg=name)
 
 
 LOW_LR = 1e-6  # the lr of real RL runs: below half a bf16 ulp for most weights

@@ -159,3 +159,35 @@ def test_loss_options_that_can_act_are_accepted(overrides):
     from rgpo_fast.trainer.preflight import check_loss_options
 
     check_loss_options(_cfg(**overrides))
+
+
+def _vl_model_dir(tmp_path, positions=128000):
+    """A Qwen2.5-VL-3B-Instruct directory as the start-up checks read it: its config's
+    positions and its image processor's pixel range (the released values)."""
+    d = tmp_path / "qwen2.5-vl"
+    d.mkdir(exist_ok=True)
+    (d / "config.json").write_text(json.dumps({
+        "model_type": "qwen2_5_vl", "image_token_id": 151655,
+        "vision_config": {"spatial_merge_size": 2, "patch_size": 14},
+        "text_config": {"max_position_embeddings": positions}}))
+    (d / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "Qwen2VLImageProcessor", "min_pixels": 3136,
+        "max_pixels": 12845056, "patch_size": 14, "merge_size": 2, "temporal_patch_size": 2}))
+    return d
+
+
+def test_shipped_vision_language_recipe_passes_the_start_up_checks(tmp_path):
+    """configs/qwen2.5-vl-3b_8gpu.yaml: rollouts within the model's positions, a prompt limit
+    that holds images (their tokens count), the field mapping of its data."""
+    from rgpo_fast.trainer.preflight import check_image_budget, image_token_range
+
+    cfg = resolve(load_yaml(ROOT / "configs" / "qwen2.5-vl-3b_8gpu.yaml"), None, {})
+    model = _vl_model_dir(tmp_path)
+    assert check_sequence_lengths(cfg, model) == 2048 + 512 + 2048
+    assert image_token_range(model) == (4, 16384)  # 56x56 .. 12.8 Mpx at 28 px per token
+    check_image_budget(cfg, model)
+    assert (cfg.data.problem_field, cfg.data.images_field) == ("problem", "images")
+    assert cfg.model.freeze_vision and cfg.rollout.engine == "vllm"
+    tiny = resolve({}, None, {"data": {"max_prompt_tokens": 4}})
+    with pytest.raises(ConfigError, match="no prompt with an image fits"):
+        check_image_budget(tiny, model)

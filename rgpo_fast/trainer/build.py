@@ -12,10 +12,17 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
+from rgpo_fast import vlm
 from rgpo_fast.trainer.config import ConfigError, RunConfig
 from rgpo_fast.trainer.distributed import DistInfo
 from rgpo_fast.trainer.policy import PolicyModule, enable_gradient_checkpointing
-from rgpo_fast.trainer.tiny_model import TinyModelSpec, ensure_tiny_model, load_model_and_tokenizer
+from rgpo_fast.trainer.tiny_model import (
+    TinyModelSpec,
+    auto_model_class,
+    ensure_tiny_model,
+    load_model_and_tokenizer,
+)
+from rgpo_fast.trainer.tiny_vl_model import TinyVLSpec, ensure_tiny_vl_model
 
 
 def _installed(mod: str) -> bool:
@@ -40,16 +47,13 @@ def flash_attn_problem() -> str | None:
 def resolve_model_dir(cfg: RunConfig) -> Path:
     if cfg.model.path is None:
         m = cfg.model
-        spec = TinyModelSpec(
-            num_hidden_layers=m.tiny_layers,
-            hidden_size=m.tiny_hidden,
-            num_attention_heads=m.tiny_heads,
-            num_key_value_heads=m.tiny_kv_heads,
-            intermediate_size=m.tiny_intermediate,
-            seed=cfg.train.seed,
-        )
+        shape = dict(num_hidden_layers=m.tiny_layers, hidden_size=m.tiny_hidden,
+                     num_attention_heads=m.tiny_heads, num_key_value_heads=m.tiny_kv_heads,
+                     intermediate_size=m.tiny_intermediate, seed=cfg.train.seed)
         try:
-            return ensure_tiny_model(spec, cfg.model.cache_dir)
+            if m.tiny == "qwen2-vl":
+                return ensure_tiny_vl_model(TinyVLSpec(**shape), cfg.model.cache_dir)
+            return ensure_tiny_model(TinyModelSpec(**shape), cfg.model.cache_dir)
         except OSError as e:  # a read-only or full cache: the model cannot be built there
             where = cfg.model.cache_dir or "the default cache ($RGPO_FAST_CACHE or ~/.cache)"
             raise ConfigError(f"cannot build the tiny model in {where}: "
@@ -143,7 +147,13 @@ def load_policy(cfg: RunConfig, info: DistInfo, model_dir: Path | None = None):
     if cfg.model.gradient_checkpointing:
         enable_gradient_checkpointing(lm)
     lm.to(info.device)
-    packed = resolve_packing(cfg.model.pack_sequences, attn)
+    vision_language = vlm.is_vision_language(lm)
+    if vision_language and cfg.model.pack_sequences == "on":
+        raise ConfigError("model.pack_sequences=on: a vision-language model's rows are not "
+                          "packed (image positions are per row); use auto or off")
+    if cfg.model.freeze_vision:
+        vlm.freeze_vision(lm)
+    packed = resolve_packing(cfg.model.pack_sequences, attn) and not vision_language
     policy = PolicyModule(
         lm, impl=cfg.train.impl, temperature=cfg.rollout.temperature,
         top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, packed=packed,
@@ -162,6 +172,10 @@ def load_policy(cfg: RunConfig, info: DistInfo, model_dir: Path | None = None):
         "fused_loss_impl": cfg.train.impl,
         "params_M": round(sum(p.numel() for p in lm.parameters()) / 1e6, 3),
     }
+    if vision_language:
+        features["vision_tower"] = "frozen" if cfg.model.freeze_vision else "trained"
+        features["vision_params_M"] = round(
+            sum(p.numel() for p in vlm.vision_tower(lm).parameters()) / 1e6, 3)
     return policy, lm, tok, model_dir, features
 
 
@@ -186,12 +200,11 @@ def build_engine(cfg: RunConfig, lm, tok, model_dir: Path, info: DistInfo,
     if shares_weights:
         model = lm
     else:
-        from transformers import AutoModelForCausalLM
-
         # A sampling replica needs no master weights: keep it in the compute dtype (weight
         # sync casts the trainer's fp32 tensors on copy).
         cd = compute_dtype(cfg, info)
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=cd).to(info.device)
+        model = auto_model_class(model_dir).from_pretrained(str(model_dir), dtype=cd)
+        model = model.to(info.device)
         model.requires_grad_(False)
     engine = HFEngine(model, eos_token_ids=[tok.eos_token_id], pad_token_id=tok.pad_token_id,
                       max_batch_size=cfg.rollout.max_batch_size,

@@ -38,6 +38,16 @@ class ModelConfig:
             "HF model directory or hub id (local only here). None: build the tiny Qwen2 model."
         ),
     )
+    tiny: str = field(
+        default="qwen2",
+        metadata=_help("Which tiny model path=null builds: qwen2 (a causal LM), qwen2-vl (a "
+                       "vision-language model with a small vision tower, for image data)."),
+    )
+    freeze_vision: bool = field(
+        default=True,
+        metadata=_help("Vision-language models: keep the vision tower (and its projector) "
+                       "fixed; false trains it with the language model."),
+    )
     tiny_layers: int = field(default=2, metadata=_help("Tiny model: decoder layers."))
     tiny_hidden: int = field(default=128, metadata=_help("Tiny model: hidden size."))
     tiny_heads: int = field(default=4, metadata=_help("Tiny model: attention heads."))
@@ -93,6 +103,7 @@ class ModelConfig:
         )
         _choice("model", "liger", self.liger, ("auto", "on", "off"))
         _choice("model", "pack_sequences", self.pack_sequences, ("auto", "on", "off"))
+        _choice("model", "tiny", self.tiny, ("qwen2", "qwen2-vl"))
         for name in (
             "tiny_layers",
             "tiny_hidden",
@@ -166,12 +177,28 @@ class DataConfig:
     )
     system_prompt: str | None = field(default=None, metadata=_help("Optional system message."))
     max_prompt_tokens: int = field(
-        default=512, metadata=_help("Prompts longer than this (tokens) are dropped with a warning.")
+        default=512, metadata=_help("Prompts longer than this (tokens, image tokens included) "
+                                    "are dropped with a warning.")
     )
+    problem_field: str = field(default="problem",
+                               metadata=_help("Data files: the column holding the problem."))
+    answer_field: str = field(default="answer",
+                              metadata=_help("Data files: the column holding the answer."))
+    rationale_field: str = field(
+        default="rationale",
+        metadata=_help("Data files: the column holding the reference rationale (a file "
+                       "without it: never guided)."))
+    images_field: str = field(
+        default="images",
+        metadata=_help("Data files: the column holding a row's images (paths relative to the "
+                       "file, bytes or images; a file without it: text only)."))
 
     def __post_init__(self) -> None:
         if not self.train:
             raise ConfigError("data.train must name a dataset")
+        for name in ("problem_field", "answer_field", "rationale_field", "images_field"):
+            if not getattr(self, name):
+                raise ConfigError(f"data.{name} must name a column")
         _positive("data", "n_train", self.n_train)
         _positive("data", "n_eval", self.n_eval)
         _positive("data", "max_prompt_tokens", self.max_prompt_tokens)

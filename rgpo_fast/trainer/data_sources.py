@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from rgpo_fast.data.readers import NO_RATIONALE, TOO_LONG, DataError, load_examples
+from rgpo_fast.data.readers import NO_RATIONALE, TOO_LONG, DataError, FieldMap, load_examples
 from rgpo_fast.data.tasks import check_split, task_of
 from rgpo_fast.data.types import Example
 from rgpo_fast.errors import UserError
@@ -24,11 +24,14 @@ class DataSourceError(UserError, ValueError):
 def load_source(spec: str, *, n: int, seed: int, heldout: bool, tokenizer=None,
                 max_prompt_tokens: int | None = None, system: str | None = None,
                 limit: int | None = None, require_rationale: bool = False,
-                report: dict[str, dict] | None = None, role: str = "") -> list[Example]:
+                report: dict[str, dict] | None = None, role: str = "",
+                fields: FieldMap | None = None, processor=None) -> list[Example]:
     """The examples of `spec`. A file's rows that cannot be used are dropped and counted
     by reason; with `report`, `report[role]` gets those counts (ReadSummary.to_dict) and
     the line for the start-up log (`report[role]["line"]`). `require_rationale` (SFT data)
-    drops rows without one and refuses a file that has none."""
+    drops rows without one and refuses a file that has none. `fields` names a file's
+    columns; `processor` (a vision-language model's) counts the images' tokens in the
+    prompt length."""
     spec = spec.strip()
     task = task_of(spec)
     if task is not None:
@@ -48,7 +51,7 @@ def load_source(spec: str, *, n: int, seed: int, heldout: bool, tokenizer=None,
         examples, summary = load_examples(
             path, on_error="skip", max_prompt_tokens=max_prompt_tokens, tokenizer=tokenizer,
             prompt_kwargs={"system": system} if system else None, limit=limit, verbose=False,
-            require_rationale=require_rationale)
+            require_rationale=require_rationale, fields=fields, processor=processor)
     except (DataError, ValueError, OSError) as e:
         raise DataSourceError(f"cannot read dataset {spec}: {e}") from None
     dropped = ", ".join(f"{k} {why}" for why, k in summary.dropped.items()) or "none"

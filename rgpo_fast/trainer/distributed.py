@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from rgpo_fast import vlm
+
 
 @dataclass
 class DistInfo:
@@ -107,9 +109,11 @@ def broadcast_object(obj, info: DistInfo):
 
 
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """Transformer blocks of a HF causal LM (model.model.layers for Llama/Qwen style)."""
+    """Transformer blocks of a HF causal LM (model.model.layers for Llama/Qwen style; a
+    vision-language model's language model: model.model.language_model.layers)."""
     model = getattr(model, "lm", model)  # PolicyModule wraps the HF model
     base = getattr(model, "model", model)
+    base = getattr(base, "language_model", base)
     layers = getattr(base, "layers", None)
     if layers is None:
         raise ValueError(f"cannot find decoder layers on {type(model).__name__}")
@@ -121,7 +125,9 @@ def shard_model(model: torch.nn.Module, info: DistInfo,
     """FSDP2: shard every decoder layer and the root; gradients summed over ranks.
 
     Each layer is its own FSDP unit, so only one layer's full parameters are gathered at a
-    time. Tied embeddings stay in the root unit with lm_head (same parameter object).
+    time; a vision tower's blocks too, and the rest of the tower (patch embedding, merger)
+    is one more unit. Tied embeddings stay in the root unit with lm_head (same parameter
+    object).
 
     Mixed precision: the sharded parameters stay in their dtype (fp32 master weights, what
     the optimizer updates); with a narrower `compute_dtype` they are all-gathered in it for
@@ -144,6 +150,11 @@ def shard_model(model: torch.nn.Module, info: DistInfo,
                                                     cast_forward_inputs=False)
     for layer in decoder_layers(model):
         fully_shard(layer, **layer_kw)
+    tower = vlm.vision_tower(getattr(model, "lm", model))
+    if tower is not None:  # a vision-language model: its blocks, then the rest of the tower
+        for block in getattr(tower, "blocks", []):
+            fully_shard(block, **layer_kw)
+        fully_shard(tower, **layer_kw)
     fully_shard(model, **root_kw)
     # Sum, don't average (see module docstring). Both setters act on one FSDP unit only, so
     # every unit gets them. Forcing plain SUM collectives also keeps gloo working: a divide

@@ -68,14 +68,16 @@ def write_hf_dir(lm_config, generation_config, tokenizer, state: dict[str, torch
                  out: Path, dtype: torch.dtype | None = None, overwrite: bool = False,
                  source: dict | None = None) -> Path:
     """Build the HF model of `lm_config` on the CPU, load `state` (HF names) into it and
-    save it with `tokenizer` to `out`, atomically (a temporary sibling renamed into place).
-    `out` must pass `check_target(out, overwrite)`; `source` (run, step) goes into the
-    marker file."""
-    from transformers import AutoModelForCausalLM
+    save it with `tokenizer` (a vision-language model's processor) to `out`, atomically (a
+    temporary sibling renamed into place). `out` must pass `check_target(out, overwrite)`;
+    `source` (run, step) goes into the marker file."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     check_target(out, overwrite)
 
-    model = AutoModelForCausalLM.from_config(lm_config, dtype=torch.float32)
+    vision_language = getattr(lm_config, "vision_config", None) is not None
+    auto = AutoModelForImageTextToText if vision_language else AutoModelForCausalLM
+    model = auto.from_config(lm_config, dtype=torch.float32)
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {"lm_head.weight"} if getattr(lm_config, "tie_word_embeddings", False) else set()
     if set(missing) - tied or unexpected:

@@ -80,6 +80,36 @@ def check_sequence_lengths(cfg: RunConfig, model_dir: str | Path) -> int:
     return model_len
 
 
+def image_token_range(model_dir: str | Path) -> tuple[int, int] | None:
+    """(fewest, most) tokens one image takes in a prompt of a vision-language model whose
+    image processor resizes into [min_pixels, max_pixels] in patches merged k x k (Qwen-VL:
+    one token per (patch * k)^2 pixels), read from preprocessor_config.json; None when the
+    directory holds no such processor."""
+    path = Path(model_dir) / "preprocessor_config.json"
+    if not path.is_file():
+        return None
+    c = json.loads(path.read_text())
+    size = c.get("size") or {}
+    low = c.get("min_pixels") or size.get("shortest_edge")
+    high = c.get("max_pixels") or size.get("longest_edge")
+    patch, merge = c.get("patch_size"), c.get("merge_size")
+    if not all(isinstance(v, int) for v in (low, high, patch, merge)):
+        return None
+    per_token = (patch * merge) ** 2
+    return low // per_token, high // per_token
+
+
+def check_image_budget(cfg: RunConfig, model_dir: str | Path) -> None:
+    """data.max_prompt_tokens counts image tokens: a limit below the smallest image's
+    tokens would drop every row with an image."""
+    tokens = image_token_range(model_dir)
+    if tokens is not None and cfg.data.max_prompt_tokens <= tokens[0]:
+        raise ConfigError(
+            f"data.max_prompt_tokens={cfg.data.max_prompt_tokens} counts image tokens, and "
+            f"the processor of {model_dir} turns an image into {tokens[0]} to {tokens[1]} "
+            "tokens: no prompt with an image fits; raise data.max_prompt_tokens")
+
+
 def check_engine(cfg: RunConfig, info: DistInfo) -> None:
     """The vllm engine needs a CUDA device and a torch / vLLM pair built for each other."""
     if cfg.rollout.engine != "vllm":

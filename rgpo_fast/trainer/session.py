@@ -20,6 +20,8 @@ import torch
 import yaml
 
 from rgpo_fast.algos.guidance import HintLevels
+from rgpo_fast.data.multimodal import load_processor, refuse_images
+from rgpo_fast.data.readers import FieldMap
 from rgpo_fast.data.types import Example
 from rgpo_fast.errors import UserError
 from rgpo_fast.rewards.contract import probe
@@ -51,6 +53,7 @@ from rgpo_fast.trainer.nonfinite import NonFiniteGuard, check_finite_weights
 from rgpo_fast.trainer.plots import write_plots
 from rgpo_fast.trainer.preflight import (
     check_engine,
+    check_image_budget,
     check_loss_options,
     check_rationales,
     check_sequence_lengths,
@@ -63,6 +66,7 @@ from rgpo_fast.trainer.ref_policy import (
 )
 from rgpo_fast.trainer.run_dir import RunLock
 from rgpo_fast.trainer.sinks import MetricsSink, open_sinks
+from rgpo_fast.trainer.tiny_model import is_vision_language
 from rgpo_fast.trainer.update import make_optimizer, make_scheduler
 from rgpo_fast.trainer.warm_start import sft_guard, sft_warm_start
 from rgpo_fast.trainer.weight_sync import sync_engine
@@ -113,6 +117,12 @@ class Session:
     # Running sums of the step metrics of the same names (summary.json "totals").
     totals: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TOTALS, 0.0))
     rl_guard: NonFiniteGuard | None = None  # the check before every RL update
+
+    @property
+    def export_files(self):
+        """What an export saves beside the weights: the processor of a vision-language
+        model (tokenizer, image processor, chat template), else the tokenizer."""
+        return self.collect.processor or self.tokenizer
 
     @property
     def ckpt_dir(self) -> Path:
@@ -196,11 +206,15 @@ def _build(cfg: RunConfig, info: DistInfo, out_dir: Path, lock: RunLock | None,
                               "rename that file")
     model_dir = resolve_model_dir(cfg)
     max_model_len = check_sequence_lengths(cfg, model_dir)
+    check_image_budget(cfg, model_dir)
 
     policy, lm, tok, model_dir, features = load_policy(cfg, info, model_dir)
     if info.is_main:
         print("start-up: " + ", ".join(f"{k}={v}" for k, v in features.items()), flush=True)
-    train_set, sft_set, eval_sets, data_report = _load_data(cfg, tok)
+    processor = load_processor(model_dir) if is_vision_language(model_dir) else None
+    train_set, sft_set, eval_sets, data_report = _load_data(cfg, tok, processor)
+    if processor is None:
+        refuse_images({cfg.data.train: train_set, cfg.data.sft: sft_set, **eval_sets}, model_dir)
     for entry in data_report.values():  # files: one line each, every dropped row counted
         line = entry.pop("line", None)
         if line and info.is_main:
@@ -235,6 +249,7 @@ def _build(cfg: RunConfig, info: DistInfo, out_dir: Path, lock: RunLock | None,
         system_prompt=cfg.data.system_prompt,
         keep_rollout_logprobs=engine.name == "vllm",
         max_prompt_len=cfg.data.max_prompt_tokens + cfg.rollout.max_hint_tokens,
+        processor=processor,
     )
     if info.is_main:  # every check passed and everything loaded: now the run's record
         _save_config(cfg, out_dir)
@@ -289,11 +304,14 @@ def _save_config(cfg: RunConfig, out_dir: Path) -> None:
         tmp.replace(out_dir / "config.yaml")
 
 
-def _load_data(cfg: RunConfig, tok):
+def _load_data(cfg: RunConfig, tok, processor=None):
     """-> (train set, SFT set, eval sets, report): `report` holds each source's counts
     (rows read, used, dropped by reason) for the start-up log and summary.json."""
-    common = {"tokenizer": tok, "max_prompt_tokens": cfg.data.max_prompt_tokens,
-              "system": cfg.data.system_prompt}  # fmt: skip
+    d = cfg.data
+    fields = FieldMap(problem=d.problem_field, rationale=d.rationale_field,
+                      answer=d.answer_field, images=d.images_field)
+    common = {"tokenizer": tok, "max_prompt_tokens": d.max_prompt_tokens,
+              "system": d.system_prompt, "fields": fields, "processor": processor}
     report: dict[str, dict] = {}
     train_set = load_source(cfg.data.train, n=cfg.data.n_train, seed=cfg.train.seed,
                             heldout=False, report=report, role="train", **common)  # fmt: skip
@@ -321,7 +339,8 @@ def evaluate(s: Session, per_problem: dict[str, list[float]] | None = None) -> d
                        max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
                        pass_k=cfg.eval.pass_k, temperature=cfg.eval.temperature, info=s.info,
                        system=cfg.data.system_prompt, threshold=cfg.algo.success_threshold,
-                       mean_k=cfg.eval.mean_k, per_problem=per_problem)  # fmt: skip
+                       mean_k=cfg.eval.mean_k, per_problem=per_problem,
+                       processor=s.collect.processor)  # fmt: skip
     counts = reward_counts(list(s.eval_rewards.values()), s.info, prefix="reward/")
     for key, n in counts.items():
         s.totals[key] += n
@@ -380,7 +399,8 @@ def start_fresh(s: Session) -> int:
     if s.sft_set:
         t0 = time.perf_counter()
         guard = sft_guard(s.cfg)
-        loss = sft_warm_start(s.policy, s.sft_set, s.tokenizer, s.cfg, s.info, guard=guard)
+        loss = sft_warm_start(s.policy, s.sft_set, s.tokenizer, s.cfg, s.info, guard=guard,
+                              processor=s.collect.processor)
         skipped = f", {guard.skipped} non-finite steps skipped" if guard.skipped else ""
         s.log(f"SFT warm-start: {s.cfg.train.sft_steps} steps on {s.cfg.data.sft}, "
               f"final loss {loss:.3f}{skipped}, {time.perf_counter() - t0:.0f}s")  # fmt: skip
@@ -422,7 +442,7 @@ def finish(s: Session) -> dict:
             gain, se = paired_gain(before, after_items[key])
             gains[key] = {"gain": gain, "paired_se": se, "n": len(before)}
     step = s.cfg.train.max_steps
-    final = save_hf(s.policy, s.tokenizer, s.out_dir / "final", s.info, on_failure=(
+    final = save_hf(s.policy, s.export_files, s.out_dir / "final", s.info, on_failure=(
         f". Training itself finished: checkpoints/step_{step:06d} is complete and intact; "
         "free some space and run the same command with --resume to write final/, "
         "summary.json and the plots from it (no step is trained again)"))
