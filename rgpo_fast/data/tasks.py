@@ -3,6 +3,9 @@
     arith:easy      multi-step arithmetic (rgpo_fast/data/arith.py), reward `exact`
     countdown:hard  reach a target from 4 numbers (rgpo_fast/data/countdown.py),
                     reward `countdown`
+    shapes:hard     countdown with one number given by the colour of an image's shapes
+                    (rgpo_fast/data/shapes.py), reward `shapes`; needs a
+                    vision-language model
 
 A split is a task's named set of levels ("easy", "hard", "mixed") or one level's number.
 """
@@ -12,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from rgpo_fast.data import arith, countdown
+from rgpo_fast.data import arith, countdown, shapes
 from rgpo_fast.data.types import Example
 
 
@@ -30,6 +33,8 @@ TASKS: dict[str, Task] = {
                   tuple(map(str, arith.LEVELS)), "exact"),
     "countdown": Task("countdown", countdown.make_countdown, tuple(countdown.SPLITS),
                       tuple(countdown.LEVELS), "countdown"),
+    "shapes": Task("shapes", shapes.make_shapes, tuple(shapes.SPLITS), shapes.LEVELS,
+                   "shapes"),
 }  # fmt: skip
 
 

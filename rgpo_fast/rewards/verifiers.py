@@ -8,6 +8,8 @@
   to be mixed in with a small weight (see `get_reward_fn(..., format_weight=)`).
 - `countdown`: the completion's step lines reach the target of the problem in `answer`,
   each given number used once, every step's arithmetic right (rgpo_fast/data/countdown.py).
+- `shapes`: `countdown` after the completion's first line, the value read off the image
+  (rgpo_fast/data/shapes.py).
 
 In the trainer every reward, these and the user's, is called under the reward contract
 (rewards/contract.py: a time limit on every call, a finite value in the declared range).
@@ -24,6 +26,7 @@ from collections.abc import Callable, Sequence
 
 from rgpo_fast.algos.registry import Registry
 from rgpo_fast.data.countdown import countdown_reward
+from rgpo_fast.data.shapes import shapes_reward
 from rgpo_fast.rewards.extract import answer_line, extract_answer, last_boxed, normalize_answer
 from rgpo_fast.rewards.timeout import run_with_timeout
 
@@ -31,6 +34,7 @@ RewardFn = Callable[[str, str], float]
 REWARDS: Registry = Registry("reward function")
 
 REWARDS.register("countdown")(countdown_reward)
+REWARDS.register("shapes")(shapes_reward)
 
 DEFAULT_TIMEOUT_S = 5.0
 # Completions are cut to their last MAX_CHARS characters before parsing: the answer is at
