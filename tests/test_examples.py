@@ -27,3 +27,14 @@ def test_plain_pytorch_loop_runs_and_updates_the_policy(tmp_path):
     # optimizer (weight decay off) moved the parameters.
     assert any(x != 0.0 for x in res["losses"])
     assert res["params_changed"] is True
+
+
+def test_plain_vl_loop_runs_and_updates_the_policy(tmp_path):
+    cmd = [sys.executable, str(ROOT / "examples" / "plain_vl_loop.py"), "--steps", "2",
+           "--prompts", "2", "--group", "4", "--max-new-tokens", "12",
+           "--cache-dir", str(tmp_path)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["steps"] == 2 and res["finite"] and any(x != 0.0 for x in res["losses"])
+    assert res["params_changed"] is True

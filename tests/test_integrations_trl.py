@@ -394,3 +394,57 @@ def test_ghpo_refuses_what_it_cannot_recompute(model_dir, tmp_path):
                       config={"beta": 0.1})  # fmt: skip
     with pytest.raises(ValueError, match="guidance='luffy'"):
         _make_trainer(model_dir, tmp_path, guidance=get_preset("luffy"))
+
+
+def test_vision_language_loss_and_grads_equal_trl(tmp_path):
+    """A tiny Qwen2-VL with image prompts: on a batch TRL generated (pixel_values,
+    image_grid_thw, mm_token_type_ids), the fused loss and every gradient equal TRL's."""
+    import random
+
+    from rgpo_fast.data.multimodal import load_processor
+    from rgpo_fast.data.shapes import make_shapes
+    from rgpo_fast.trainer.tiny_vl_model import TinyVLSpec, ensure_tiny_vl_model
+
+    spec = TinyVLSpec(num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
+                      num_key_value_heads=1, intermediate_size=64, vision_depth=1,
+                      vision_embed_dim=32, vision_heads=2)
+    vl_dir = ensure_tiny_vl_model(spec, tmp_path / "cache")
+    torch.manual_seed(0)
+    model, _ = load_model_and_tokenizer(vl_dir)
+    proc = load_processor(vl_dir)
+    ex = make_shapes(0, 4, "easy")
+    ds = datasets.Dataset.from_dict({
+        "prompt": [[{"role": "user", "content": [{"type": "image"},
+                                                  {"type": "text", "text": e.problem}]}]
+                   for e in ex],
+        "image": [e.images[0] for e in ex], "answer": [e.answer for e in ex]})
+    rng = random.Random(0)
+
+    def reward(completions, **kw):
+        return [rng.random() for _ in completions]
+
+    args = trl.GRPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8,
+                          num_generations=G, max_completion_length=C, max_steps=1,
+                          report_to="none", use_cpu=True, save_strategy="no", seed=0,
+                          dataloader_num_workers=0, bf16=False, loss_type="dapo")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = RGPOFusedGRPOTrainer(model=model, reward_funcs=reward, args=args,
+                                       train_dataset=ds, processing_class=proc, impl="torch")
+    trainer.current_gradient_accumulation_steps = 1
+    trainer.model.train()
+    inputs = trainer._generate_and_score_completions(next(iter(trainer.get_train_dataloader())))
+    assert inputs["pixel_values"].shape[0] == 8 * 36  # 8 rows of one 6 x 6-patch image
+    # Old log-probs of another policy: ratios away from 1, some clipped.
+    gen = torch.Generator().manual_seed(0)
+    inputs["old_per_token_logps"] = -4.8 + 0.3 * torch.randn(inputs["completion_ids"].shape,
+                                                             generator=gen)
+    ref_loss, ref_g = _loss_and_grads(
+        lambda m, x: trl.GRPOTrainer._compute_loss(trainer, m, x), trainer, inputs)
+    loss, g = _loss_and_grads(trainer._compute_loss, trainer, inputs)
+    assert trainer.rgpo_fused_calls == 1 and abs(float(ref_loss)) > 1e-6
+    assert torch.allclose(loss, ref_loss, rtol=1e-5, atol=1e-6), (float(loss), float(ref_loss))
+    assert set(g) == set(ref_g)
+    assert any(n.startswith("model.visual.") for n in g)  # the vision tower is trained too
+    worst = max(((g[n] - ref_g[n]).abs().max() / (ref_g[n].abs().max() + 1e-8)).item() for n in g)
+    assert worst < 1e-4, f"max relative gradient difference {worst:.3g}"

@@ -20,8 +20,12 @@ What changes compared with `GRPOTrainer` (TRL 1.16):
   temperature, num_iterations (old log-probs), mask_truncated_completions, tool masks.
   Settings the fused loss does not implement (other loss types, sequence-level importance
   sampling, entropy masks or bonuses, vLLM importance-sampling correction, off-policy
-  masks, bias-corrected KL, MoE aux loss, multimodal inputs) fall back to TRL's own loss
-  with a one-time warning, or raise with `on_unsupported="error"`.
+  masks, bias-corrected KL, MoE aux loss) fall back to TRL's own loss with a one-time
+  warning, or raise with `on_unsupported="error"`.
+- Vision-language models: TRL's image inputs of the batch (pixel_values, image_grid_thw,
+  mm_token_type_ids, ...) go to the model's multimodal body as TRL passes them to its own
+  forward; the fused loss reads its last hidden state as for text. RGPO / GHPO guidance
+  needs text prompts (the guided round re-prompts through TRL's text generation path).
 - RGPO guidance (`guidance=get_preset("rgpo")`): after TRL's generation and reward step,
   groups that need guidance and whose dataset row has a rationale (column
   `rationale_column`) are re-prompted with a rationale prefix (hint level per prompt),
@@ -74,10 +78,17 @@ TRL_LOSS_AGG = {
     "sapo": "seq-mean-token-mean",  # as grpo; objective sapo (trl_loss_options)
 }
 
-# Batch keys whose presence means a multimodal model; the fused path has no image inputs.
+# Batch keys of a multimodal model's inputs, passed to its forward as TRL passes them (a
+# whole micro-batch: TRL's per-row slicing is the identity); the image and tile counts only
+# tell TRL how to slice.
 _MULTIMODAL_KEYS = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "spatial_shapes",
-                    "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids",
-                    "num_images")  # fmt: skip
+                    "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids")
+_MULTIMODAL_COUNTS = ("num_images", "num_tiles")
+
+
+def multimodal_inputs(inputs: dict) -> dict[str, torch.Tensor]:
+    """The model-forward keywords of a TRL batch's images (empty for text)."""
+    return {k: inputs[k] for k in _MULTIMODAL_KEYS if inputs.get(k) is not None}
 
 SFT_MASK_KEY = "rgpo_sft_mask"
 SFT_TOKENS_KEY = "rgpo_num_sft_tokens"
@@ -128,7 +139,7 @@ def trl_loss_options(args: Any, loss_type: str | None = None) -> dict[str, Any]:
     return opts
 
 
-def unsupported_settings(trainer: GRPOTrainer, inputs: dict | None = None) -> list[str]:
+def unsupported_settings(trainer: GRPOTrainer) -> list[str]:
     """Reasons why the fused loss cannot reproduce TRL's loss for this trainer (empty = OK)."""
     a = trainer.args
     why = []
@@ -160,10 +171,6 @@ def unsupported_settings(trainer: GRPOTrainer, inputs: dict | None = None) -> li
         why.append(f"delta={a.delta} < 1 + epsilon_high")
     if not 0.0 <= a.epsilon < 1.0:
         why.append(f"epsilon={a.epsilon} outside [0, 1)")
-    if inputs is not None:
-        mm = [k for k in _MULTIMODAL_KEYS if inputs.get(k) is not None]
-        if mm:
-            why.append(f"multimodal inputs ({', '.join(mm)})")
     return why
 
 
@@ -320,7 +327,7 @@ class RGPOFusedGRPOTrainer(GRPOTrainer):
         return out
 
     def _compute_loss(self, model, inputs):
-        why = unsupported_settings(self, inputs)
+        why = unsupported_settings(self)
         if why:
             if self.rgpo_on_unsupported == "error" or SFT_MASK_KEY in inputs:
                 raise ValueError(f"the fused loss does not implement: {'; '.join(why)}")
@@ -352,7 +359,7 @@ class RGPOFusedGRPOTrainer(GRPOTrainer):
         )  # fmt: skip
         with self.accelerator.autocast():
             loss, metrics = model(input_ids=input_ids, attention_mask=attention_mask,
-                                  rgpo_loss=spec)
+                                  rgpo_loss=spec, **multimodal_inputs(inputs))
         self.rgpo_fused_calls += 1
         self._log_fused_metrics(metrics, mode)
         return loss
@@ -425,6 +432,10 @@ class RGPOFusedGRPOTrainer(GRPOTrainer):
         samples, TRL's reward functions score; accepted responses become SFT rows."""
         cfg, tok, group_size = self.rgpo_guidance, self._tokenizer, self.num_generations
         B = len(inputs)
+        if multimodal_inputs(out):
+            raise ValueError("RGPO guidance in TRL re-prompts through TRL's text generation "
+                             "path: image prompts are not supported there (the rgpo_fast "
+                             "trainer guides them: python -m rgpo_fast.train)")
         if B % group_size:
             raise ValueError(f"generation batch of {B} rows is not made of groups of "
                              f"{group_size}")  # fmt: skip
@@ -443,8 +454,8 @@ class RGPOFusedGRPOTrainer(GRPOTrainer):
             ids, _, _ = self._tokenize_prompts([hinted[group.group]])
             return list(ids[0])
 
-        def generate(prompts: list[list[int]], k: int, seed_offset: int
-                     ) -> list[list[Completion]]:  # fmt: skip
+        def generate(prompts: list[list[int]], k: int, seed_offset: int,
+                     vision: list | None = None) -> list[list[Completion]]:  # fmt: skip
             flat = [p for p in prompts for _ in range(k)]  # TRL's sampler seeds itself
             ids, _ = self._generate_single_turn(flat, None, {}, k)
             return [[Completion(token_ids=list(ids[j * k + c]), logprobs=None)
