@@ -26,12 +26,12 @@ def export(run: Path, step: int | None = None, out: Path | None = None,
     import torch
     from transformers import AutoConfig, GenerationConfig
 
-    from rgpo_fast.data.multimodal import load_text_processor
     from rgpo_fast.trainer import checkpoint as ckpt
     from rgpo_fast.trainer import run_dir
     from rgpo_fast.trainer.build import resolve_model_dir
     from rgpo_fast.trainer.config import load_yaml, resolve
     from rgpo_fast.trainer.hf_export import check_target, hf_state_dict, write_hf_dir
+    from rgpo_fast.trainer.tiny_model import load_text_processor
 
     cfg_file = run / "config.yaml"
     if not cfg_file.is_file():

@@ -60,7 +60,7 @@ def freeze_vision(lm: torch.nn.Module) -> int:
 
 def idle_vision(lm: torch.nn.Module, like: torch.Tensor) -> torch.Tensor:
     """0 * the features of one blank image of the smallest grid (Qwen-VL: 2 x 2 patches,
-    one token), as a scalar of `like`'s dtype and device."""
+    one token): a float32 scalar on `like`'s device."""
     vc = lm.config.vision_config
     patch = vc.in_channels * vc.temporal_patch_size * vc.patch_size ** 2
     merge = vc.spatial_merge_size
@@ -69,7 +69,7 @@ def idle_vision(lm: torch.nn.Module, like: torch.Tensor) -> torch.Tensor:
     out = lm.model.get_image_features(pixel_values=pixels, image_grid_thw=grid,
                                       return_dict=True).pooler_output
     feats = torch.cat(list(out), 0) if isinstance(out, (list, tuple)) else out
-    return feats.sum().to(like.dtype) * 0.0
+    return feats.float().sum() * 0.0
 
 
 def text_positions(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -132,9 +132,11 @@ def vl_samples(model_dir) -> list[Sample]:
         prompt = enc.encode(f"red={i} green=2 blue=3\nx+1=?", hint, vision)
         n = int(torch.randint(2, 9, (1,), generator=g))
         response = torch.randint(10, 90, (n,), generator=g).tolist()
-        rows.append(Sample(prompt_ids=prompt, response_ids=response, group=i // 3,
+        # Each group on one rank (rank r takes rows r::2), so the ranks' group advantages
+        # are the global ones; rewards that differ in both groups.
+        rows.append(Sample(prompt_ids=prompt, response_ids=response, group=i % 2,
                            kind="transferred" if i == 5 else "unguided", vision=vision,
-                           reward=float(torch.rand((), generator=g) > 0.5)))
+                           reward=float(i in (0, 3, 4))))
     return rows
 
 

@@ -300,3 +300,15 @@ def test_image_markers_place_the_images(vl):
     assert inline.index("In the figure") < inline.index("<|vision_start|>") < inline.index("find")
     with pytest.raises(ImageError, match="marks 2 <image> places for 1 image"):
         enc.encode("<image> and <image>", None, vision)
+
+
+def test_vision_options_a_text_model_cannot_use_are_refused(tmp_path, capsys):
+    from rgpo_fast.train import main
+    from rgpo_fast.trainer.testing import tiny_args
+
+    assert main(tiny_args(tmp_path / "a", tmp_path / "cache",
+                          extra=["--model.freeze_vision", "false"])) == 2
+    assert "has no vision tower to train" in _error_line(capsys)
+    assert main(tiny_args(tmp_path / "b", tmp_path / "cache",
+                          extra=["--model.tiny", "qwen2-vl", "--model.path", str(tmp_path)])) == 2
+    assert "leave one of them out" in _error_line(capsys)

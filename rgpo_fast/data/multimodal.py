@@ -160,9 +160,7 @@ def load_processor(path: str | Path):
 
 def _image_only_processor(path: Path):
     import transformers
-    from transformers import AutoImageProcessor
-
-    from rgpo_fast.trainer.tiny_model import load_tokenizer
+    from transformers import AutoImageProcessor, AutoTokenizer
 
     cfg_file = path / "processor_config.json"
     name = json.loads(cfg_file.read_text()).get("processor_class") if cfg_file.is_file() else None
@@ -186,20 +184,12 @@ def _image_only_processor(path: Path):
             return [str(save_directory)]
 
     ImageOnly.__name__ = cls.__name__
-    tokenizer = load_tokenizer(path)
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
     template = path / "chat_template.jinja"
     chat = template.read_text() if template.is_file() else tokenizer.chat_template
     kwargs = {"video_processor": None} if "video_processor" in cls.get_attributes() else {}
     return ImageOnly(image_processor=AutoImageProcessor.from_pretrained(str(path)),
                      tokenizer=tokenizer, chat_template=chat, **kwargs)
-
-
-def load_text_processor(path: str | Path):
-    """What an export saves beside the weights: the processor of a vision-language model,
-    the tokenizer of a causal LM."""
-    from rgpo_fast.trainer.tiny_model import is_vision_language, load_tokenizer
-
-    return load_processor(path) if is_vision_language(path) else load_tokenizer(path)
 
 
 class PromptEncoder:

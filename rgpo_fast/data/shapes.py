@@ -20,11 +20,12 @@ steps as `countdown` does, after the read line.
 
 Why this shape: what a tiny vision-language model trained for minutes on two CPU cores can
 learn to see, in front of the search that makes RL and partial hints matter (docs/learning.md
-says why countdown). A colour is read from any of the image's tokens, while reading a
-particular cell of a grid needs attention by position, which M-RoPE gives the image's rows
-and columns through the slowest rotary frequencies of a head (`python
-benchmarks/vl_reading.py` measures both reads; docs/learning.md). The shapes' number, kind, size and shade vary, so the model has
-to read colour, not match pixels. Splits follow countdown: `easy` = 3 numbers, `hard` = 4
+says why countdown). A colour is read from any of the image's tokens within a hundred
+steps, while reading what a particular cell holds needs attention by position, which M-RoPE
+gives the image's columns through the slowest rotary frequencies of a head, and is learned
+slowly, the more slowly the more cells (`python benchmarks/vl_reading.py`;
+docs/learning.md). The shapes' number, kind, size and shade vary, so the model has to read
+colour, not match pixels. Splits follow countdown: `easy` = 3 numbers, `hard` = 4
 numbers with a single good first step, `mixed` = both, `warm` = 2-5 numbers for the SFT
 warm start. Held-out problems are separated from training ones by a hash of the problem
 text and the colour (not by seed).

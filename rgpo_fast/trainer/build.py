@@ -59,6 +59,9 @@ def resolve_model_dir(cfg: RunConfig) -> Path:
             raise ConfigError(f"cannot build the tiny model in {where}: "
                               f"{e.strerror or e} ({e.filename or where}); set "
                               "--model.cache_dir to a writable directory") from None
+    if cfg.model.tiny != "qwen2":
+        raise ConfigError(f"model.tiny={cfg.model.tiny} picks the built-in model, and "
+                          f"model.path={cfg.model.path} is set: leave one of them out")
     p = Path(cfg.model.path)
     if not p.is_dir():
         raise ConfigError(
@@ -151,6 +154,9 @@ def load_policy(cfg: RunConfig, info: DistInfo, model_dir: Path | None = None):
     if vision_language and cfg.model.pack_sequences == "on":
         raise ConfigError("model.pack_sequences=on: a vision-language model's rows are not "
                           "packed (image positions are per row); use auto or off")
+    if not vision_language and not cfg.model.freeze_vision:
+        raise ConfigError(f"model.freeze_vision=false, but {model_dir} has no vision tower "
+                          "to train")
     if cfg.model.freeze_vision:
         vlm.freeze_vision(lm)
     packed = resolve_packing(cfg.model.pack_sequences, attn) and not vision_language

@@ -46,6 +46,10 @@ class PolicyModule(torch.nn.Module):
         base = vlm.decoder(self.lm)
         head = self.lm.get_output_embeddings()
         with autocast_to(input_ids.device, self.compute_dtype):
+            # A sharded vision-language model runs its tower in every forward, before the
+            # decoder as with images: the ranks' all-gathers must come in one order.
+            idle = (vlm.idle_vision(self.lm, input_ids) if not vision and
+                    vlm.is_vision_language(self.lm) and is_sharded(self) else None)  # fmt: skip
             if vision:
                 # The images through the vision tower into the prompts' placeholders, and
                 # the engine's positions (M-RoPE for Qwen-VL); packing is for text rows.
@@ -61,8 +65,8 @@ class PolicyModule(torch.nn.Module):
             else:
                 hidden = base(input_ids=input_ids, attention_mask=attention_mask,
                               position_ids=position_ids, use_cache=False).last_hidden_state
-            if not vision and vlm.is_vision_language(self.lm) and is_sharded(self):
-                hidden = hidden + vlm.idle_vision(self.lm, hidden)  # ranks stay in step
+            if idle is not None:
+                hidden = hidden + idle.to(hidden.dtype)
         weight, bias = head.weight, getattr(head, "bias", None)
         # The fused op takes one dtype for hidden and weight: the compute dtype. Under
         # autocast the final RMSNorm returns fp32 (fp32 weight times bf16 input); the casts

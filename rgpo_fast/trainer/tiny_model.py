@@ -211,6 +211,14 @@ def is_vision_language(path: str | Path) -> bool:
     return cfg_file.is_file() and "vision_config" in json.loads(cfg_file.read_text())
 
 
+def load_text_processor(path: str | Path):
+    """What an export saves beside the weights: the processor of a vision-language model,
+    the tokenizer of a causal LM."""
+    from rgpo_fast.data.multimodal import load_processor
+
+    return load_processor(path) if is_vision_language(path) else load_tokenizer(path)
+
+
 def auto_model_class(path: str | Path):
     """`AutoModelForImageTextToText` for a vision-language model, else `AutoModelForCausalLM`."""
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
