@@ -312,3 +312,31 @@ def test_vision_options_a_text_model_cannot_use_are_refused(tmp_path, capsys):
     assert main(tiny_args(tmp_path / "b", tmp_path / "cache",
                           extra=["--model.tiny", "qwen2-vl", "--model.path", str(tmp_path)])) == 2
     assert "leave one of them out" in _error_line(capsys)
+
+
+def test_images_in_every_data_format(tmp_path):
+    """The images column in Parquet (a datasets Image feature's bytes), CSV (a path, or a
+    JSON list of paths) and a save_to_disk dataset (decoded images), with renamed columns."""
+    import datasets
+    import pandas as pd
+
+    from rgpo_fast.data.readers import FieldMap
+
+    img = _grid((0, 170, 60))
+    img.save(tmp_path / "g.png")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    fields = FieldMap(problem="question", answer="label", rationale=None, images="image")
+    pd.DataFrame({"question": ["q1"], "label": ["1"],
+                  "image": [{"bytes": buf.getvalue(), "path": None}]}).to_parquet(
+        tmp_path / "d.parquet")
+    pd.DataFrame({"question": ["q1", "q2"], "label": ["1", "2"],
+                  "image": ["g.png", '["g.png", "g.png"]']}).to_csv(tmp_path / "d.csv",
+                                                                      index=False)
+    datasets.Dataset.from_dict({"question": ["q1"], "label": ["1"], "image": [img]}).cast_column(
+        "image", datasets.Image()).save_to_disk(str(tmp_path / "arrow"))
+    for name, counts in (("d.parquet", [1]), ("d.csv", [1, 2]), ("arrow", [1])):
+        examples, _ = load_examples(tmp_path / name, fields, verbose=False)
+        assert [len(e.images) for e in examples] == counts, name
+        assert all(im.mode == "RGB" and im.getpixel((0, 0)) == (0, 170, 60)
+                   for e in examples for im in e.images), name
