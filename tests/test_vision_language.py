@@ -340,3 +340,27 @@ def test_images_in_every_data_format(tmp_path):
         assert [len(e.images) for e in examples] == counts, name
         assert all(im.mode == "RGB" and im.getpixel((0, 0)) == (0, 170, 60)
                    for e in examples for im in e.images), name
+
+
+def test_processor_of_the_released_checkpoints_layout(vl_dir, vl, tmp_path):
+    """Released Qwen2-VL / Qwen2.5-VL directories name the processor class in
+    preprocessor_config.json and keep the chat template in chat_template.json: the
+    processor loads from that layout too (and without torchvision)."""
+    import shutil
+
+    _, tok, proc = vl
+    d = tmp_path / "released"
+    shutil.copytree(vl_dir, d)
+    (d / "processor_config.json").unlink()
+    pre = json.loads((d / "preprocessor_config.json").read_text())
+    (d / "preprocessor_config.json").write_text(json.dumps({**pre,
+                                                            "processor_class": "Qwen2VLProcessor"}))
+    template = (d / "chat_template.jinja").read_text()
+    (d / "chat_template.jinja").unlink()
+    (d / "chat_template.json").write_text(json.dumps({"chat_template": template}))
+    again = load_processor(d)
+    assert type(again).__name__ == "Qwen2VLProcessor"
+    images = [_grid((255, 0, 0))]
+    ours, theirs = PromptEncoder(tok, proc), PromptEncoder(tok, again)
+    assert ours.encode("1 x -> 3", None, ours.vision(images)) == \
+        theirs.encode("1 x -> 3", None, theirs.vision(images))  # fmt: skip

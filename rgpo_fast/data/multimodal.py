@@ -106,10 +106,6 @@ class VisionInputs:
     tensors: dict[str, torch.Tensor]  # processor outputs, image-major along dim 0
     token_counts: tuple[int, ...]  # placeholder tokens of each image in the prompt ids
 
-    @property
-    def num_tokens(self) -> int:
-        return sum(self.token_counts)
-
 
 def collate_vision(rows: Sequence[VisionInputs | None],
                    device: torch.device | str | None = None) -> dict[str, torch.Tensor] | None:
@@ -135,8 +131,8 @@ def refuse_images(sets: dict[str, Sequence[Any]], model: Any) -> None:
                              "(for the built-in one, --model.tiny qwen2-vl)")
 
 
-class ImageOnlyProcessorError(UserError, RuntimeError):
-    pass
+class ProcessorError(UserError, RuntimeError):
+    """A vision-language model directory whose processor cannot be built."""
 
 
 def load_processor(path: str | Path):
@@ -162,12 +158,16 @@ def _image_only_processor(path: Path):
     import transformers
     from transformers import AutoImageProcessor, AutoTokenizer
 
-    cfg_file = path / "processor_config.json"
-    name = json.loads(cfg_file.read_text()).get("processor_class") if cfg_file.is_file() else None
+    # Where the class is named: processor_config.json (transformers 5), or the image
+    # processor's preprocessor_config.json (the released Qwen2-VL / Qwen2.5-VL checkpoints).
+    name = None
+    for file in ("processor_config.json", "preprocessor_config.json"):
+        if name is None and (path / file).is_file():
+            name = json.loads((path / file).read_text()).get("processor_class")
     cls = getattr(transformers, name, None) if name else None
     if cls is None:
-        raise ImageOnlyProcessorError(f"{path}: no processor could be loaded (processor_class "
-                                      f"{name!r}; torchvision is not installed)")
+        raise ProcessorError(f"{path}: no processor could be loaded (processor_class {name!r}; "
+                             "torchvision is not installed)")
 
     class ImageOnly(cls):
         def check_argument_for_proper_class(self, argument_name, argument):
@@ -185,8 +185,11 @@ def _image_only_processor(path: Path):
 
     ImageOnly.__name__ = cls.__name__
     tokenizer = AutoTokenizer.from_pretrained(str(path))
-    template = path / "chat_template.jinja"
-    chat = template.read_text() if template.is_file() else tokenizer.chat_template
+    chat = tokenizer.chat_template
+    if (path / "chat_template.jinja").is_file():
+        chat = (path / "chat_template.jinja").read_text()
+    elif (path / "chat_template.json").is_file():  # the released checkpoints' form
+        chat = json.loads((path / "chat_template.json").read_text())["chat_template"]
     kwargs = {"video_processor": None} if "video_processor" in cls.get_attributes() else {}
     return ImageOnly(image_processor=AutoImageProcessor.from_pretrained(str(path)),
                      tokenizer=tokenizer, chat_template=chat, **kwargs)
