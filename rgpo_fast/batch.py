@@ -95,7 +95,7 @@ class TrainBatch:
         """The policy forward's keyword arguments for the rows' images (none for text):
         their tensors in row order and where each row's prompt ends."""
         vision = collate_vision(self.vision or [], self.input_ids.device)
-        return {"vision": vision, "prompt_lens": self.prompt_lens} if vision else {}
+        return {"vision": vision, "prompt_lens": self.prompt_lens} if vision is not None else {}
 
     def to(self, device: torch.device | str) -> TrainBatch:
         moved = {}

@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from rgpo_fast.data.multimodal import VisionBatch
+
 
 def is_vision_language(lm: torch.nn.Module) -> bool:
     return getattr(getattr(lm, "config", None), "vision_config", None) is not None
@@ -91,13 +93,12 @@ def image_slots(lm: torch.nn.Module, input_ids: torch.Tensor,
 
 
 def position_ids(lm: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 vision: dict[str, torch.Tensor] | None,
-                 slots: torch.Tensor | None = None) -> torch.Tensor:
+                 vision: VisionBatch | None, slots: torch.Tensor | None = None) -> torch.Tensor:
     """Position ids of a (B, L) batch: (3, B, L) M-RoPE positions for a Qwen-VL model whose
-    batch has images (`slots`: `image_slots`), else (B, L). `vision` holds the batch's image
-    tensors in row order (data.multimodal.collate_vision)."""
+    batch has images (`slots`: `image_slots`), else (B, L). `vision`: the batch's images
+    (data.multimodal.collate_vision)."""
     rope_index = getattr(getattr(lm, "model", None), "get_rope_index", None)
-    grid = (vision or {}).get("image_grid_thw")
+    grid = vision.grids() if vision is not None else None
     if rope_index is None or grid is None:
         return text_positions(attention_mask)
     kw: dict[str, Any] = {"image_grid_thw": grid, "attention_mask": attention_mask}
@@ -107,15 +108,17 @@ def position_ids(lm: torch.nn.Module, input_ids: torch.Tensor, attention_mask: t
     return positions
 
 
-def embed(lm: torch.nn.Module, input_ids: torch.Tensor, vision: dict[str, torch.Tensor],
+def embed(lm: torch.nn.Module, input_ids: torch.Tensor, vision: VisionBatch,
           slots: torch.Tensor) -> torch.Tensor:
     """(B, L, H) input embeddings with each image's features in its placeholders (`slots`,
-    row-major, images in the order of `vision`). Done here rather than by the model's
-    forward, which would also fill placeholder ids the model sampled."""
+    row-major). The tower encodes each distinct image once; its features are repeated for
+    every row that shows it (`vision.order`). Done here rather than by the model's forward,
+    which would also fill placeholder ids the model sampled."""
     body = lm.model
     embeds = body.get_input_embeddings()(input_ids)
-    out = body.get_image_features(**vision, return_dict=True).pooler_output
-    feats = torch.cat(list(out), 0) if isinstance(out, (list, tuple)) else out
+    out = body.get_image_features(**vision.tensors, return_dict=True).pooler_output
+    per_image = list(out)  # Qwen-VL: a tuple of (tokens, H) per image; else (n, tokens, H)
+    feats = torch.cat([per_image[i] for i in vision.order.tolist()], 0)
     feats = feats.reshape(-1, embeds.shape[-1]).to(embeds.dtype)
     n = int(slots.sum())
     if n != feats.shape[0]:

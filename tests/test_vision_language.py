@@ -170,7 +170,7 @@ def test_guided_round_keeps_the_images(vl):
     assert all(s.vision is unguided[0] for s in out.samples)
     batch = assemble_batch(out.samples, algo, pad_token_id=tok.pad_token_id)
     inputs = batch.select([0]).model_inputs()
-    assert inputs["vision"]["pixel_values"].shape[0] == 36  # one 84-pixel image's patches
+    assert inputs["vision"].tensors["pixel_values"].shape[0] == 36  # one 84-pixel image
 
 
 def test_images_column_paths_bytes_and_errors(tmp_path):
@@ -364,3 +364,31 @@ def test_processor_of_the_released_checkpoints_layout(vl_dir, vl, tmp_path):
     ours, theirs = PromptEncoder(tok, proc), PromptEncoder(tok, again)
     assert ours.encode("1 x -> 3", None, ours.vision(images)) == \
         theirs.encode("1 x -> 3", None, theirs.vision(images))  # fmt: skip
+
+
+def test_each_distinct_image_is_encoded_once_per_forward(vl):
+    """Rows that show the same prompt's images (a group's samples) share one pass of the
+    vision tower; their log-probs equal those of each row alone."""
+    model, tok, proc = vl
+    enc = PromptEncoder(tok, proc)
+    red, blue = enc.vision([_grid((255, 0, 0))]), enc.vision([_grid((0, 0, 255), 112)])
+    prompts = {id(red): enc.encode("1 x -> 3", None, red),
+               id(blue): enc.encode("2 x -> 8", "blue=4 | 2 4", blue)}
+    from rgpo_fast.rollout.base import Completion
+
+    rows = [(prompts[id(v)], Completion([30 + i, 40, tok.eos_token_id], None), v)
+            for i, v in enumerate([red, blue, red, red])]
+    patches = []
+    hook = model.model.visual.register_forward_pre_hook(
+        lambda mod, args, kwargs=None: patches.append(args[0].shape[0]))
+    try:
+        together = _policy_logprobs(model, tok, rows)
+    finally:
+        hook.remove()
+    assert patches == [36 + 64]  # red once, blue once: not 3 x 36 + 64
+    batch = collate_vision([v for *_, v in rows])
+    assert batch.order.tolist() == [0, 1, 0, 0]
+    for b, row in enumerate(rows):
+        alone = _policy_logprobs(model, tok, [row])
+        n = alone.shape[1]
+        torch.testing.assert_close(together[b, :n], alone[0], atol=LOGPROB_ATOL, rtol=0)

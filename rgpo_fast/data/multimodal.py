@@ -107,17 +107,51 @@ class VisionInputs:
     token_counts: tuple[int, ...]  # placeholder tokens of each image in the prompt ids
 
 
+@dataclass(eq=False)
+class VisionBatch:
+    """The images of a batch's rows, each distinct prompt's images processed once.
+
+    `tensors` hold the distinct `VisionInputs` (first appearance first), image-major along
+    dim 0 as the processor writes them; `order` lists, for every image of every row in row
+    order, which of those images it is. The vision tower then encodes each distinct image
+    once per forward, and its features go to every row that shows it (their gradients add
+    up): a prompt's G samples in one micro-batch cost one encoding, not G.
+    """
+
+    tensors: dict[str, torch.Tensor]
+    order: torch.Tensor  # (images in the rows,) long: index into the distinct images
+
+    def to(self, device: torch.device | str) -> VisionBatch:
+        return VisionBatch({k: v.to(device) for k, v in self.tensors.items()},
+                           self.order.to(device))
+
+    def grids(self, key: str = "image_grid_thw") -> torch.Tensor | None:
+        """Each row-image's grid, in row order (None: the processor writes no grids)."""
+        grid = self.tensors.get(key)
+        return None if grid is None else grid[self.order]
+
+
 def collate_vision(rows: Sequence[VisionInputs | None],
-                   device: torch.device | str | None = None) -> dict[str, torch.Tensor] | None:
-    """The model's keyword arguments for a batch whose row b has `rows[b]`'s images: every
-    processor tensor concatenated along dim 0 in row order (per-image grids, and patches,
-    are image-major for every processor rgpo_fast supports). None when no row has images."""
-    present = [r for r in rows if r is not None]
-    if not present:
+                   device: torch.device | str | None = None) -> VisionBatch | None:
+    """The images of a batch whose row b shows `rows[b]`'s (None: a text row), each distinct
+    `VisionInputs` once (see VisionBatch); None when no row has images."""
+    distinct: dict[int, int] = {}  # id(VisionInputs) -> its index among the distinct ones
+    images: list[VisionInputs] = []
+    order: list[int] = []
+    for r in rows:
+        if r is None:
+            continue
+        if id(r) not in distinct:
+            distinct[id(r)] = len(images)
+            images.append(r)
+        first = sum(len(v.token_counts) for v in images[: distinct[id(r)]])
+        order.extend(range(first, first + len(r.token_counts)))
+    if not images:
         return None
-    keys = present[0].tensors.keys()
-    out = {k: torch.cat([r.tensors[k] for r in present], 0) for k in keys}
-    return {k: v.to(device) for k, v in out.items()} if device is not None else out
+    keys = images[0].tensors.keys()
+    batch = VisionBatch({k: torch.cat([v.tensors[k] for v in images], 0) for k in keys},
+                        torch.tensor(order, dtype=torch.long))
+    return batch.to(device) if device is not None else batch
 
 
 def refuse_images(sets: dict[str, Sequence[Any]], model: Any) -> None:

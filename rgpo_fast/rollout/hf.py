@@ -154,9 +154,9 @@ class HFEngine:
         # Images enter at the first step, as embeddings in the prompts' placeholders; after
         # it the KV cache holds them.
         images = collate_vision(vision, self.device)
-        slots = vlm.image_slots(self.model, ids) if images else None
+        slots = vlm.image_slots(self.model, ids) if images is not None else None
         pos = vlm.position_ids(self.model, ids, attn, images, slots)  # (B, L) / (3, B, L)
-        first = ({"inputs_embeds": vlm.embed(self.model, ids, images, slots)} if images
+        first = ({"inputs_embeds": vlm.embed(self.model, ids, images, slots)} if images is not None
                  else {"input_ids": ids})  # fmt: skip
         stops = torch.tensor(self.eos_token_ids + tuple(params.stop_token_ids), device=self.device)
         cache = DynamicCache()

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from rgpo_fast import vlm
+from rgpo_fast.data.multimodal import VisionBatch
 from rgpo_fast.functional import fused_linear_logprobs, fused_linear_policy_loss
 from rgpo_fast.precision import autocast_to
 from rgpo_fast.trainer.distributed import is_sharded
@@ -48,9 +49,9 @@ class PolicyModule(torch.nn.Module):
         with autocast_to(input_ids.device, self.compute_dtype):
             # A sharded vision-language model runs its tower in every forward, before the
             # decoder as with images: the ranks' all-gathers must come in one order.
-            idle = (vlm.idle_vision(self.lm, input_ids) if not vision and
+            idle = (vlm.idle_vision(self.lm, input_ids) if vision is None and
                     vlm.is_vision_language(self.lm) and is_sharded(self) else None)  # fmt: skip
-            if vision:
+            if vision is not None:
                 # The images through the vision tower into the prompts' placeholders, and
                 # the engine's positions (M-RoPE for Qwen-VL); packing is for text rows.
                 mask = (attention_mask if attention_mask is not None
@@ -100,13 +101,13 @@ class PolicyModule(torch.nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                 position_ids: torch.Tensor | None, *, mode: str = "loss",
                 loss_inputs: dict[str, Any] | None = None,
-                vision: dict[str, torch.Tensor] | None = None,
+                vision: VisionBatch | None = None,
                 prompt_lens: torch.Tensor | None = None):
         """mode "loss": (loss, metrics) of `fused_linear_policy_loss(**loss_inputs)` (tensors,
         normalisers and `config`; the rollout's temperature, top_p and top_k are set here);
         mode "logprobs": per-target log-probs (B, L-1) float32 (no grad needed). `vision`:
-        the rows' image tensors (data.multimodal.collate_vision) for a vision-language model,
-        whose placeholders are those of the first `prompt_lens[b]` tokens of row b."""
+        the rows' images (data.multimodal.collate_vision) for a vision-language model, whose
+        placeholders are those of the first `prompt_lens[b]` tokens of row b."""
         hidden, weight, bias = self._hidden(input_ids, attention_mask, position_ids, vision,
                                             prompt_lens)
         if mode == "logprobs":

@@ -128,7 +128,7 @@ def fill_rollout_logprobs(
         dev = info.device
         vision = collate_vision([r.vision for r in rows], dev)
         images = ({"vision": vision, "prompt_lens": torch.tensor(
-            [len(r.rollout_prompt_ids) for r in rows], device=dev)} if vision else {})
+            [len(r.rollout_prompt_ids) for r in rows], device=dev)} if vision is not None else {})
         lp = policy(ids.to(dev), attn.to(dev), pos.to(dev), mode="logprobs",
                     **images).float().cpu()
         for b, r in enumerate(rows):
