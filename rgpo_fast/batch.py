@@ -92,10 +92,8 @@ class TrainBatch:
         return kw
 
     def model_inputs(self) -> dict:
-        """The policy forward's keyword arguments for the rows' images (none for text):
-        their tensors in row order and where each row's prompt ends."""
-        vision = collate_vision(self.vision or [], self.input_ids.device)
-        return {"vision": vision, "prompt_lens": self.prompt_lens} if vision is not None else {}
+        """The policy forward's keyword arguments for the rows' images (none for text)."""
+        return image_inputs(self.vision or [], self.prompt_lens, self.input_ids.device)
 
     def to(self, device: torch.device | str) -> TrainBatch:
         moved = {}
@@ -114,6 +112,17 @@ class TrainBatch:
         if self.vision is not None:
             out["vision"] = [self.vision[i] for i in idx.tolist()]
         return TrainBatch(**out)
+
+
+def image_inputs(rows: Sequence, prompt_lens: torch.Tensor | Sequence[int],
+                 device: torch.device | str) -> dict:
+    """The policy forward's keywords for rows showing `rows[b]`'s images (None: a text row):
+    the batch's images and where each row's prompt ends (only the prompt's placeholders
+    take image features); empty when no row has images."""
+    vision = collate_vision(rows, device)
+    if vision is None:
+        return {}
+    return {"vision": vision, "prompt_lens": torch.as_tensor(prompt_lens, device=device)}
 
 
 def _group_means(values: torch.Tensor, groups: torch.Tensor, select: torch.Tensor) -> dict:

@@ -28,8 +28,10 @@ import torch
 from rgpo_fast.data.multimodal import VisionBatch
 
 
-def is_vision_language(lm: torch.nn.Module) -> bool:
-    return getattr(getattr(lm, "config", None), "vision_config", None) is not None
+def is_vision_language(lm_or_config: Any) -> bool:
+    """Does a model (or its config) have a vision tower (a `vision_config`)?"""
+    config = getattr(lm_or_config, "config", lm_or_config)
+    return getattr(config, "vision_config", None) is not None
 
 
 def decoder(lm: torch.nn.Module) -> torch.nn.Module:

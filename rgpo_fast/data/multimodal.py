@@ -135,17 +135,18 @@ def collate_vision(rows: Sequence[VisionInputs | None],
                    device: torch.device | str | None = None) -> VisionBatch | None:
     """The images of a batch whose row b shows `rows[b]`'s (None: a text row), each distinct
     `VisionInputs` once (see VisionBatch); None when no row has images."""
-    distinct: dict[int, int] = {}  # id(VisionInputs) -> its index among the distinct ones
+    first: dict[int, int] = {}  # id(VisionInputs) -> index of its first image
     images: list[VisionInputs] = []
     order: list[int] = []
+    n = 0  # images of the distinct VisionInputs so far
     for r in rows:
         if r is None:
             continue
-        if id(r) not in distinct:
-            distinct[id(r)] = len(images)
+        if id(r) not in first:
+            first[id(r)] = n
+            n += len(r.token_counts)
             images.append(r)
-        first = sum(len(v.token_counts) for v in images[: distinct[id(r)]])
-        order.extend(range(first, first + len(r.token_counts)))
+        order.extend(range(first[id(r)], first[id(r)] + len(r.token_counts)))
     if not images:
         return None
     keys = images[0].tensors.keys()

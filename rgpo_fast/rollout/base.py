@@ -85,9 +85,14 @@ def with_images(vision: Sequence[Any] | None) -> dict[str, list]:
     return {"vision": list(vision)}
 
 
-def check_vision(prompts: Sequence[list[int]], vision: Sequence[Any] | None) -> None:
-    if vision is not None and len(vision) != len(prompts):
+def images_per_prompt(prompts: Sequence[list[int]], vision: Sequence[Any] | None) -> list:
+    """`generate`'s `vision` as one entry per prompt (None: a text prompt); a list of
+    another length is an error."""
+    if vision is None:
+        return [None] * len(prompts)
+    if len(vision) != len(prompts):
         raise ValueError(f"vision has {len(vision)} entries for {len(prompts)} prompts")
+    return list(vision)
 
 
 @runtime_checkable

@@ -23,7 +23,7 @@ from rgpo_fast import vlm
 from rgpo_fast.data.multimodal import VisionInputs, collate_vision
 from rgpo_fast.errors import NonFiniteError
 from rgpo_fast.precision import autocast_to
-from rgpo_fast.rollout.base import Completion, RequestOutput, SamplingParams, check_vision
+from rgpo_fast.rollout.base import Completion, RequestOutput, SamplingParams, images_per_prompt
 
 
 def top_k_filter(logits: torch.Tensor, top_k: int) -> torch.Tensor:
@@ -120,8 +120,7 @@ class HFEngine:
         """n samples per prompt; `vision[i]` (or None) holds prompt i's images."""
         if self.asleep:
             raise RuntimeError("HFEngine.generate called while asleep; call wake_up() first")
-        check_vision(prompts, vision)
-        images = list(vision) if vision is not None else [None] * len(prompts)
+        images = images_per_prompt(prompts, vision)
         rows = [(i, list(p)) for i, p in enumerate(prompts) for _ in range(params.n)]
         gen = None
         if params.seed is not None:

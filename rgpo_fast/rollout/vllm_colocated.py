@@ -45,7 +45,7 @@ from rgpo_fast.rollout.base import (
     Completion,
     RequestOutput,
     SamplingParams,
-    check_vision,
+    images_per_prompt,
     prompt_seed,
 )
 
@@ -284,13 +284,12 @@ class VLLMColocatedEngine:
         """n samples per prompt; `vision[i]` (data.multimodal.VisionInputs or None) holds
         prompt i's images, which vLLM processes itself (see `multimodal_request`)."""
         self.state.advance("generate")
-        check_vision(prompts, vision)
+        images = images_per_prompt(prompts, vision)
         sps = [
             to_vllm_sampling(params, self._sampling_cls, eos_token_ids=self.eos_token_ids,
                              seed=None if params.seed is None else prompt_seed(params.seed, i))
             for i in range(len(prompts))
         ]  # fmt: skip
-        images = list(vision) if vision is not None else [None] * len(prompts)
         reqs = [multimodal_request(p, v, self.image_token_id) for p, v in zip(prompts, images)]
         return convert_outputs(prompts, self.llm.generate(reqs, sps, use_tqdm=False))
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from rgpo_fast import vlm
 from rgpo_fast.trainer import run_dir
 from rgpo_fast.trainer.distributed import DistInfo, full_state_dict
 from rgpo_fast.trainer.nonfinite import check_finite_weights
@@ -75,8 +76,8 @@ def write_hf_dir(lm_config, generation_config, tokenizer, state: dict[str, torch
 
     check_target(out, overwrite)
 
-    vision_language = getattr(lm_config, "vision_config", None) is not None
-    auto = AutoModelForImageTextToText if vision_language else AutoModelForCausalLM
+    auto = AutoModelForImageTextToText if vlm.is_vision_language(lm_config) else \
+        AutoModelForCausalLM  # fmt: skip
     model = auto.from_config(lm_config, dtype=torch.float32)
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {"lm_head.weight"} if getattr(lm_config, "tie_word_embeddings", False) else set()

@@ -19,8 +19,7 @@ import torch
 from rgpo_fast.algos.aggregation import local_counts, token_roles
 from rgpo_fast.algos.policy_loss import LossConfig
 from rgpo_fast.algos.sequence_loss import token_mask_weights
-from rgpo_fast.batch import TrainBatch
-from rgpo_fast.data.multimodal import collate_vision
+from rgpo_fast.batch import TrainBatch, image_inputs
 from rgpo_fast.data.types import Sample
 from rgpo_fast.trainer.distributed import DistInfo, all_reduce_max_int, all_reduce_sum
 from rgpo_fast.trainer.nonfinite import NonFiniteGuard
@@ -126,9 +125,8 @@ def fill_rollout_logprobs(
             attn[b, : len(q)] = 1
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
         dev = info.device
-        vision = collate_vision([r.vision for r in rows], dev)
-        images = ({"vision": vision, "prompt_lens": torch.tensor(
-            [len(r.rollout_prompt_ids) for r in rows], device=dev)} if vision is not None else {})
+        images = image_inputs([r.vision for r in rows],
+                              [len(r.rollout_prompt_ids) for r in rows], dev)
         lp = policy(ids.to(dev), attn.to(dev), pos.to(dev), mode="logprobs",
                     **images).float().cpu()
         for b, r in enumerate(rows):
